@@ -1,0 +1,89 @@
+"""Everything a run has decided so far, saved with every checkpoint and returned at the end.
+
+Plain Python lists, NumPy arrays and CPU state dicts, converted to tensors for ``torch.save`` so a
+checkpoint loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import torch
+
+
+@dataclass
+class MemberRecord:
+    round: int  # 1-based round whose end produced this checkpoint
+    epoch: int  # epochs trained when it was taken
+    alpha: float  # lambda_m (uniform methods: 1.0)
+    error: float  # weighted training error e_m (clamped; NaN when the method does not measure it)
+    raw_error: float
+    train_accuracy: float
+    val_accuracy: float
+    test_accuracy: float
+
+
+@dataclass
+class BoostState:
+    rounds_done: int = 0
+    weights: np.ndarray = field(default_factory=lambda: np.zeros(0))  # current sample weights (sum 1)
+    weights_history: list[np.ndarray] = field(default_factory=list)  # weights used in each round
+    ess: list[float] = field(default_factory=list)  # effective sample size after each round's update
+    members: list[MemberRecord] = field(default_factory=list)
+    member_states: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    val_proba: list[np.ndarray] = field(default_factory=list)  # per member, (n_val, K) float32
+    test_proba: list[np.ndarray] = field(default_factory=list)
+    last_val_proba: np.ndarray | None = None  # the current network's, whether or not it is a member
+    last_test_proba: np.ndarray | None = None
+    epoch_log: list[dict] = field(default_factory=list)
+    rank_digests: list[list[list[float]]] = field(default_factory=list)  # per round: each rank's weights digest
+    train_seconds: float = 0.0
+
+    @classmethod
+    def initial(cls, n: int) -> "BoostState":
+        return cls(weights=np.full(n, 1.0 / n))
+
+    def history(self) -> list[dict]:
+        """(e_m, lambda_m) per member: what the weight store publishes beside the weights."""
+        return [{"round": m.round, "error": m.error, "raw_error": m.raw_error, "alpha": m.alpha} for m in self.members]
+
+    def to_portable(self) -> dict:
+        """Tensor-free form (NumPy only): what a Ray Train function may return to the driver."""
+        out = self.to_saveable()
+        for key, value in out.items():
+            if isinstance(value, torch.Tensor):
+                out[key] = value.numpy()
+            elif isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
+                out[key] = [t.numpy() for t in value]
+        out["member_states"] = [{k: v.numpy() for k, v in sd.items()} for sd in self.member_states]
+        return out
+
+    def to_saveable(self) -> dict:
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "members":
+                v = [asdict(m) for m in v]
+            elif isinstance(v, np.ndarray):
+                v = torch.from_numpy(np.ascontiguousarray(v))
+            elif isinstance(v, list) and v and isinstance(v[0], np.ndarray):
+                v = [torch.from_numpy(np.ascontiguousarray(a)) for a in v]
+            out[f.name] = v
+        return out
+
+    @classmethod
+    def from_saveable(cls, data: dict) -> "BoostState":
+        kwargs = {}
+        for f in fields(cls):
+            v = data[f.name]
+            if f.name == "members":
+                v = [MemberRecord(**m) for m in v]
+            elif isinstance(v, torch.Tensor):
+                v = v.numpy()
+            elif f.name == "member_states":
+                v = [{k: torch.as_tensor(t) for k, t in sd.items()} for sd in v]
+            elif isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
+                v = [t.numpy() for t in v]
+            kwargs[f.name] = v
+        return cls(**kwargs)

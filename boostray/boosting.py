@@ -1,0 +1,173 @@
+"""The CBNN boosting step: pure functions over NumPy arrays, no torch, no Ray.
+
+Follows ../shared/cbnn-method.md (multi-class AdaBoost, SAMME form): one `boost_step` per round takes
+the current sample weights and the checkpoint's per-sample correctness on the training set and returns
+the weighted error e_m, the checkpoint weight lambda_m and the new sample weights. Read it like
+scikit-learn's ``AdaBoostClassifier._boost``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_MIN_ERROR = 1e-4
+DEFAULT_ETA = 0.3
+
+
+class ChanceLevelWarning(UserWarning):
+    """A checkpoint was no better than chance (e_m >= 1 - 1/K): it gets weight 0."""
+
+
+@dataclass(frozen=True)
+class BoostResult:
+    """What one boosting round produced."""
+
+    error: float  # weighted training error e_m after clamping
+    raw_error: float  # weighted training error before clamping
+    alpha: float  # checkpoint weight lambda_m (0 for a chance-level checkpoint)
+    weights: np.ndarray  # sample weights for the next round, summing to 1
+    chance_level: bool
+
+
+def uniform_weights(n: int) -> np.ndarray:
+    """w_i = 1/n: the weights of round 1 and of the non-boosting methods."""
+    if n < 1:
+        raise ValueError("need at least one sample")
+    return np.full(n, 1.0 / n, dtype=np.float64)
+
+
+def weighted_error(weights: np.ndarray, correct: np.ndarray) -> float:
+    """e_m = sum_i w_i (1 - c_i) / sum_i w_i."""
+    w = np.asarray(weights, dtype=np.float64)
+    wrong = ~np.asarray(correct, dtype=bool)
+    return float(w[wrong].sum() / w.sum())
+
+
+def clamp_error(error: float, num_classes: int, min_error: float = DEFAULT_MIN_ERROR) -> float:
+    """Clamp e_m to [min_error, 1 - 1/K - min_error] so lambda_m stays finite."""
+    return float(min(max(error, min_error), 1.0 - 1.0 / num_classes - min_error))
+
+
+def checkpoint_weight(error: float, num_classes: int) -> float:
+    """lambda_m = log((1 - e_m) / e_m) + log(K - 1); positive iff e_m < 1 - 1/K."""
+    return math.log((1.0 - error) / error) + math.log(num_classes - 1)
+
+
+def effective_sample_size(weights: np.ndarray) -> float:
+    """(sum w)^2 / sum w^2 / n: 1 for uniform weights, 1/n when one sample holds all the weight."""
+    w = np.asarray(weights, dtype=np.float64)
+    return float(w.sum() ** 2 / np.square(w).sum() / w.size)
+
+
+def cap_weight_ratio(weights: np.ndarray, max_ratio: float) -> np.ndarray:
+    """Cap max(w) / mean(w) at ``max_ratio`` (after normalisation), redistributing by renormalising.
+
+    Capping then renormalising can push other weights over the cap, so iterate; it converges in a few
+    steps because each pass only lowers the largest weights.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    if max_ratio < 1:
+        raise ValueError("max_weight_ratio must be >= 1")
+    for _ in range(100):
+        cap = max_ratio / w.size * w.sum()
+        if w.max() <= cap * (1 + 1e-12):
+            break
+        w = np.minimum(w, cap)
+        w = w / w.sum()
+    return w / w.sum()
+
+
+def boost_step(
+    weights: np.ndarray,
+    correct: np.ndarray,
+    num_classes: int,
+    *,
+    eta: float = DEFAULT_ETA,
+    min_error: float = DEFAULT_MIN_ERROR,
+    update: bool = True,
+    max_weight_ratio: float | None = None,
+) -> BoostResult:
+    """One SAMME round: error, checkpoint weight, and (unless ``update`` is False) the new weights.
+
+    ``update=False`` is the last round (m == M): lambda_M is needed, new weights are not.
+    """
+    if num_classes < 2:
+        raise ValueError("boosting needs at least 2 classes")
+    if not 0 < eta <= 1:
+        raise ValueError(f"eta must be in (0, 1], got {eta}")
+    w = np.asarray(weights, dtype=np.float64)
+    c = np.asarray(correct, dtype=bool)
+    if w.shape != c.shape:
+        raise ValueError(f"weights {w.shape} and correctness {c.shape} differ in shape")
+    raw = weighted_error(w, c)
+    chance = raw >= 1.0 - 1.0 / num_classes
+    if chance:
+        warnings.warn(
+            f"checkpoint weighted error {raw:.4f} >= 1 - 1/K = {1 - 1 / num_classes:.4f}: "
+            "no better than chance, weight 0 and sample weights unchanged",
+            ChanceLevelWarning,
+            stacklevel=2,
+        )
+        return BoostResult(error=raw, raw_error=raw, alpha=0.0, weights=w / w.sum(), chance_level=True)
+    err = clamp_error(raw, num_classes, min_error)
+    alpha = checkpoint_weight(err, num_classes)
+    new = w / w.sum()
+    if update:
+        # Multiply in place of a fresh exp over all n samples: only the misclassified ones change.
+        new = new.copy()
+        new[~c] *= math.exp(eta * alpha)
+        new /= new.sum()
+        if max_weight_ratio is not None:
+            new = cap_weight_ratio(new, max_weight_ratio)
+    return BoostResult(error=err, raw_error=raw, alpha=alpha, weights=new, chance_level=False)
+
+
+def samme_r_step(
+    weights: np.ndarray, log_proba: np.ndarray, labels: np.ndarray, *, eta: float = DEFAULT_ETA
+) -> np.ndarray:
+    """SAMME.R update: w_i <- w_i exp(-eta (K-1)/K * Y_i . log p(x_i)), normalised.
+
+    Y_ik = 1 if k == y_i else -1/(K-1). ``log_proba`` is (n, K), clipped by the caller's softmax.
+    """
+    lp = np.asarray(log_proba, dtype=np.float64)
+    n, k = lp.shape
+    y = np.full((n, k), -1.0 / (k - 1))
+    y[np.arange(n), np.asarray(labels)] = 1.0
+    exponent = -eta * (k - 1) / k * np.einsum("ik,ik->i", y, lp)
+    exponent -= exponent.max()  # stable: the constant cancels in the normalisation
+    new = np.asarray(weights, dtype=np.float64) * np.exp(exponent)
+    return new / new.sum()
+
+
+def samme_r_scores(log_proba: np.ndarray) -> np.ndarray:
+    """SAMME.R member score h_k = (K-1)(log p_k - mean_k' log p_k')."""
+    lp = np.asarray(log_proba, dtype=np.float64)
+    k = lp.shape[-1]
+    return (k - 1) * (lp - lp.mean(axis=-1, keepdims=True))
+
+
+def vote(member_proba: np.ndarray, alphas: np.ndarray, mode: str = "soft") -> np.ndarray:
+    """Combine members' class probabilities (M, n, K) into ensemble scores (n, K) summing to 1.
+
+    ``soft``: sum_m lambda_m p_m / sum lambda; ``hard``: the same over one-hot argmax votes;
+    ``samme_r``: softmax of the summed SAMME.R scores (argmax equals the SAMME.R decision).
+    """
+    p = np.asarray(member_proba, dtype=np.float64)
+    a = np.asarray(alphas, dtype=np.float64)
+    if p.ndim != 3 or p.shape[0] != a.shape[0]:
+        raise ValueError(f"expected (M, n, K) probabilities for {a.shape[0]} members, got {p.shape}")
+    if mode == "samme_r":
+        s = samme_r_scores(np.log(np.clip(p, 1e-12, 1.0))).sum(axis=0)
+        s = np.exp(s - s.max(axis=-1, keepdims=True))
+        return s / s.sum(axis=-1, keepdims=True)
+    if a.sum() <= 0:
+        a = np.ones_like(a)  # every member at chance level: fall back to a plain average
+    if mode == "hard":
+        p = np.eye(p.shape[-1])[p.argmax(axis=-1)]
+    elif mode != "soft":
+        raise ValueError(f"unknown vote mode {mode!r} (soft, hard, samme_r)")
+    return np.einsum("m,mnk->nk", a, p) / a.sum()

@@ -1,0 +1,82 @@
+"""Combining per-sample results of the ranks into one full-length vector with torch.distributed.
+
+Each rank scatters its values into a zero vector of length n at its sample indices and the ranks
+all-reduce it. Values are coded so that 0 means "no rank saw this sample": a gap is an error, and the
+duplicated indices that DistributedSampler pads with are harmless under MAX.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+WRONG, RIGHT = 1, 2  # correctness codes; 0 = unseen
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def comm_device() -> torch.device:
+    """NCCL reduces CUDA tensors only; gloo (and a single process) use CPU tensors."""
+    if is_distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def shard_indices(n: int, rank: int, world: int) -> np.ndarray:
+    """Contiguous, disjoint, unpadded shard of 0..n-1 for evaluation passes."""
+    return np.array_split(np.arange(n), world)[rank]
+
+
+def combine_correctness(index: torch.Tensor, correct: torch.Tensor, n: int) -> np.ndarray:
+    """Full-length boolean correctness from every rank's (index, correct) pairs."""
+    device = comm_device()
+    codes = torch.zeros(n, dtype=torch.uint8, device=device)
+    codes[index.to(device).long()] = torch.where(correct.to(device).bool(), RIGHT, WRONG).to(torch.uint8)
+    if is_distributed():
+        dist.all_reduce(codes, op=dist.ReduceOp.MAX)
+    out = codes.cpu().numpy()
+    missing = int((out == 0).sum())
+    if missing:
+        raise RuntimeError(f"{missing} training samples got no correctness from any rank")
+    return out == RIGHT
+
+
+def combine_rows(index: np.ndarray, rows: torch.Tensor, n: int) -> torch.Tensor:
+    """Full (n, ...) tensor from disjoint shards of rows (an evaluation pass's probabilities)."""
+    device = comm_device()
+    full = torch.zeros((n, *rows.shape[1:]), dtype=rows.dtype, device=device)
+    full[torch.as_tensor(index, dtype=torch.long, device=device)] = rows.to(device)
+    if is_distributed():
+        dist.all_reduce(full, op=dist.ReduceOp.SUM)  # shards are disjoint: the sum is exact
+    return full.cpu()
+
+
+def all_sum(values: list[float]) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=comm_device())
+    if is_distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.cpu().tolist()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def weights_digest(weights: np.ndarray) -> list[float]:
+    """Two order-sensitive float64 sums: equal vectors give equal digests, bit for bit."""
+    w = np.asarray(weights, dtype=np.float64)
+    return [float(w.sum()), float(np.dot(w, np.arange(1, w.size + 1, dtype=np.float64) % 9973))]
+
+
+def gather_digests(digest: list[float]) -> list[list[float]]:
+    """Every rank's digest, in rank order (a single process: just its own)."""
+    t = torch.tensor(digest, dtype=torch.float64, device=comm_device())
+    if not is_distributed():
+        return [t.cpu().tolist()]
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t)
+    return [o.cpu().tolist() for o in out]

@@ -1,0 +1,155 @@
+"""The training configuration: one dataclass whose fields are the CLI options and the YAML keys.
+
+Precedence (timm-style): dataclass defaults < ``--config FILE`` < command-line flags. The resolved
+configuration is saved as ``config.yaml`` beside the run's outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from boostray.errors import ConfigError
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    # data
+    dataset: str = _opt("digits", "data set: digits (embedded), fashion-mnist, cifar10, cifar100, parquet, imagefolder")
+    data_dir: str | None = _opt(None, "folder holding the data set's files (fashion-mnist default: /usr/share/datasets/fashion-mnist)")
+    download: bool = _opt(False, "let torchvision download CIFAR into --data-dir (off: never touch the network)")
+    imbalance_ratio: float | None = _opt(None, "make the training split long-tailed with this max/min class ratio (e.g. 10, 100)")
+    val_fraction: float = _opt(0.1, "fraction of train held out for validation when the data has no validation split")
+    train_subset: int | None = _opt(None, "train on this many (seeded) training samples only")
+    # model and method
+    model: str = _opt("small_cnn", "model name from the registry (see 'boostray models')")
+    method: str = _opt("cbnn", "cbnn (boosted checkpoints), single (final network), checkpoint (uniform checkpoint average)")
+    epochs: int = _opt(12, "training budget E in epochs, shared by all checkpoints")
+    checkpoints: int = _opt(4, "number of checkpoints / rounds M (1 <= M <= E)")
+    lr: float = _opt(0.05, "peak learning rate of the cosine schedule (SGD, Nesterov momentum 0.9)")
+    weight_decay: float = _opt(5e-4, "SGD weight decay")
+    batch_size: int = _opt(64, "global batch size, split evenly over the workers")
+    augment: bool = _opt(True, "random crop with padding (+ horizontal flip where the data allows)")
+    # boosting
+    eta: float = _opt(0.3, "shrinkage of the sample-weight update, in (0, 1]; 1 is plain SAMME")
+    min_error: float = _opt(1e-4, "clamp of the weighted error so lambda stays finite")
+    error_source: str = _opt("eval", "eval: one extra eval pass per round for correctness; running: last epoch's on-the-fly correctness", choices=("eval", "running"))
+    vote: str = _opt("soft", "how members are combined: soft (weighted probabilities), hard (weighted votes)", choices=("soft", "hard"))
+    max_weight_ratio: float | None = _opt(None, "cap max(w)/mean(w) after each update (default: no cap)")
+    # compute
+    workers: int = _opt(1, "Ray Train workers (DDP ranks); 0 runs in-process without a Ray cluster")
+    cpus_per_worker: float = _opt(1.0, "CPUs reserved per worker")
+    gpu: bool = _opt(False, "one GPU per worker (NCCL); otherwise CPU workers (gloo)")
+    amp: str | None = _opt(None, "autocast dtype on CUDA: bf16 or fp16", choices=(None, "bf16", "fp16"))
+    channels_last: bool = _opt(False, "channels-last memory format (faster convolutions on GPUs)")
+    loader_workers: int = _opt(0, "DataLoader worker processes per Ray Train worker")
+    max_failures: int = _opt(0, "worker failures to recover from (Ray FailureConfig); -1 for unlimited")
+    seed: int = _opt(0, "seed of the model's initialisation, the sampling order and the augmentation")
+    # run
+    name: str | None = _opt(None, "run name; the same name resumes an interrupted run (default: method-dataset-model-time)")
+    output: str = _opt(os.path.join("~", "boostray_runs"), "folder that receives the run directory")
+    address: str | None = _opt(None, "Ray cluster to join (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
+
+    def validate(self) -> "TrainConfig":
+        """Check every value before anything runs; raise ConfigError naming the option."""
+        from boostray.data import DATASETS
+        from boostray.methods import create_method
+        from boostray.models import list_models
+
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}")
+        if self.model not in list_models():
+            raise ConfigError(f"unknown model {self.model!r}; choose one of: {', '.join(list_models())}")
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be >= 1, got {self.epochs}")
+        create_method(self.method, epochs=self.epochs, checkpoints=self.checkpoints)
+        for key, value, ok, what in (
+            ("lr", self.lr, self.lr > 0, "> 0"),
+            ("weight-decay", self.weight_decay, self.weight_decay >= 0, ">= 0"),
+            ("batch-size", self.batch_size, self.batch_size >= 1, ">= 1"),
+            ("eta", self.eta, 0 < self.eta <= 1, "in (0, 1]"),
+            ("min-error", self.min_error, 0 < self.min_error < 0.5, "in (0, 0.5)"),
+            ("workers", self.workers, self.workers >= 0, ">= 0"),
+            ("cpus-per-worker", self.cpus_per_worker, self.cpus_per_worker > 0, "> 0"),
+            ("loader-workers", self.loader_workers, self.loader_workers >= 0, ">= 0"),
+            ("max-failures", self.max_failures, self.max_failures >= -1, ">= -1"),
+            ("val-fraction", self.val_fraction, 0 < self.val_fraction < 1, "in (0, 1)"),
+        ):
+            if not ok:
+                raise ConfigError(f"--{key} must be {what}, got {value}")
+        if self.imbalance_ratio is not None and self.imbalance_ratio < 1:
+            raise ConfigError(f"--imbalance-ratio must be >= 1, got {self.imbalance_ratio}")
+        if self.max_weight_ratio is not None and self.max_weight_ratio < 1:
+            raise ConfigError(f"--max-weight-ratio must be >= 1, got {self.max_weight_ratio}")
+        if self.train_subset is not None and self.train_subset < 2:
+            raise ConfigError(f"--train-subset must be >= 2, got {self.train_subset}")
+        if self.workers and self.batch_size < self.workers:
+            raise ConfigError(f"--batch-size ({self.batch_size}) must be >= --workers ({self.workers})")
+        if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
+            raise ConfigError(f"--name must be a plain folder name, got {self.name!r}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ConfigError(f"--{f.name.replace('_', '-')} must be one of {choices}, got {getattr(self, f.name)!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str) -> None:
+        """The resolved configuration, minus the run name, so ``--config`` repeats the run under a new name."""
+        data = {k: v for k, v in self.to_dict().items() if k != "name"}
+        with open(path, "w") as f:
+            yaml.safe_dump(data, f, sort_keys=False)
+
+
+FIELD_TYPES = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Check a YAML value's type against the field's annotation (int for float is fine)."""
+    annotation = str(FIELD_TYPES[key].type)
+    if value is None:
+        if "None" in annotation:
+            return None
+        raise ConfigError(f"config key {key!r} may not be null")
+    if annotation.startswith("bool"):
+        ok = isinstance(value, bool)
+    elif annotation.startswith("int"):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif annotation.startswith("float"):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(f"config key {key!r} must be {annotation.split(' |')[0]}, got {value!r}")
+    return value
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """Read a YAML file of TrainConfig keys (dashes or underscores); unknown keys are an error."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of option: value")
+    out = {}
+    for raw_key, value in data.items():
+        key = str(raw_key).replace("-", "_")
+        if key not in FIELD_TYPES:
+            raise ConfigError(f"unknown key {raw_key!r} in {path}")
+        out[key] = _coerce(key, value)
+    return out

@@ -1,0 +1,428 @@
+"""Image classification data sets, held in memory as uint8 arrays (N, C, H, W) plus int64 labels.
+
+The driver loads and validates a data set once (so bad data fails before any worker starts) and ships
+it to the workers through Ray's object store. Splits are fixed by ``SPLIT_SEED``, not by the run's seed,
+so every run and every method sees the same validation and test samples.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import os
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from boostray.errors import DataError
+
+SPLIT_SEED = 0
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+
+
+@dataclass
+class ImageSplit:
+    images: np.ndarray  # uint8 (N, C, H, W), raw pixel values 0..255
+    labels: np.ndarray  # int64 (N,)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: np.ndarray) -> "ImageSplit":
+        return ImageSplit(self.images[index], self.labels[index])
+
+
+@dataclass
+class ImageDataset:
+    name: str
+    train: ImageSplit
+    val: ImageSplit
+    test: ImageSplit
+    classes: list[str]
+    hflip: bool = False  # horizontal flips preserve the label (not for digits)
+    mean: list[float] = field(default_factory=list)  # per channel, of train pixels / 255
+    std: list[float] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.train.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def crop_padding(self) -> int:
+        """Random-crop padding: 4 px at 32 px (the CIFAR standard), scaled with the image size."""
+        return max(1, round(self.input_shape[-1] / 8))
+
+
+# --------------------------------------------------------------------------------------------- loaders
+
+
+def load_digits_splits(data_dir: str | None, download: bool) -> tuple[ImageSplit, ImageSplit | None, ImageSplit | None, list[str], bool]:
+    """scikit-learn's digits: 1,797 real 8x8 grey images (pixel values 0..16, rescaled to 0..255)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    split = ImageSplit(images, d.target.astype(np.int64))
+    return split, None, None, [str(c) for c in range(10)], False
+
+
+def _fashion_mnist_root(source: str) -> str:
+    """torchvision's FashionMNIST reads unpacked IDX files under ROOT/FashionMNIST/raw; Debian ships them
+    gzipped, so unpack once into a cache folder."""
+    names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    if all(os.path.exists(os.path.join(source, "FashionMNIST", "raw", n)) for n in names):
+        return source
+    missing = [n for n in names if not any(os.path.exists(os.path.join(source, n + ext)) for ext in ("", ".gz"))]
+    if missing:
+        raise DataError(
+            f"fashion-mnist files not found in {source} (missing {missing[0]}); install them with "
+            "'apt-get install dataset-fashion-mnist' or pass --data-dir with the IDX files"
+        )
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "boostray" / "fashion-mnist"
+    raw = cache / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        target = raw / n
+        if target.exists():
+            continue
+        src = os.path.join(source, n)
+        tmp = raw / f".{n}.{os.getpid()}"
+        if os.path.exists(src):
+            shutil.copyfile(src, tmp)
+        else:
+            with gzip.open(src + ".gz", "rb") as fin, open(tmp, "wb") as fout:
+                shutil.copyfileobj(fin, fout)
+        os.replace(tmp, target)  # atomic: a concurrent reader never sees half a file
+    return str(cache)
+
+
+def load_fashion_mnist_splits(data_dir: str | None, download: bool):
+    """Fashion-MNIST: 60,000 + 10,000 real 28x28 grey images of clothes, 10 classes."""
+    from torchvision.datasets import FashionMNIST
+
+    root = _fashion_mnist_root(data_dir or FASHION_MNIST_DIR)
+    train = FashionMNIST(root, train=True, download=False)
+    test = FashionMNIST(root, train=False, download=False)
+    to_split = lambda ds: ImageSplit(ds.data.numpy()[:, None].copy(), ds.targets.numpy().astype(np.int64))
+    return to_split(train), None, to_split(test), list(FASHION_MNIST_CLASSES), True
+
+
+def _cifar_loader(cls_name: str) -> Callable:
+    def load(data_dir: str | None, download: bool):
+        import torchvision.datasets as tvd
+
+        if not data_dir:
+            raise DataError(f"{cls_name.lower()} needs --data-dir (a torchvision root; add --download to fetch it)")
+        cls = getattr(tvd, cls_name)
+        try:
+            train = cls(data_dir, train=True, download=download)
+            test = cls(data_dir, train=False, download=download)
+        except RuntimeError as exc:
+            raise DataError(f"{cls_name} not found under {data_dir}: {exc} (add --download to fetch it)") from None
+        to_split = lambda ds: ImageSplit(ds.data.transpose(0, 3, 1, 2).copy(), np.asarray(ds.targets, dtype=np.int64))
+        return to_split(train), None, to_split(test), list(train.classes), True
+
+    load.__doc__ = f"{cls_name} from a local torchvision root."
+    return load
+
+
+def _decode_image(data: bytes, where: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(data))
+        img = img.convert("L" if img.mode in ("1", "L", "I;16", "I", "F") else "RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"cannot decode image {where}: {exc}") from None
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _stack_images(images: list[np.ndarray], where: str) -> np.ndarray:
+    if not images:
+        raise DataError(f"{where} is empty")
+    channels = max(im.shape[0] for im in images)
+    first = images[0].shape[1:]
+    out = np.empty((len(images), channels, *first), dtype=np.uint8)
+    for i, im in enumerate(images):
+        if im.shape[1:] != first:
+            raise DataError(f"mismatched image shapes in {where}: row 0 is {first}, row {i} is {im.shape[1:]}")
+        out[i] = im if im.shape[0] == channels else np.repeat(im, channels, axis=0)
+    return out
+
+
+def _parquet_split(files: list[str], where: str) -> tuple[ImageSplit, list[str] | None]:
+    import json
+
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(files)
+    except Exception as exc:  # pyarrow raises several types for unreadable files
+        raise DataError(f"cannot read {where} parquet files: {exc}") from None
+    if table.num_rows == 0:
+        raise DataError(f"the {where} split is empty ({files[0]})")
+    if "label" not in table.column_names:
+        raise DataError(f"{where} parquet has no 'label' column (columns: {table.column_names})")
+    labels_col = table.column("label")
+    if labels_col.null_count:
+        raise DataError(f"{where} parquet has missing labels")
+    labels = np.asarray(labels_col.to_numpy(zero_copy_only=False))
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{where} parquet column 'label' must be integers, got {labels.dtype}")
+    image_col = next((c for c in ("image", "img", "pixels") if c in table.column_names), None)
+    if image_col is None:
+        raise DataError(f"{where} parquet has no 'image' column (columns: {table.column_names})")
+    col = table.column(image_col).combine_chunks()
+    import pyarrow as pa
+
+    if pa.types.is_struct(col.type):
+        raw = col.field("bytes").to_pylist()
+        images = [_decode_image(b, f"{where} row {i}") if b is not None else None for i, b in enumerate(raw)]
+        if any(im is None for im in images):
+            raise DataError(f"{where} parquet has rows without image bytes")
+        array = _stack_images(images, f"{where} split")  # type: ignore[arg-type]
+    elif pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) or pa.types.is_large_list(col.type):
+        lengths = set(col.value_lengths().to_pylist()) if not pa.types.is_fixed_size_list(col.type) else {col.type.list_size}
+        if len(lengths) != 1:
+            raise DataError(f"mismatched image shapes in {where} split: list lengths {sorted(lengths)[:5]}")
+        length = lengths.pop()
+        flat = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float64)
+        if not np.isfinite(flat).all():
+            raise DataError(f"{where} parquet images hold NaN or inf")
+        for c in (1, 3):
+            side = int(round((length / c) ** 0.5))
+            if side * side * c == length:
+                break
+        else:
+            raise DataError(f"{where} image lists of length {length} are neither square grey nor square RGB")
+        if flat.max(initial=0) <= 1.0:
+            flat = flat * 255.0  # pixels given in [0, 1]
+        array = np.clip(np.round(flat), 0, 255).astype(np.uint8).reshape(len(labels), c, side, side)
+    else:
+        raise DataError(f"{where} column {image_col!r} must be an image struct or a list of numbers, got {col.type}")
+    names = None
+    meta = table.schema.metadata or {}
+    if b"huggingface" in meta:
+        try:
+            feats = json.loads(meta[b"huggingface"])["info"]["features"]["label"]
+            names = [str(n) for n in feats["names"]]
+        except (KeyError, TypeError, ValueError):
+            names = None
+    return ImageSplit(array, labels.astype(np.int64)), names
+
+
+def _split_files(data_dir: str, split: str) -> list[str]:
+    found = sorted(
+        set(glob.glob(os.path.join(data_dir, f"{split}*.parquet")))
+        | set(glob.glob(os.path.join(data_dir, "data", f"{split}*.parquet")))
+    )
+    return found
+
+
+def load_parquet_splits(data_dir: str | None, download: bool):
+    """A Parquet folder as Hugging Face ``datasets`` exports it: train*.parquet, optional validation*
+    and test*.parquet, columns ``label`` (int) and ``image`` ({bytes: PNG/JPEG}) or a numeric list."""
+    if not data_dir:
+        raise DataError("--dataset parquet needs --data-dir (a folder with train*.parquet)")
+    if not os.path.isdir(data_dir):
+        raise DataError(f"data directory {data_dir} does not exist")
+    train_files = _split_files(data_dir, "train")
+    if not train_files:
+        raise DataError(f"no train*.parquet files in {data_dir}")
+    train, names = _parquet_split(train_files, "train")
+    val = test = None
+    if files := _split_files(data_dir, "validation") or _split_files(data_dir, "val"):
+        val, _ = _parquet_split(files, "validation")
+    if files := _split_files(data_dir, "test"):
+        test, _ = _parquet_split(files, "test")
+    shapes = {s.images.shape[1:] for s in (train, val, test) if s is not None}
+    if len(shapes) > 1:
+        raise DataError(f"mismatched image shapes across splits: {sorted(shapes)}")
+    k = len(names) if names else int(train.labels.max()) + 1
+    return train, val, test, names or [str(c) for c in range(k)], True
+
+
+def load_imagefolder_splits(data_dir: str | None, download: bool):
+    """An ImageFolder tree: train/<class>/**/*.jpg, optional val/ (class folders, or Tiny-ImageNet's
+    val/images + val_annotations.txt) and test/<class>/."""
+    if not data_dir or not os.path.isdir(os.path.join(data_dir, "train")):
+        raise DataError(f"imagefolder needs --data-dir with a train/ folder of class folders (got {data_dir})")
+    exts = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+    train_dir = os.path.join(data_dir, "train")
+    classes = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
+    if not classes:
+        raise DataError(f"no class folders in {train_dir}")
+    index = {c: i for i, c in enumerate(classes)}
+
+    def read(pairs: list[tuple[str, int]], where: str) -> ImageSplit:
+        if not pairs:
+            raise DataError(f"the {where} split is empty")
+        images = []
+        for path, _ in pairs:
+            with open(path, "rb") as f:
+                images.append(_decode_image(f.read(), path))
+        return ImageSplit(_stack_images(images, f"{where} split"), np.array([y for _, y in pairs], dtype=np.int64))
+
+    def class_tree(root: str) -> list[tuple[str, int]]:
+        pairs = []
+        for c in classes:
+            for dirpath, _, files in sorted(os.walk(os.path.join(root, c))):
+                pairs += [(os.path.join(dirpath, f), index[c]) for f in sorted(files) if f.lower().endswith(exts)]
+        return pairs
+
+    train = read(class_tree(train_dir), "train")
+    val = test = None
+    val_dir = os.path.join(data_dir, "val")
+    annotations = os.path.join(val_dir, "val_annotations.txt")
+    if os.path.exists(annotations):
+        pairs = []
+        with open(annotations) as f:
+            for line in f:
+                parts = line.split("\t")
+                if len(parts) >= 2:
+                    if parts[1] not in index:
+                        raise DataError(f"{annotations}: class {parts[1]!r} has no train folder")
+                    pairs.append((os.path.join(val_dir, "images", parts[0]), index[parts[1]]))
+        val = read(pairs, "val")
+    elif os.path.isdir(val_dir):
+        val = read(class_tree(val_dir), "val")
+    test_dir = os.path.join(data_dir, "test")
+    if os.path.isdir(test_dir) and any(os.path.isdir(os.path.join(test_dir, c)) for c in classes):
+        test = read(class_tree(test_dir), "test")
+    shapes = {s.images.shape[2:] for s in (train, val, test) if s is not None}
+    if len(shapes) > 1:
+        raise DataError(f"mismatched image shapes across splits: {sorted(shapes)}")
+    return train, val, test, classes, True
+
+
+DATASETS: dict[str, Callable] = {
+    "digits": load_digits_splits,
+    "fashion-mnist": load_fashion_mnist_splits,
+    "cifar10": _cifar_loader("CIFAR10"),
+    "cifar100": _cifar_loader("CIFAR100"),
+    "parquet": load_parquet_splits,
+    "imagefolder": load_imagefolder_splits,
+}
+
+
+# ------------------------------------------------------------------------------------- split handling
+
+
+def long_tailed_indices(labels: np.ndarray, num_classes: int, ratio: float, seed: int = SPLIT_SEED) -> np.ndarray:
+    """Class c keeps n_max * ratio^(-c/(K-1)) samples (exponential profile of long-tailed CIFAR)."""
+    if ratio < 1:
+        raise DataError(f"--imbalance-ratio must be >= 1, got {ratio}")
+    rng = np.random.default_rng(seed)
+    n_max = np.bincount(labels, minlength=num_classes).max()
+    keep = []
+    for c in range(num_classes):
+        idx = np.flatnonzero(labels == c)
+        target = int(n_max * ratio ** (-c / max(num_classes - 1, 1)))
+        keep.append(rng.permutation(idx)[: max(1, min(target, idx.size))])
+    return np.sort(np.concatenate(keep))
+
+
+def _hold_out(split: ImageSplit, fraction: float, rng: np.random.Generator) -> tuple[ImageSplit, ImageSplit]:
+    perm = rng.permutation(len(split))
+    n_out = max(1, int(round(fraction * len(split))))
+    return split.subset(np.sort(perm[n_out:])), split.subset(np.sort(perm[:n_out]))
+
+
+def _check_split(split: ImageSplit, where: str, num_classes: int) -> None:
+    if len(split) == 0:
+        raise DataError(f"the {where} split is empty")
+    bad = (split.labels < 0) | (split.labels >= num_classes)
+    if bad.any():
+        raise DataError(
+            f"labels outside 0..{num_classes - 1} in the {where} split (e.g. {int(split.labels[bad][0])})"
+        )
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | None = None,
+    *,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    imbalance_ratio: float | None = None,
+    train_subset: int | None = None,
+    download: bool = False,
+) -> ImageDataset:
+    """Load, split and validate a data set. Raises DataError with a one-line reason on bad data."""
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    if data_dir is not None and name not in ("digits",) and not os.path.exists(data_dir):
+        raise DataError(f"data directory {data_dir} does not exist")
+    train, val, test, classes, hflip = DATASETS[name](data_dir, download)
+    k = len(classes)
+    if k < 2:
+        raise DataError(f"{name} has {k} class(es); classification needs at least 2")
+    _check_split(train, "train", k)
+    rng = np.random.default_rng(SPLIT_SEED)
+    if test is None:
+        train, test = _hold_out(train, test_fraction, rng)
+    if imbalance_ratio is not None and imbalance_ratio != 1:
+        train = train.subset(long_tailed_indices(train.labels, k, imbalance_ratio))
+    if val is None:
+        train, val = _hold_out(train, val_fraction, rng)
+    if train_subset is not None and train_subset < len(train):
+        train = train.subset(np.sort(rng.permutation(len(train))[:train_subset]))
+    for split, where in ((train, "train"), (val, "validation"), (test, "test")):
+        _check_split(split, where, k)
+    pixels = train.images.reshape(len(train), train.images.shape[1], -1).astype(np.float64) / 255.0
+    mean = pixels.mean(axis=(0, 2))
+    std = np.maximum(pixels.std(axis=(0, 2)), 1e-3)
+    return ImageDataset(name, train, val, test, classes, hflip, [float(m) for m in mean], [float(s) for s in std])
+
+
+# ----------------------------------------------------------------------------------- torch adapters
+
+
+class IndexedImages(torch.utils.data.Dataset):
+    """(uint8 image, label, sample index) triples; the index is what the sample weights are keyed on.
+
+    Augmentation (torchvision.transforms.v2 random crop with padding, plus horizontal flip where it
+    preserves the label) runs on the uint8 tensor; normalisation is done per batch on the device.
+    """
+
+    def __init__(self, split: ImageSplit, *, augment: bool, crop_padding: int = 0, hflip: bool = False) -> None:
+        with warnings.catch_warnings():  # arrays from the object store are read-only; nothing writes them
+            warnings.simplefilter("ignore", UserWarning)
+            self.images = torch.from_numpy(np.ascontiguousarray(split.images))
+            self.labels = torch.from_numpy(np.ascontiguousarray(split.labels))
+        self.transform = None
+        if augment:
+            from torchvision.transforms import v2
+
+            steps: list = [v2.RandomCrop(self.images.shape[-1], padding=crop_padding)]
+            if hflip:
+                steps.append(v2.RandomHorizontalFlip())
+            self.transform = v2.Compose(steps)
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def __getitem__(self, i: int):
+        x = self.images[i]
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, self.labels[i], i
+
+
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (B, C, H, W) -> float, scaled to [0, 1] and standardised per channel."""
+    return (images.float().div_(255.0) - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)

@@ -1,0 +1,154 @@
+"""The ensemble artifact: ``ensemble/manifest.json`` plus one state dict per member, and its loader.
+
+Inputs to ``predict_proba`` are raw pixel values (0..255) shaped (N, C, H, W) as in the data set;
+the manifest's normalisation is applied here, so the artifact is self-describing for serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from boostray.boosting import vote
+from boostray.errors import ArtifactError
+from boostray.models import create_model
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_ensemble(
+    directory: str,
+    *,
+    member_states: Sequence[dict[str, torch.Tensor]],
+    member_info: Sequence[dict],
+    manifest: dict,
+) -> dict:
+    """Write members and manifest into ``directory`` (which the caller renames into place when done)."""
+    os.makedirs(directory, exist_ok=True)
+    entries = []
+    for i, (sd, info) in enumerate(zip(member_states, member_info)):
+        fname = f"member_{i:03d}.pt"
+        path = os.path.join(directory, fname)
+        torch.save(sd, path)
+        entries.append({"file": fname, **info, "sha256": sha256_file(path)})
+    full = {"format_version": FORMAT_VERSION, **manifest, "members": entries}
+    with open(os.path.join(directory, MANIFEST), "w") as f:
+        json.dump(full, f, indent=2)
+    return full
+
+
+class Ensemble:
+    """Checkpoint members with their weights; ``predict_proba`` is the weighted vote of the manifest."""
+
+    def __init__(self, manifest: dict, members: list[nn.Module]) -> None:
+        self.manifest = manifest
+        self.members = members
+        self.weights = np.array([m["weight"] for m in manifest["members"]], dtype=np.float64)
+        self.vote_mode = manifest["vote"]
+        self.classes: list[str] = manifest["classes"]
+        self.input_shape = tuple(manifest["input_shape"])
+        self.device = torch.device("cpu")
+        self._mean = torch.tensor(manifest["normalization"]["mean"])
+        self._std = torch.tensor(manifest["normalization"]["std"])
+
+    def to(self, device: str | torch.device) -> "Ensemble":
+        self.device = torch.device(device)
+        for m in self.members:
+            m.to(self.device)
+        return self
+
+    def _as_tensor(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(x)
+        if t.ndim == len(self.input_shape):
+            t = t.unsqueeze(0)
+        if tuple(t.shape[1:]) != self.input_shape:
+            raise ValueError(f"expected images shaped (N, {', '.join(map(str, self.input_shape))}), got {tuple(t.shape)}")
+        return t
+
+    @torch.no_grad()
+    def member_proba(self, x: np.ndarray | torch.Tensor, batch_size: int = 1024) -> np.ndarray:
+        """Each member's softmax outputs: (M, N, K)."""
+        t = self._as_tensor(x)
+        mean, std = self._mean.to(self.device).view(1, -1, 1, 1), self._std.to(self.device).view(1, -1, 1, 1)
+        out = np.empty((len(self.members), t.shape[0], len(self.classes)), dtype=np.float32)
+        for start in range(0, t.shape[0], batch_size):
+            xb = (t[start:start + batch_size].to(self.device).float() / 255.0 - mean) / std
+            for i, m in enumerate(self.members):
+                out[i, start:start + xb.shape[0]] = torch.softmax(m(xb), dim=1).cpu().numpy()
+        return out
+
+    def predict_proba(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        return vote(self.member_proba(x), self.weights, self.vote_mode)
+
+    def predict(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        return self.predict_proba(x).argmax(axis=1)
+
+    def staged_predict_proba(self, x: np.ndarray | torch.Tensor) -> Iterator[np.ndarray]:
+        """Ensemble probabilities of the first 1, 2, ..., M members."""
+        p = self.member_proba(x)
+        for k in range(1, len(self.members) + 1):
+            yield vote(p[:k], self.weights[:k], self.vote_mode)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+
+def _ensemble_dir(path: str) -> str:
+    if os.path.isfile(os.path.join(path, MANIFEST)):
+        return path
+    if os.path.isfile(os.path.join(path, "ensemble", MANIFEST)):
+        return os.path.join(path, "ensemble")
+    raise ArtifactError(f"no ensemble manifest in {path} (expected {os.path.join(path, 'ensemble', MANIFEST)})")
+
+
+def read_manifest(path: str) -> tuple[str, dict]:
+    directory = _ensemble_dir(path)
+    try:
+        with open(os.path.join(directory, MANIFEST)) as f:
+            manifest = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"unreadable manifest in {directory}: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{directory}/{MANIFEST}: unsupported format_version {manifest.get('format_version') if isinstance(manifest, dict) else None}")
+    for key in ("model", "members", "classes", "vote", "input_shape", "normalization"):
+        if key not in manifest:
+            raise ArtifactError(f"{directory}/{MANIFEST} lacks {key!r}")
+    if not manifest["members"]:
+        raise ArtifactError(f"{directory}/{MANIFEST} lists no members")
+    return directory, manifest
+
+
+def load_ensemble(path: str, device: str | torch.device = "cpu") -> Ensemble:
+    """Load a run directory (or its ``ensemble/`` folder); every member's sha256 is checked."""
+    directory, manifest = read_manifest(path)
+    members = []
+    for entry in manifest["members"]:
+        fpath = os.path.join(directory, entry["file"])
+        if not os.path.isfile(fpath):
+            raise ArtifactError(f"member file {fpath} is missing")
+        digest = sha256_file(fpath)
+        if digest != entry["sha256"]:
+            raise ArtifactError(f"sha256 mismatch for {fpath}: the file was changed after training")
+        model_spec = manifest["model"]
+        net = create_model(model_spec["name"], **model_spec["kwargs"])
+        try:
+            net.load_state_dict(torch.load(fpath, map_location="cpu", weights_only=True))
+        except Exception as exc:  # a state dict that does not fit the manifest's model
+            raise ArtifactError(f"member {fpath} does not fit model {model_spec['name']}: {exc}") from None
+        members.append(net.eval())
+    return Ensemble(manifest, members).to(device)

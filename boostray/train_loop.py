@@ -1,0 +1,318 @@
+"""The Ray Train worker function: one network trained for the whole budget, boosted at each checkpoint.
+
+Every rank runs ``train_loop_per_worker``. Per round: train the round's epochs on this rank's shard
+with the weighted loss, then (for re-weighting methods) combine per-sample correctness over the ranks,
+let rank 0 take the boosting step and publish the new weights to the weight store, and have every rank
+read that version; evaluate the checkpoint on the validation and test splits; report metrics and a
+checkpoint holding model, optimizer, LR schedule and the whole boosting state.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+import ray.train
+import ray.train.torch
+
+from boostray.boost_state import BoostState, MemberRecord
+from boostray.boosting import ChanceLevelWarning, boost_step, effective_sample_size
+from boostray.collectives import (
+    all_sum, barrier, combine_correctness, combine_rows, gather_digests, shard_indices, weights_digest,
+)
+from boostray.config import TrainConfig
+from boostray.data import ImageDataset, IndexedImages, normalize
+from boostray.metrics import accuracy
+from boostray.methods import Method, create_method
+from boostray.models import create_model
+
+CHECKPOINT_FILE = "state.pt"
+EVAL_BATCH = 512
+
+
+def _resolve(obj: Any) -> Any:
+    """Data and stores arrive as ObjectRefs from a cluster driver, as plain objects in local mode."""
+    if isinstance(obj, ray.ObjectRef):
+        return ray.get(obj)
+    return obj
+
+
+def emit(line: str) -> None:
+    """A progress line from rank 0. Not print(): Ray Train routes print through a logger and tees it."""
+    sys.stdout.write(f"[boostray] {line}\n")
+    sys.stdout.flush()
+
+
+def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Augmentation and dropout randomness fixed by (seed, epoch, rank): a resumed run replays it."""
+    torch.manual_seed((seed * 1_000_003 + epoch * 7919 + rank) % (2**63))
+
+
+class WorkerContext:
+    """What one rank needs for the whole run: device, model, optimizer, data views."""
+
+    def __init__(self, config: TrainConfig, data: ImageDataset, method: Method) -> None:
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.config, self.data, self.method = config, data, method
+        self.device = ray.train.torch.get_device()
+        self.mean = torch.tensor(data.mean, device=self.device)
+        self.std = torch.tensor(data.std, device=self.device)
+        c, h, _ = data.input_shape
+        self.model_args = {"name": config.model, "num_classes": data.num_classes, "in_channels": c, "image_size": h}
+        torch.manual_seed(config.seed)  # identical initialisation on every rank (DDP also broadcasts it)
+        net = create_model(**self.model_args)
+        if config.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        self.model = ray.train.torch.prepare_model(net)
+        self.net = getattr(self.model, "module", self.model)  # unwrapped: what members and evals use
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
+        )
+        train_set = IndexedImages(data.train, augment=config.augment, crop_padding=data.crop_padding, hflip=data.hflip)
+        self.sampler = DistributedSampler(train_set, num_replicas=self.world, rank=self.rank, shuffle=True, seed=config.seed)
+        self.local_batch = max(1, config.batch_size // self.world)
+        self.loader = DataLoader(
+            train_set, batch_size=self.local_batch, sampler=self.sampler, num_workers=config.loader_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        self.steps_per_epoch = len(self.loader)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: method.lr_factor(step / self.steps_per_epoch)
+        )
+        self.autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16 if config.amp == "bf16" else torch.float16)
+            if config.amp and self.device.type == "cuda" else nullcontext()
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16" and self.device.type == "cuda")
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        x = normalize(images.to(self.device, non_blocking=True), self.mean, self.std)
+        return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
+
+    def train_epoch(self, epoch: int, weights: torch.Tensor, record: bool) -> tuple[dict, tuple | None]:
+        """One epoch with the weighted loss L = sum_i (n w_i) CE_i / |batch|; optionally record
+        on-the-fly correctness (error_source=running)."""
+        self.model.train()
+        self.sampler.set_epoch(epoch)
+        _seed_epoch(self.config.seed, epoch, self.rank)
+        n = weights.numel()
+        loss_sum = correct = seen = 0.0
+        rec_idx, rec_ok = [], []
+        for images, labels, idx in self.loader:
+            x, y = self.prepare(images), labels.to(self.device, non_blocking=True)
+            with self.autocast:
+                logits = self.model(x)
+                per_sample = F.cross_entropy(logits.float(), y, reduction="none")
+            loss = (n * weights[idx.to(self.device)] * per_sample).sum() / y.numel()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            ok = logits.argmax(1) == y
+            loss_sum += float(per_sample.detach().sum())
+            correct += float(ok.sum())
+            seen += y.numel()
+            if record:
+                rec_idx.append(idx)
+                rec_ok.append(ok.cpu())
+        loss_sum, correct, seen = all_sum([loss_sum, correct, seen])
+        stats = {"loss": loss_sum / seen, "accuracy": correct / seen, "lr": self.scheduler.get_last_lr()[0]}
+        recorded = (torch.cat(rec_idx), torch.cat(rec_ok)) if record else None
+        return stats, recorded
+
+    @torch.no_grad()
+    def predict_proba(self, images: np.ndarray) -> torch.Tensor:
+        """Softmax outputs of the current network on this rank's shard of ``images``, combined."""
+        self.net.eval()
+        n = images.shape[0]
+        index = shard_indices(n, self.rank, self.world)
+        rows = []
+        for start in range(0, index.size, EVAL_BATCH):
+            batch = torch.from_numpy(images[index[start:start + EVAL_BATCH]])
+            with self.autocast:
+                rows.append(torch.softmax(self.net(self.prepare(batch)).float(), dim=1).cpu())
+        k = self.data.num_classes
+        local = torch.cat(rows) if rows else torch.zeros((0, k))
+        return combine_rows(index, local, n)
+
+    def eval_correctness(self) -> np.ndarray:
+        """c_i on the training set from one eval-mode pass without augmentation (error_source=eval)."""
+        proba = self.predict_proba(self.data.train.images)
+        return proba.argmax(1).numpy() == self.data.train.labels
+
+    # -- checkpointing -------------------------------------------------------------------------------
+    def save(self, directory: str, state: BoostState) -> None:
+        torch.save(
+            {
+                "model": self.net.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "boost": state.to_saveable(),
+            },
+            os.path.join(directory, CHECKPOINT_FILE),
+        )
+
+    def restore(self, checkpoint: ray.train.Checkpoint) -> BoostState:
+        with checkpoint.as_directory() as directory:
+            saved = torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+        self.net.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        return BoostState.from_saveable(saved["boost"])
+
+
+def boost_round(state: BoostState, correct: np.ndarray, num_classes: int, config: TrainConfig, last_round: bool) -> dict:
+    """Rank 0's part of a round: e_m, lambda_m and the new weights (into ``state``); returns the
+    history entry that the weight store publishes."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ChanceLevelWarning)
+        result = boost_step(
+            state.weights, correct, num_classes, eta=config.eta, min_error=config.min_error,
+            update=not last_round, max_weight_ratio=config.max_weight_ratio,
+        )
+    for w in caught:
+        emit(f"warning: {w.message}")
+    state.weights = result.weights
+    return {"round": state.rounds_done + 1, "error": result.error, "raw_error": result.raw_error, "alpha": result.alpha}
+
+
+def sync_weights(store: Any, rank: int, version: int, state: BoostState, entry: dict | None = None) -> tuple[np.ndarray, list]:
+    """Rank 0 publishes ``state.weights`` as ``version`` with the (e_m, lambda_m) history, plus this
+    round's ``entry``; after a barrier every rank reads that version back from the store. Returns the
+    weights and every rank's digest of them; ranks that disagree stop the run."""
+    if rank == 0:
+        store.publish(version, state.weights, state.history() + ([entry] if entry else []))
+    barrier()
+    weights = store.fetch(version)
+    digests = gather_digests(weights_digest(weights))
+    if any(d != digests[0] for d in digests):
+        raise RuntimeError(f"ranks hold different sample weights after sync of version {version}: {digests}")
+    return weights, digests
+
+
+def train_loop_per_worker(loop_config: dict) -> dict | None:
+    config = TrainConfig(**loop_config["config"])
+    data: ImageDataset = _resolve(loop_config["data"])
+    store = loop_config["store"]
+    method = create_method(config.method, epochs=config.epochs, checkpoints=config.checkpoints)
+    w = WorkerContext(config, data, method)
+    n, k = len(data.train), data.num_classes
+
+    checkpoint = ray.train.get_checkpoint()
+    state = w.restore(checkpoint) if checkpoint else BoostState.initial(n)
+    synced, digests = sync_weights(store, w.rank, state.rounds_done, state)
+    state.weights = np.array(synced)  # a copy: the object store hands out read-only views
+    weights = torch.as_tensor(state.weights, dtype=torch.float32, device=w.device)
+    boundaries = method.boundaries()
+    start_epoch = boundaries[state.rounds_done - 1] if state.rounds_done else 0
+    loop_started, first_epoch = time.perf_counter(), start_epoch
+    seconds_before = state.train_seconds
+
+    for r in range(state.rounds_done, config.checkpoints):
+        round_start = time.perf_counter()
+        end_epoch = boundaries[r]
+        recorded = None
+        for epoch in range(start_epoch, end_epoch):
+            record = method.reweights and config.error_source == "running" and epoch == end_epoch - 1
+            stats, rec = w.train_epoch(epoch, weights, record)
+            recorded = rec if rec is not None else recorded
+            session = time.perf_counter() - loop_started
+            elapsed, done = seconds_before + session, epoch + 1
+            eta_s = session / (done - first_epoch) * (config.epochs - done)
+            stats.update(epoch=done, round=r + 1, elapsed=elapsed)
+            state.epoch_log.append(stats)
+            if w.rank == 0:
+                emit(
+                    f"epoch {done}/{config.epochs} round {r + 1}/{config.checkpoints} "
+                    f"loss {stats['loss']:.4f} acc {stats['accuracy']:.4f} lr {stats['lr']:.4g} "
+                    f"elapsed {elapsed:.1f}s eta {eta_s:.1f}s"
+                )
+        start_epoch = end_epoch
+        last = r == config.checkpoints - 1
+
+        error = raw_error = math.nan
+        alpha = 1.0
+        state.weights_history.append(np.asarray(state.weights, dtype=np.float32))
+        if method.reweights:
+            if config.error_source == "running":
+                correct = combine_correctness(recorded[0], recorded[1], n)
+            else:
+                correct = w.eval_correctness()
+            train_acc = float(correct.mean())
+            entry = boost_round(state, correct, k, config, last) if w.rank == 0 else None
+            synced, digests = sync_weights(store, w.rank, r + 1, state, entry)
+            state.weights = np.array(synced)
+            entry = store.history()[-1]  # every rank takes e_m and lambda_m from the store
+            error, raw_error, alpha = entry["error"], entry["raw_error"], entry["alpha"]
+            weights = torch.as_tensor(state.weights, dtype=torch.float32, device=w.device)
+        else:
+            train_acc = state.epoch_log[-1]["accuracy"]
+        state.ess.append(effective_sample_size(state.weights))
+        state.train_seconds += time.perf_counter() - round_start
+
+        # Evaluation for the record (not part of train_seconds: every method pays it alike).
+        val_p = w.predict_proba(data.val.images).numpy()
+        test_p = w.predict_proba(data.test.images).numpy()
+        state.last_val_proba, state.last_test_proba = val_p, test_p
+        if method.is_member(r):
+            state.members.append(MemberRecord(
+                round=r + 1, epoch=end_epoch, alpha=alpha, error=error, raw_error=raw_error,
+                train_accuracy=train_acc, val_accuracy=accuracy(val_p, data.val.labels),
+                test_accuracy=accuracy(test_p, data.test.labels),
+            ))
+            state.member_states.append({kk: v.detach().cpu().clone() for kk, v in w.net.state_dict().items()})
+            state.val_proba.append(val_p)
+            state.test_proba.append(test_p)
+        state.rounds_done = r + 1
+        state.rank_digests.append(digests)  # one per rank, equal by construction (checked in sync_weights)
+        metrics = round_metrics(state, data, config)
+        if w.rank == 0:
+            emit(
+                f"round {r + 1}/{config.checkpoints}: member val acc {accuracy(val_p, data.val.labels):.4f} "
+                f"ensemble val acc {metrics['val_accuracy']:.4f}"
+                + (f" e={error:.4f} lambda={alpha:.3f} ess={state.ess[-1]:.3f}" if method.reweights else "")
+            )
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if w.rank == 0:
+                w.save(tmp, state)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"round_{r + 1:04d}")
+    return state.to_portable() if w.rank == 0 else None
+
+
+def round_metrics(state: BoostState, data: ImageDataset, config: TrainConfig) -> dict:
+    """What each round reports: the ensemble-so-far validation accuracy is what Tune selects on."""
+    from boostray.boosting import vote
+
+    if state.members:
+        alphas = np.array([m.alpha for m in state.members])
+        val_acc = accuracy(vote(np.stack(state.val_proba), alphas, config.vote), data.val.labels)
+    else:
+        val_acc = accuracy(state.last_val_proba, data.val.labels)
+    out = {
+        "round": state.rounds_done,
+        "val_accuracy": val_acc,
+        "network_val_accuracy": accuracy(state.last_val_proba, data.val.labels),
+        "members": len(state.members),
+        "ess": state.ess[-1],
+        "train_seconds": state.train_seconds,
+    }
+    if state.members and not math.isnan(state.members[-1].error):
+        out.update(error=state.members[-1].error, alpha=state.members[-1].alpha)
+    return out

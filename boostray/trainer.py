@@ -1,0 +1,188 @@
+"""The driver: validate, load the data once, run the Ray Train job, write the run directory.
+
+The run directory is assembled under a hidden temporary name and renamed into place only when
+complete, so a crash never leaves a directory that looks finished. Ray Train's own checkpoints live
+under ``OUTPUT/.ray/NAME``: rerunning with the same ``--name`` resumes from them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, replace
+
+import numpy as np
+
+from boostray.boost_state import BoostState
+from boostray.boosting import vote
+from boostray.config import TrainConfig
+from boostray.data import ImageDataset, load_dataset
+from boostray.ensemble import write_ensemble
+from boostray.errors import ConfigError
+from boostray.metrics import accuracy, ensemble_report, per_class_accuracy
+from boostray.methods import create_method
+from boostray.runtime import ray_session
+
+
+def default_run_name(config: TrainConfig) -> str:
+    return f"{config.method}-{config.dataset}-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def resolve_paths(config: TrainConfig) -> tuple[str, str, str]:
+    """(output folder, run directory, Ray Train storage folder), absolute."""
+    output = os.path.abspath(os.path.expanduser(config.output))
+    return output, os.path.join(output, config.name), os.path.join(output, ".ray")
+
+
+def load_training_data(config: TrainConfig) -> ImageDataset:
+    return load_dataset(
+        config.dataset, config.data_dir, val_fraction=config.val_fraction, imbalance_ratio=config.imbalance_ratio,
+        train_subset=config.train_subset, download=config.download,
+    )
+
+
+def run_training(config: TrainConfig, data: ImageDataset) -> BoostState:
+    """Run the train loop on Ray Train (or in-process for workers=0) and return rank 0's final state."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from boostray.loopback_backend import LoopbackTorchConfig
+    from boostray.runtime import cluster_address
+    from boostray.train_loop import train_loop_per_worker
+    from boostray.weight_store import LocalWeightStore, RayWeightStore
+
+    _, _, storage = resolve_paths(config)
+    local = config.workers == 0
+    store = LocalWeightStore() if local or not ray.is_initialized() else RayWeightStore.create(config.name)
+    data_ref = data if local or not ray.is_initialized() else ray.put(data)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config.to_dict(), "data": data_ref, "store": store},
+        # A local Ray is one node: rendezvous through a file, so no TCP port opens beyond loopback.
+        torch_config=None if cluster_address(config.address) else LoopbackTorchConfig(),
+        scaling_config=ScalingConfig(
+            num_workers=config.workers, use_gpu=config.gpu,
+            resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": 1} if config.gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=config.name, storage_path=storage,
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    finally:
+        store.close()
+    return BoostState.from_saveable(result.return_value)
+
+
+def build_metrics(state: BoostState, data: ImageDataset, config: TrainConfig) -> dict:
+    """metrics.json: per member and ensemble figures of the method reference's "What to record"."""
+    alphas = np.array([m.alpha for m in state.members])
+    k = data.num_classes
+    splits = {}
+    for name, split, proba in (("val", data.val, state.val_proba), ("test", data.test, state.test_proba)):
+        member_p = np.stack(proba)
+        report = ensemble_report(member_p, alphas, split.labels, k, config.vote)
+        ens = vote(member_p, alphas, config.vote)
+        report["per_class_accuracy"] = per_class_accuracy(ens, split.labels, k).tolist()
+        single = state.last_val_proba if name == "val" else state.last_test_proba
+        report["single_accuracy"] = accuracy(single, split.labels)  # the final network alone
+        splits[name] = report
+    return {
+        "method": config.method,
+        "dataset": config.dataset,
+        "model": config.model,
+        "samples": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        "members": [asdict(m) for m in state.members],
+        "ess": state.ess,
+        "rank_weight_digests": state.rank_digests,
+        "val": splits["val"],
+        "test": splits["test"],
+        "epochs": state.epoch_log,
+        "train_seconds": state.train_seconds,
+    }
+
+
+def write_sample_weights(path: str, state: BoostState, data: ImageDataset) -> None:
+    """One row per training sample: its index, label and the weight it had in each round."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {"index": np.arange(len(data.train)), "label": data.train.labels}
+    for r, w in enumerate(state.weights_history):
+        columns[f"round_{r + 1}"] = w
+    columns["final"] = state.weights.astype(np.float32)
+    pq.write_table(pa.table(columns), path)
+
+
+def write_run_directory(run_dir: str, state: BoostState, data: ImageDataset, config: TrainConfig, wall_seconds: float) -> dict:
+    parent = os.path.dirname(run_dir)
+    tmp = os.path.join(parent, f".{os.path.basename(run_dir)}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        method = create_method(config.method, epochs=config.epochs, checkpoints=config.checkpoints)
+        c, h, w = data.input_shape
+        write_ensemble(
+            os.path.join(tmp, "ensemble"),
+            member_states=state.member_states,
+            member_info=[
+                {"weight": m.alpha if method.weighted_members else 1.0, "epoch": m.epoch, "round": m.round,
+                 "error": None if np.isnan(m.error) else m.error}
+                for m in state.members
+            ],
+            manifest={
+                "name": config.name,
+                "method": config.method,
+                "model": {"name": config.model, "kwargs": {"num_classes": data.num_classes, "in_channels": c, "image_size": h}},
+                "input_shape": [c, h, w],
+                "normalization": {"scale": 255.0, "mean": data.mean, "std": data.std},
+                "classes": data.classes,
+                "vote": config.vote,
+                "dataset": config.dataset,
+            },
+        )
+        metrics = build_metrics(state, data, config)
+        metrics["wall_seconds"] = wall_seconds
+        with open(os.path.join(tmp, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=2, default=float)
+        config.save(os.path.join(tmp, "config.yaml"))
+        write_sample_weights(os.path.join(tmp, "sample_weights.parquet"), state, data)
+        os.rename(tmp, run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return metrics
+
+
+def train(config: TrainConfig) -> tuple[str, dict]:
+    """Validate, train and write the run directory; returns (run directory, metrics)."""
+    started = time.perf_counter()
+    config = replace(config)
+    config.validate()
+    if config.name is None:
+        config.name = default_run_name(config)
+    output, run_dir, _ = resolve_paths(config)
+    if os.path.exists(run_dir):
+        raise ConfigError(f"run {config.name!r} already finished in {run_dir}; pick another --name")
+    data = load_training_data(config)  # bad data fails here, before Ray or any file
+    os.makedirs(output, exist_ok=True)
+    with ray_session(config.address, num_cpus=None) if config.workers else _no_ray():
+        state = run_training(config, data)
+    metrics = write_run_directory(run_dir, state, data, config, time.perf_counter() - started)
+    return run_dir, metrics
+
+
+class _no_ray:
+    """Ray Train's local mode (workers=0) runs in-process and needs no Ray instance."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

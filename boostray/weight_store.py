@@ -1,0 +1,103 @@
+"""Where the sample weights live between rounds: Ray's object store, indexed by a small named actor.
+
+The actor holds only the ObjectRef of the current weight vector, its version (the round it belongs
+to) and the boosting history, so it stays tiny however large n is. Rank 0 puts each new vector into
+the object store and publishes the ref; the other ranks read that version (zero-copy from shared
+memory on the same node). Ray Train's local mode has no cluster: ``LocalWeightStore`` keeps the same
+interface in-process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+NAMESPACE = "boostray"
+
+
+class WeightRegistry:
+    """The actor's state: current version, a boxed ObjectRef (boxed so Ray does not resolve it), history."""
+
+    def __init__(self) -> None:
+        self.version = -1
+        self.box: list[Any] = []
+        self.history: list[dict] = []
+
+    def publish(self, version: int, box: list[Any], history: list[dict]) -> int:
+        self.version, self.box, self.history = version, box, list(history)
+        return version
+
+    def get(self, version: int) -> list[Any]:
+        if version != self.version:
+            raise RuntimeError(f"weights version {version} requested, store holds version {self.version}")
+        return self.box
+
+    def get_history(self) -> list[dict]:
+        return list(self.history)
+
+
+def weight_store_name(run_name: str) -> str:
+    return f"weights:{run_name}"
+
+
+class RayWeightStore:
+    """Client side of the per-run ``WeightRegistry`` actor; picklable, so it travels to the workers."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+
+    @classmethod
+    def create(cls, run_name: str) -> "RayWeightStore":
+        import ray
+
+        actor_cls = ray.remote(num_cpus=0)(WeightRegistry)
+        actor = actor_cls.options(
+            name=weight_store_name(run_name), namespace=NAMESPACE, get_if_exists=True, max_restarts=0
+        ).remote()
+        return cls(actor)
+
+    def publish(self, version: int, weights: np.ndarray, history: list[dict]) -> None:
+        import ray
+
+        ref = ray.put(np.ascontiguousarray(weights, dtype=np.float64))
+        ray.get(self.actor.publish.remote(version, [ref], history))
+        self._ref = ref  # rank 0 owns the object: keep it alive while the store points at it
+
+    def fetch(self, version: int) -> np.ndarray:
+        """The published vector (a read-only view into shared memory: copy before writing)."""
+        import ray
+
+        box = ray.get(self.actor.get.remote(version))
+        return ray.get(box[0])
+
+    def history(self) -> list[dict]:
+        import ray
+
+        return ray.get(self.actor.get_history.remote())
+
+    def close(self) -> None:
+        import ray
+
+        ray.kill(self.actor, no_restart=True)
+
+
+class LocalWeightStore:
+    """The same interface without Ray (single process: Ray Train's local mode, tests, notebooks)."""
+
+    def __init__(self) -> None:
+        self.registry = WeightRegistry()
+
+    def publish(self, version: int, weights: np.ndarray, history: list[dict]) -> None:
+        w = np.array(weights, dtype=np.float64)
+        w.setflags(write=False)  # same contract as the object store: readers get a read-only view
+        self.registry.publish(version, [w], history)
+
+    def fetch(self, version: int) -> np.ndarray:
+        return self.registry.get(version)[0]
+
+    def history(self) -> list[dict]:
+        return self.registry.get_history()
+
+    def close(self) -> None:
+        pass
