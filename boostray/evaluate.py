@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from boostray.config import TrainConfig, read_config_file
-from boostray.ensemble import load_ensemble, read_manifest
+from boostray.ensemble import load_ensemble
 from boostray.errors import ArtifactError, DataError
 from boostray.metrics import ensemble_report
 
@@ -13,7 +13,8 @@ from boostray.metrics import ensemble_report
 def evaluate_run(run_dir: str, *, dataset: str | None = None, data_dir: str | None = None, split: str = "test") -> dict:
     if not os.path.isdir(run_dir):
         raise ArtifactError(f"run directory {run_dir} does not exist")
-    _, manifest = read_manifest(run_dir)
+    ensemble = load_ensemble(run_dir)  # the artifact first: a tampered member fails before any data loads
+    manifest = ensemble.manifest
     config_path = os.path.join(run_dir, "config.yaml")
     config = TrainConfig(**read_config_file(config_path)) if os.path.isfile(config_path) else TrainConfig()
     if dataset is not None and dataset != config.dataset:
@@ -27,7 +28,6 @@ def evaluate_run(run_dir: str, *, dataset: str | None = None, data_dir: str | No
         raise DataError(f"{config.dataset} images are {data.input_shape}, the ensemble expects {tuple(manifest['input_shape'])}")
     if data.num_classes != len(manifest["classes"]):
         raise DataError(f"{config.dataset} has {data.num_classes} classes, the ensemble {len(manifest['classes'])}")
-    ensemble = load_ensemble(run_dir)
     part = {"test": data.test, "val": data.val, "train": data.train}[split]
     report = ensemble_report(ensemble.member_proba(part.images), ensemble.weights, part.labels, data.num_classes, ensemble.vote_mode)
     return {"dataset": config.dataset, "split": split, "samples": len(part), **report}

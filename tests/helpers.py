@@ -1,0 +1,44 @@
+"""Small real data sets written to disk by the tests themselves."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def synthetic_images(n: int, classes: int = 3, size: int = 8, channels: int = 1, seed: int = 0):
+    """Class c is a bright c-th horizontal band plus noise: learnable in a few epochs."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % classes
+    images = rng.integers(0, 60, (n, size, size, channels), dtype=np.uint8)
+    band = size // classes
+    for i, c in enumerate(labels):
+        images[i, c * band:(c + 1) * band] = 220
+    return images, labels
+
+
+def write_parquet_split(path: str, images: np.ndarray, labels, as_png: bool = True) -> None:
+    if as_png:
+        col = pa.array([{"bytes": png_bytes(im.squeeze(-1) if im.shape[-1] == 1 else im), "path": None} for im in images])
+    else:
+        col = pa.array([im.reshape(-1).astype(float).tolist() for im in images])
+    pq.write_table(pa.table({"image": col, "label": pa.array(list(labels), pa.int64())}), path)
+
+
+def write_parquet_dataset(folder: str, n_train: int = 60, n_test: int = 30, **kw) -> str:
+    os.makedirs(folder, exist_ok=True)
+    images, labels = synthetic_images(n_train + n_test, **{k: v for k, v in kw.items() if k != "as_png"})
+    write_parquet_split(os.path.join(folder, "train-00000-of-00001.parquet"), images[:n_train], labels[:n_train], kw.get("as_png", True))
+    write_parquet_split(os.path.join(folder, "test-00000-of-00001.parquet"), images[n_train:], labels[n_train:], kw.get("as_png", True))
+    return folder

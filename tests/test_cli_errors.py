@@ -1,0 +1,99 @@
+"""Bad input: one line naming the problem, exit code 2, no traceback, nothing written."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from boostray.cli import main
+from helpers import synthetic_images, write_parquet_split
+from test_ensemble import make_artifact
+
+
+def run_cli(capsys, args, output):
+    code = main(args + ["--output", str(output)]) if args[0] == "train" else main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dataset", "mnist-ish"], "unknown dataset 'mnist-ish'"),
+    (["--model", "vgg"], "unknown model 'vgg'"),
+    (["--method", "bagging"], "unknown method 'bagging'"),
+    (["--checkpoints", "0"], "--checkpoints must be between 1 and --epochs"),
+    (["--epochs", "3", "--checkpoints", "4"], "--checkpoints must be between 1 and --epochs (3)"),
+    (["--eta", "1.5"], "--eta must be in (0, 1]"),
+    (["--dataset", "parquet", "--data-dir", "/nonexistent/folder"], "does not exist"),
+    (["--dataset", "fashion-mnist", "--data-dir", "/tmp"], "apt-get install dataset-fashion-mnist"),
+])
+def test_bad_options(capsys, tmp_path, args, message):
+    out = tmp_path / "out"
+    code, err = run_cli(capsys, ["train", "--workers", "0", *args], out)
+    assert code == 2
+    assert len(err) == 1 and message in err[0] and err[0].startswith("boostray: error:")
+    assert not out.exists()
+
+
+def bad_parquet(tmp_path, kind):
+    images, labels = synthetic_images(20)
+    folder = tmp_path / kind
+    folder.mkdir()
+    if kind == "labels":
+        write_parquet_split(str(folder / "train.parquet"), images, np.where(labels == 2, -1, labels))
+    elif kind == "empty":
+        write_parquet_split(str(folder / "train.parquet"), images, labels)
+        write_parquet_split(str(folder / "test.parquet"), images[:0], labels[:0])
+    elif kind == "shapes":
+        big, _ = synthetic_images(20, size=12)
+        write_parquet_split(str(folder / "train.parquet"), np.concatenate([images[:10]]), labels[:10])
+        write_parquet_split(str(folder / "test.parquet"), big, labels)
+    return folder
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("labels", "labels outside 0..1 in the train split"),
+    ("empty", "the test split is empty"),
+    ("shapes", "mismatched image shapes"),
+])
+def test_bad_data(capsys, tmp_path, kind, message):
+    folder = bad_parquet(tmp_path, kind)
+    out = tmp_path / "out"
+    code, err = run_cli(capsys, ["train", "--workers", "0", "--dataset", "parquet", "--data-dir", str(folder)], out)
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
+def test_bad_config_file(capsys, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 4\nlearning_rate: 0.1\n")
+    code, err = run_cli(capsys, ["train", "--config", str(cfg)], tmp_path / "out")
+    assert code == 2 and err == ["boostray: error: unknown key 'learning_rate' in " + str(cfg)]
+    cfg.write_text("epochs: four\n")
+    code, err = run_cli(capsys, ["train", "--config", str(cfg)], tmp_path / "out")
+    assert code == 2 and "config key 'epochs' must be int" in err[0]
+
+
+def test_tampered_artifact_on_evaluate(capsys, tmp_path):
+    make_artifact(tmp_path / "run" / "ensemble")
+    with open(tmp_path / "run" / "ensemble" / "member_000.pt", "ab") as f:
+        f.write(b"\0")
+    code, err = run_cli(capsys, ["evaluate", str(tmp_path / "run")], None)
+    assert code == 2 and len(err) == 1 and "sha256 mismatch" in err[0]
+
+
+def test_finished_run_name_is_not_overwritten(capsys, tmp_path):
+    (tmp_path / "done").mkdir()
+    code, err = run_cli(capsys, ["train", "--workers", "0", "--name", "done"], tmp_path)
+    assert code == 2 and "already finished" in err[0]
+
+
+def test_real_process_exit_code_and_single_line():
+    proc = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "boostray"), "train", "--checkpoints", "99"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["boostray: error: --checkpoints must be between 1 and --epochs (12), got 99"]
+    assert "Traceback" not in proc.stdout + proc.stderr

@@ -1,0 +1,81 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from boostray import load_ensemble
+from boostray.boosting import vote
+from boostray.ensemble import write_ensemble
+from boostray.errors import ArtifactError
+from boostray.models import create_model
+
+SPEC = {"num_classes": 4, "in_channels": 1, "image_size": 8}
+
+
+def make_artifact(path, weights=(0.5, 2.0, 1.0), mode="soft"):
+    states = []
+    for seed in range(len(weights)):
+        torch.manual_seed(seed)
+        states.append(create_model("small_cnn", **SPEC).state_dict())
+    write_ensemble(
+        str(path), member_states=states,
+        member_info=[{"weight": w, "epoch": i + 1, "round": i + 1, "error": 0.1} for i, w in enumerate(weights)],
+        manifest={"method": "cbnn", "model": {"name": "small_cnn", "kwargs": SPEC}, "input_shape": [1, 8, 8],
+                  "normalization": {"scale": 255.0, "mean": [0.3], "std": [0.2]}, "classes": list("abcd"), "vote": mode},
+    )
+    return states
+
+
+def test_round_trip_predicts_the_weighted_vote_of_the_members(tmp_path):
+    states = make_artifact(tmp_path / "ensemble")
+    ens = load_ensemble(str(tmp_path))  # the run directory or the ensemble folder both work
+    assert len(ens) == 3 and ens.weights.tolist() == [0.5, 2.0, 1.0]
+    x = np.random.default_rng(0).integers(0, 256, (7, 1, 8, 8), dtype=np.uint8)
+    xn = (torch.from_numpy(x).float() / 255 - 0.3) / 0.2
+    manual = []
+    for sd in states:
+        net = create_model("small_cnn", **SPEC)
+        net.load_state_dict(sd)
+        manual.append(torch.softmax(net.eval()(xn), 1).detach().numpy())
+    expected = vote(np.stack(manual), np.array([0.5, 2.0, 1.0]), "soft")
+    np.testing.assert_allclose(ens.predict_proba(x), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(ens.predict(x), expected.argmax(1))
+    staged = list(ens.staged_predict_proba(x))
+    assert len(staged) == 3
+    np.testing.assert_allclose(staged[0], manual[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(staged[-1], expected, rtol=1e-5, atol=1e-6)
+    assert ens.to("cpu") is ens
+    with pytest.raises(ValueError, match="expected images shaped"):
+        ens.predict(np.zeros((2, 3, 8, 8)))
+
+
+def test_hard_vote_artifact(tmp_path):
+    make_artifact(tmp_path, mode="hard")
+    ens = load_ensemble(str(tmp_path))
+    p = ens.predict_proba(np.zeros((3, 1, 8, 8), np.uint8))
+    assert set(np.round(p.ravel() * 3.5, 6)) <= {0.0, 0.5, 1.0, 2.0, 1.5, 2.5, 3.0, 3.5}  # sums of member weights
+
+
+def test_tampered_member_is_refused(tmp_path):
+    make_artifact(tmp_path)
+    sd = torch.load(tmp_path / "member_001.pt", weights_only=True)
+    next(iter(sd.values())).add_(1.0)
+    torch.save(sd, tmp_path / "member_001.pt")
+    with pytest.raises(ArtifactError, match="sha256 mismatch"):
+        load_ensemble(str(tmp_path))
+
+
+def test_missing_or_broken_artifacts_are_refused(tmp_path):
+    with pytest.raises(ArtifactError, match="no ensemble manifest"):
+        load_ensemble(str(tmp_path))
+    make_artifact(tmp_path)
+    os.remove(tmp_path / "member_002.pt")
+    with pytest.raises(ArtifactError, match="missing"):
+        load_ensemble(str(tmp_path))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="format_version"):
+        load_ensemble(str(tmp_path))

@@ -1,0 +1,85 @@
+"""Ray Train's local mode (workers=0): the whole training path in-process, through the CLI."""
+
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from boostray import load_ensemble
+from boostray.cli import main
+
+FAST = ["--workers", "0", "--epochs", "4", "--checkpoints", "2"]
+
+
+@pytest.fixture(scope="module")
+def cbnn_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    assert main(["train", *FAST, "--output", str(out), "--name", "cbnn", "--seed", "3"]) == 0
+    return out / "cbnn"
+
+
+def test_run_directory_holds_artifact_metrics_weights_and_config(cbnn_run, capsys):
+    manifest = json.loads((cbnn_run / "ensemble" / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["method"] == "cbnn"
+    assert manifest["model"]["name"] == "small_cnn" and manifest["input_shape"] == [1, 8, 8]
+    assert [m["epoch"] for m in manifest["members"]] == [2, 4]
+    assert all(m["weight"] > 0 and len(m["sha256"]) == 64 for m in manifest["members"])
+
+    metrics = json.loads((cbnn_run / "metrics.json").read_text())
+    assert [m["alpha"] for m in metrics["members"]] == [m["weight"] for m in manifest["members"]]
+    for key in ("accuracy", "nll", "ece", "staged_accuracy", "disagreement", "single_accuracy", "balanced_accuracy"):
+        assert key in metrics["test"]
+    assert len(metrics["ess"]) == 2 and 0 < metrics["ess"][0] < 1  # round 1 re-weighted the samples
+    assert 0 < metrics["train_seconds"] < metrics["wall_seconds"]
+    assert metrics["test"]["accuracy"] > 0.8
+
+    table = pq.read_table(cbnn_run / "sample_weights.parquet").to_pydict()
+    assert set(table) == {"index", "label", "round_1", "round_2", "final"}
+    np.testing.assert_allclose(table["round_1"], 1 / len(table["index"]), rtol=1e-6)  # round 1: uniform
+    assert np.std(table["round_2"]) > 0 and sum(table["round_2"]) == pytest.approx(1, rel=1e-4)
+
+    ens = load_ensemble(str(cbnn_run))
+    from boostray.data import load_dataset
+
+    test = load_dataset("digits").test
+    assert (ens.predict(test.images) == test.labels).mean() == pytest.approx(metrics["test"]["accuracy"], abs=1e-6)
+    assert not [p for p in os.listdir(cbnn_run.parent) if p.startswith(".cbnn.partial")]
+
+
+def test_same_seed_same_ensemble_and_config_repeats_the_run(cbnn_run, tmp_path):
+    config = yaml.safe_load((cbnn_run / "config.yaml").read_text())
+    assert config["seed"] == 3 and "name" not in config
+    assert main(["train", "--config", str(cbnn_run / "config.yaml"), "--output", str(tmp_path), "--name", "again"]) == 0
+    a, b = load_ensemble(str(cbnn_run)), load_ensemble(str(tmp_path / "again"))
+    np.testing.assert_array_equal(a.weights, b.weights)
+    for ma, mb in zip(a.members, b.members):
+        for ta, tb in zip(ma.state_dict().values(), mb.state_dict().values()):
+            assert torch.equal(ta, tb)
+
+
+@pytest.mark.parametrize("method,members", [("single", 1), ("checkpoint", 2)])
+def test_baseline_methods_have_uniform_members(tmp_path, method, members):
+    assert main(["train", *FAST, "--method", method, "--output", str(tmp_path), "--name", method]) == 0
+    manifest = json.loads((tmp_path / method / "ensemble" / "manifest.json").read_text())
+    assert len(manifest["members"]) == members
+    assert all(m["weight"] == 1.0 for m in manifest["members"])
+    weights = pq.read_table(tmp_path / method / "sample_weights.parquet").column("final").to_numpy()
+    assert np.ptp(weights) == 0  # never re-weighted
+
+
+def test_running_error_source_and_hard_vote(tmp_path):
+    assert main(["train", *FAST, "--error-source", "running", "--vote", "hard", "--output", str(tmp_path), "--name", "r"]) == 0
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["members"][0]["error"] > 0 and metrics["ess"][0] < 1
+
+
+def test_evaluate_reports_staged_accuracy(cbnn_run, capsys):
+    assert main(["evaluate", str(cbnn_run), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    metrics = json.loads((cbnn_run / "metrics.json").read_text())
+    assert report["samples"] == metrics["samples"]["test"]
+    assert report["staged_accuracy"] == pytest.approx(metrics["test"]["staged_accuracy"])
