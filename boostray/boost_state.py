@@ -82,7 +82,7 @@ class BoostState:
             elif isinstance(v, torch.Tensor):
                 v = v.numpy()
             elif f.name == "member_states":
-                v = [{k: torch.as_tensor(t) for k, t in sd.items()} for sd in v]
+                v = [{k: torch.from_numpy(np.array(t)) for k, t in sd.items()} for sd in v]  # writable copies
             elif isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
                 v = [t.numpy() for t in v]
             kwargs[f.name] = v

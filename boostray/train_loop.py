@@ -215,6 +215,8 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
 
     checkpoint = ray.train.get_checkpoint()
     state = w.restore(checkpoint) if checkpoint else BoostState.initial(n)
+    if checkpoint and w.rank == 0:
+        emit(f"resuming from the checkpoint of round {state.rounds_done}/{config.checkpoints}")
     synced, digests = sync_weights(store, w.rank, state.rounds_done, state)
     state.weights = np.array(synced)  # a copy: the object store hands out read-only views
     weights = torch.as_tensor(state.weights, dtype=torch.float32, device=w.device)

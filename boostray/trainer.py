@@ -43,14 +43,25 @@ def load_training_data(config: TrainConfig) -> ImageDataset:
     )
 
 
+def torch_config_for_cluster():
+    """A cluster that is only this machine on loopback rendezvouses through a file (no TCP port beyond
+    loopback); a real multi-node cluster uses Ray's default TCP rendezvous."""
+    import ray
+
+    from boostray.loopback_backend import LoopbackTorchConfig
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if nodes and all(n["NodeManagerAddress"] in ("127.0.0.1", "localhost") for n in nodes):
+        return LoopbackTorchConfig()
+    return None
+
+
 def run_training(config: TrainConfig, data: ImageDataset) -> BoostState:
     """Run the train loop on Ray Train (or in-process for workers=0) and return rank 0's final state."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from boostray.loopback_backend import LoopbackTorchConfig
-    from boostray.runtime import cluster_address
     from boostray.train_loop import train_loop_per_worker
     from boostray.weight_store import LocalWeightStore, RayWeightStore
 
@@ -61,8 +72,7 @@ def run_training(config: TrainConfig, data: ImageDataset) -> BoostState:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "data": data_ref, "store": store},
-        # A local Ray is one node: rendezvous through a file, so no TCP port opens beyond loopback.
-        torch_config=None if cluster_address(config.address) else LoopbackTorchConfig(),
+        torch_config=None if local else torch_config_for_cluster(),
         scaling_config=ScalingConfig(
             num_workers=config.workers, use_gpu=config.gpu,
             resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": 1} if config.gpu else {})},

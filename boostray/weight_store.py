@@ -9,6 +9,7 @@ interface in-process.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,9 @@ class WeightRegistry:
 
 
 def weight_store_name(run_name: str) -> str:
-    return f"weights:{run_name}"
+    """``weights:RUN:SUFFIX``: per run, and per driver, so a resumed run never races the actor of a
+    driver that just died (it lingers until Ray reaps it)."""
+    return f"weights:{run_name}:{uuid.uuid4().hex[:8]}"
 
 
 class RayWeightStore:
@@ -53,7 +56,7 @@ class RayWeightStore:
 
         actor_cls = ray.remote(num_cpus=0)(WeightRegistry)
         actor = actor_cls.options(
-            name=weight_store_name(run_name), namespace=NAMESPACE, get_if_exists=True, max_restarts=0
+            name=weight_store_name(run_name), namespace=NAMESPACE, max_restarts=0
         ).remote()
         return cls(actor)
 

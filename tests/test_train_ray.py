@@ -1,0 +1,135 @@
+"""Real Ray Train runs: 2 DDP workers, a worker killed mid-run, a driver killed and resumed, and the
+main job's own loopback Ray instance."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from boostray.config import TrainConfig
+from boostray.trainer import train
+from sockets import is_loopback, ray_listeners
+
+pytestmark = pytest.mark.ray
+BOOSTRAY = os.path.join(os.path.dirname(sys.executable), "boostray")
+
+
+def two_worker_config(tmp_path, **overrides) -> TrainConfig:
+    return TrainConfig(
+        workers=2, epochs=6, checkpoints=3, seed=1, output=str(tmp_path), name=f"ddp-{uuid.uuid4().hex[:6]}",
+        **overrides,
+    )
+
+
+def wait_for(condition, thread: threading.Thread) -> None:
+    """Poll ``condition`` while the training thread is alive (waiting on a state, not a fixed sleep)."""
+    event = threading.Event()
+    while not condition() and thread.is_alive():
+        event.wait(0.05)
+
+
+def registered(storage: str, checkpoint: str):
+    """True once Ray Train's checkpoint manager has recorded ``checkpoint`` (what a resume reads)."""
+    def check() -> bool:
+        try:
+            with open(os.path.join(storage, "checkpoint_manager_snapshot.json")) as f:
+                return checkpoint in f.read()
+        except FileNotFoundError:
+            return False
+    return check
+
+
+@pytest.fixture(scope="module")
+def ddp_run(ray_cluster, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    config = two_worker_config(out)
+    run_dir, metrics = train(config)
+    return config, run_dir, metrics
+
+
+def test_two_workers_hold_identical_weights_every_round(ddp_run):
+    config, run_dir, metrics = ddp_run
+    digests = metrics["rank_weight_digests"]
+    assert len(digests) == 3
+    for per_rank in digests:
+        assert len(per_rank) == 2 and per_rank[0] == per_rank[1]
+        assert per_rank[0][0] == pytest.approx(1.0)
+    assert len(set(tuple(d[0]) for d in digests)) == 3  # the weights changed between rounds
+    assert [m["epoch"] for m in metrics["members"]] == [2, 4, 6]
+    assert all(m["alpha"] > 0 for m in metrics["members"])
+    assert metrics["test"]["accuracy"] > 0.9
+
+
+def test_worker_killed_mid_run_resumes_to_the_same_ensemble(ddp_run, tmp_path):
+    from ray.util.state import list_actors
+
+    config, reference_dir, reference = ddp_run
+    faulty = two_worker_config(tmp_path, max_failures=2)
+    storage = os.path.join(str(tmp_path), ".ray", faulty.name)
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=train(faulty)))
+    thread.start()
+    wait_for(registered(storage, "round_0001"), thread)
+    assert thread.is_alive() and not os.path.exists(os.path.join(storage, "round_0003"))
+    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    assert len(workers) == 2
+    os.kill(workers[-1]["pid"], signal.SIGKILL)
+    thread.join(timeout=600)
+    assert "result" in outcome, "the run did not recover from the killed worker"
+    _, metrics = outcome["result"]
+    assert len(metrics["members"]) == 3
+    assert [m["alpha"] for m in metrics["members"]] == [m["alpha"] for m in reference["members"]]
+    assert metrics["rank_weight_digests"] == reference["rank_weight_digests"]
+    a = pq.read_table(os.path.join(outcome["result"][0], "sample_weights.parquet")).to_pandas()
+    b = pq.read_table(os.path.join(reference_dir, "sample_weights.parquet")).to_pandas()
+    assert a.equals(b)
+
+
+def test_driver_killed_and_rerun_with_same_name_resumes(ray_cluster, tmp_path):
+    name = f"resume-{uuid.uuid4().hex[:6]}"
+    cmd = [BOOSTRAY, "train", "--address", ray_cluster, "--epochs", "6", "--checkpoints", "3",
+           "--name", name, "--output", str(tmp_path)]
+    storage = os.path.join(str(tmp_path), ".ray", name)
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in first.stdout:  # the driver's own stream: act on the line that says round 1 is saved
+        if "round 1/3: member val acc" in line:
+            break
+    waiter = threading.Thread(target=first.wait)
+    waiter.start()
+    wait_for(registered(storage, "round_0001"), waiter)
+    first.kill()
+    first.wait()
+    assert not os.path.exists(os.path.join(str(tmp_path), name))  # nothing that looks finished
+
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    log = second.stdout + second.stderr
+    assert "resuming from the checkpoint of round" in log
+    assert "epoch 1/6" not in log  # the first round was not trained again
+    metrics = json.loads(open(os.path.join(str(tmp_path), name, "metrics.json")).read())
+    assert [m["epoch"] for m in metrics["members"]] == [2, 4, 6]
+
+
+def test_main_job_starts_its_own_ray_on_loopback_only(tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path)}  # default --output is ~/boostray_runs
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([BOOSTRAY, "train", "--epochs", "3", "--checkpoints", "3", "--name", "main"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    listeners, lines = [], []
+    for line in proc.stdout:
+        lines.append(line)
+        if "epoch 2/3" in line and not listeners:  # training is running: every Ray port is open
+            listeners = ray_listeners()
+    assert proc.wait() == 0, "".join(lines[-40:])
+    assert listeners, "found no Ray listeners to check"
+    assert [l for l in listeners if not is_loopback(l[1])] == []
+    out = "".join(lines)
+    assert "single network (final checkpoint) test accuracy" in out and "ensemble of 3 (cbnn)" in out
+    assert os.path.isfile(tmp_path / "boostray_runs" / "main" / "ensemble" / "manifest.json")
