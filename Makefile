@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python bench/bench_training.py
+	$(BIN)/python bench/bench_training.py all --json-out bench/results/training.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache

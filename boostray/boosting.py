@@ -115,10 +115,9 @@ def boost_step(
         return BoostResult(error=raw, raw_error=raw, alpha=0.0, weights=w / w.sum(), chance_level=True)
     err = clamp_error(raw, num_classes, min_error)
     alpha = checkpoint_weight(err, num_classes)
-    new = w / w.sum()
+    new = w / w.sum()  # a new array: the caller's weights are never modified
     if update:
-        # Multiply in place of a fresh exp over all n samples: only the misclassified ones change.
-        new = new.copy()
+        # Only the misclassified samples change: no exp over all n samples.
         new[~c] *= math.exp(eta * alpha)
         new /= new.sum()
         if max_weight_ratio is not None:

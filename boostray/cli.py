@@ -96,6 +96,74 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Start Serve on 127.0.0.1 (or --host), deploy the ensemble, block until Ctrl-C, shut down."""
+    import threading
+
+    from ray import serve
+
+    from boostray.runtime import ray_session
+    from boostray.serving import build_app
+
+    options = {k: getattr(args, k) for k in (
+        "run_dir", "model_name", "replicas", "autoscale", "cpus_per_replica", "gpus_per_replica",
+        "max_batch_size", "batch_wait_ms", "max_instances", "max_body_bytes", "cascade", "forward")}
+    application = build_app(options)  # validates before Ray starts
+    with ray_session(args.address):
+        serve.start(http_options={"host": args.host, "port": args.port})
+        try:
+            serve.run(application, name="boostray", route_prefix="/")
+            name = options["model_name"] or _run_name(args.run_dir)
+            print(f"serving {name!r} at http://{args.host}:{args.port}/v1/models/{name}:predict "
+                  f"(docs: /docs); Ctrl-C stops", flush=True)
+            threading.Event().wait()  # until Ctrl-C
+        except KeyboardInterrupt:
+            print("shutting down", flush=True)
+        finally:
+            serve.shutdown()
+    return 0
+
+
+def _run_name(run_dir: str) -> str:
+    from boostray.ensemble import read_manifest
+
+    _, manifest = read_manifest(run_dir)
+    return manifest.get("name") or os.path.basename(os.path.normpath(run_dir))
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from boostray.batch_predict import predict_parquet
+    from boostray.runtime import ray_session
+
+    with ray_session(args.address):
+        rows = predict_parquet(
+            args.run_dir, args.input, args.output, id_column=args.id_column, image_column=args.image_column,
+            batch_size=args.batch_size, actors=args.actors, gpu=args.gpu, cascade=args.cascade,
+        )
+    print(f"wrote {rows} predictions to {args.output}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from boostray.runtime import ray_session
+    from boostray.tuning import read_sweep_config, run_sweep
+
+    config = read_sweep_config(args.config)  # every key checked before Ray starts
+    if args.name:
+        config.name = args.name
+    if args.output:
+        config.output = args.output
+    with ray_session(args.address):
+        summary = run_sweep(config, resume=args.resume)
+    print(f"sweep {summary['sweep']}: {summary['trials']} trials, {summary['stopped_early']} stopped early by the scheduler")
+    print(f"best trial {summary['best_trial']}: {summary['best_params']}")
+    print(f"  validation accuracy {summary['best_val_accuracy'] if 'best_val_accuracy' in summary else ''}"
+          f"  test accuracy (reported once) {summary['best_test_accuracy']:.4f}")
+    print(f"tables: {config.sweep_dir}/trials.md, best config: {config.sweep_dir}/best_config.yaml, "
+          f"best ensemble: {summary['best_run_dir']}  ({summary['wall_seconds']:.0f} s)")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from boostray.models import list_models
 
@@ -130,6 +198,53 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default: test)")
     ev.add_argument("--json", action="store_true", help="print the full report as JSON")
     ev.set_defaults(func=cmd_evaluate)
+
+    sv = sub.add_parser("serve", help="serve a run's ensemble over HTTP with Ray Serve (blocks until Ctrl-C)",
+                        description="POST /v1/models/NAME:predict {\"instances\": [...]} -> {\"predictions\": [...]}; "
+                        "GET /v1/models/NAME, GET /healthz, OpenAPI docs at /docs.")
+    sv.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'boostray train'")
+    sv.add_argument("--replicas", type=int, default=1, help="fixed number of replicas (default: 1)")
+    sv.add_argument("--autoscale", metavar="MIN:MAX", help="autoscale between MIN and MAX replicas instead")
+    sv.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs per replica (default: 0, CPU)")
+    sv.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs per replica (default: 1)")
+    sv.add_argument("--max-batch-size", type=int, default=32, help="requests batched into one forward (default: 32)")
+    sv.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (default: 5)")
+    sv.add_argument("--max-instances", type=int, default=256, help="instances allowed per request (default: 256)")
+    sv.add_argument("--max-body-bytes", type=int, default=16 << 20, help="request body limit; larger gets 413 (default: 16 MiB)")
+    sv.add_argument("--cascade", action="store_true", help="stop evaluating members once the answer cannot change")
+    sv.add_argument("--forward", choices=("auto", "stacked", "loop"), default="auto",
+                    help="all-members forward: vmap-stacked or a loop (auto: stacked on GPU, loop on CPU)")
+    sv.add_argument("--host", default="127.0.0.1", help="HTTP host (default: 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000)")
+    sv.add_argument("--model-name", help="the NAME in the URL (default: the run's name)")
+    sv.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
+    sv.set_defaults(func=cmd_serve)
+
+    pr = sub.add_parser("predict", help="batch inference over a Parquet data set with Ray Data",
+                        description="Score every row of a Parquet data set with an actor pool; writes a Parquet "
+                        "folder with the id, label, class_name and probabilities.")
+    pr.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'boostray train'")
+    pr.add_argument("--input", required=True, help="Parquet file or folder with an id and an image column")
+    pr.add_argument("--output", required=True, help="Parquet folder to write (must not exist)")
+    pr.add_argument("--id-column", default="id", help="column carried over to identify rows (default: id)")
+    pr.add_argument("--image-column", default="image", help="image struct {bytes} or numeric list (default: image)")
+    pr.add_argument("--batch-size", type=int, default=256, help="rows per batch (default: 256)")
+    pr.add_argument("--actors", type=int, default=1, help="predictor actors (default: 1)")
+    pr.add_argument("--gpu", action="store_true", help="one GPU per actor")
+    pr.add_argument("--cascade", action="store_true", help="cascade evaluation (same labels, fewer member passes)")
+    pr.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
+    pr.set_defaults(func=cmd_predict)
+
+    tn = sub.add_parser("tune", help="Ray Tune sweep of boosting and LR hyperparameters on validation data",
+                        description="Run the sweep a YAML describes (see tune_configs/): each trial is a Ray Train run, "
+                        "ASHA stops weak trials after any round; writes trials.csv/.md, best_config.yaml and the "
+                        "best trial's run directory under OUTPUT/NAME.")
+    tn.add_argument("config", metavar="CONFIG.yaml", help="sweep description (train options, search space, scheduler)")
+    tn.add_argument("--resume", action="store_true", help="resume an interrupted sweep of the same name; finished trials are kept")
+    tn.add_argument("--name", help="override the sweep's name")
+    tn.add_argument("--output", help="override the sweep's output folder")
+    tn.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
+    tn.set_defaults(func=cmd_tune)
 
     models = sub.add_parser("models", help="list the model registry")
     models.set_defaults(func=cmd_models)

@@ -109,6 +109,7 @@ class Ensemble:
 
 
 def _ensemble_dir(path: str) -> str:
+    path = os.path.expanduser(path)
     if os.path.isfile(os.path.join(path, MANIFEST)):
         return path
     if os.path.isfile(os.path.join(path, "ensemble", MANIFEST)):

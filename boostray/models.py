@@ -33,15 +33,17 @@ def create_model(name: str, *, num_classes: int, in_channels: int, image_size: i
 
 @register_model
 def small_cnn(*, num_classes: int, in_channels: int, image_size: int, width: int = 32, dropout: float = 0.1) -> nn.Module:
-    """Two conv blocks and a linear head: for tiny images (digits 8x8, MNIST-like 28x28)."""
+    """Four 3x3 conv layers and a linear head, for tiny images: digits (8x8) keeps full resolution for
+    two layers; 16 px and larger inputs are pooled after the first layer, so a 28x28 image costs ~5M
+    multiply-adds (MNIST-like data at a few thousand images/s on one CPU core)."""
 
     def block(cin: int, cout: int) -> list[nn.Module]:
         return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
-    layers: list[nn.Module] = [*block(in_channels, width), *block(width, width)]
+    layers: list[nn.Module] = block(in_channels, width)
     if image_size >= 16:
         layers.append(nn.MaxPool2d(2))
-    layers += [*block(width, 2 * width), *block(2 * width, 2 * width)]
+    layers += [*block(width, width), nn.MaxPool2d(2), *block(width, 2 * width), *block(2 * width, 2 * width)]
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(2 * width, num_classes)]
     return nn.Sequential(*layers)
 

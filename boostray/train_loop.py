@@ -96,6 +96,19 @@ class WorkerContext:
             if config.amp and self.device.type == "cuda" else nullcontext()
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16" and self.device.type == "cuda")
+        # SWA's running average: created eagerly (loading never depends on lazily built members) and
+        # saved and restored with every checkpoint, like a stateful training callback.
+        self.averaged = torch.optim.swa_utils.AveragedModel(self.net) if method.averaged_member else None
+
+    def member_module(self) -> torch.nn.Module:
+        """The network a member is taken from: the SWA average (BN statistics recomputed on the whole
+        training set, identically on every rank) or the network itself."""
+        if self.averaged is None:
+            return self.net
+        batches = (self.prepare(torch.from_numpy(self.data.train.images[i:i + EVAL_BATCH]))
+                   for i in range(0, len(self.data.train), EVAL_BATCH))
+        torch.optim.swa_utils.update_bn(batches, self.averaged, device=self.device)
+        return self.averaged.module
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         x = normalize(images.to(self.device, non_blocking=True), self.mean, self.std)
@@ -134,16 +147,17 @@ class WorkerContext:
         return stats, recorded
 
     @torch.no_grad()
-    def predict_proba(self, images: np.ndarray) -> torch.Tensor:
-        """Softmax outputs of the current network on this rank's shard of ``images``, combined."""
-        self.net.eval()
+    def predict_proba(self, images: np.ndarray, module: torch.nn.Module | None = None) -> torch.Tensor:
+        """Softmax outputs of ``module`` (default: the network) on this rank's shard of ``images``, combined."""
+        net = self.net if module is None else module
+        net.eval()
         n = images.shape[0]
         index = shard_indices(n, self.rank, self.world)
         rows = []
         for start in range(0, index.size, EVAL_BATCH):
             batch = torch.from_numpy(images[index[start:start + EVAL_BATCH]])
             with self.autocast:
-                rows.append(torch.softmax(self.net(self.prepare(batch)).float(), dim=1).cpu())
+                rows.append(torch.softmax(net(self.prepare(batch)).float(), dim=1).cpu())
         k = self.data.num_classes
         local = torch.cat(rows) if rows else torch.zeros((0, k))
         return combine_rows(index, local, n)
@@ -161,6 +175,7 @@ class WorkerContext:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
+                "averaged": self.averaged.state_dict() if self.averaged is not None else None,
                 "boost": state.to_saveable(),
             },
             os.path.join(directory, CHECKPOINT_FILE),
@@ -173,6 +188,8 @@ class WorkerContext:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
+        if self.averaged is not None:
+            self.averaged.load_state_dict(saved["averaged"])
         return BoostState.from_saveable(saved["boost"])
 
 
@@ -232,6 +249,8 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         for epoch in range(start_epoch, end_epoch):
             record = method.reweights and config.error_source == "running" and epoch == end_epoch - 1
             stats, rec = w.train_epoch(epoch, weights, record)
+            if method.averages_after_epoch(epoch):
+                w.averaged.update_parameters(w.net)
             recorded = rec if rec is not None else recorded
             session = time.perf_counter() - loop_started
             elapsed, done = seconds_before + session, epoch + 1
@@ -268,8 +287,9 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         state.train_seconds += time.perf_counter() - round_start
 
         # Evaluation for the record (not part of train_seconds: every method pays it alike).
-        val_p = w.predict_proba(data.val.images).numpy()
-        test_p = w.predict_proba(data.test.images).numpy()
+        member_net = w.member_module() if method.is_member(r) else w.net
+        val_p = w.predict_proba(data.val.images, member_net).numpy()
+        test_p = w.predict_proba(data.test.images, member_net).numpy()
         state.last_val_proba, state.last_test_proba = val_p, test_p
         if method.is_member(r):
             state.members.append(MemberRecord(
@@ -277,7 +297,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
                 train_accuracy=train_acc, val_accuracy=accuracy(val_p, data.val.labels),
                 test_accuracy=accuracy(test_p, data.test.labels),
             ))
-            state.member_states.append({kk: v.detach().cpu().clone() for kk, v in w.net.state_dict().items()})
+            state.member_states.append({kk: v.detach().cpu().clone() for kk, v in member_net.state_dict().items()})
             state.val_proba.append(val_p)
             state.test_proba.append(test_p)
         state.rounds_done = r + 1

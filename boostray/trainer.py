@@ -56,8 +56,9 @@ def torch_config_for_cluster():
     return None
 
 
-def run_training(config: TrainConfig, data: ImageDataset) -> BoostState:
-    """Run the train loop on Ray Train (or in-process for workers=0) and return rank 0's final state."""
+def run_training(config: TrainConfig, data: "ImageDataset | ray.ObjectRef", callbacks: list | None = None) -> BoostState:
+    """Run the train loop on Ray Train (or in-process for workers=0) and return rank 0's final state.
+    ``data`` may already be in the object store (a sweep puts it once for all trials)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -68,7 +69,10 @@ def run_training(config: TrainConfig, data: ImageDataset) -> BoostState:
     _, _, storage = resolve_paths(config)
     local = config.workers == 0
     store = LocalWeightStore() if local or not ray.is_initialized() else RayWeightStore.create(config.name)
-    data_ref = data if local or not ray.is_initialized() else ray.put(data)
+    if isinstance(data, ray.ObjectRef) or local or not ray.is_initialized():
+        data_ref = data
+    else:
+        data_ref = ray.put(data)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "data": data_ref, "store": store},
@@ -81,6 +85,7 @@ def run_training(config: TrainConfig, data: ImageDataset) -> BoostState:
             name=config.name, storage_path=storage,
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
         ),
     )
     try:

@@ -37,3 +37,36 @@ def test_methods_differ_only_in_policy():
     assert [single.is_member(r) for r in range(4)] == [False, False, False, True]
     with pytest.raises(ConfigError, match="unknown method"):
         create_method("bagging", epochs=8, checkpoints=4)
+
+
+def test_snapshot_schedule_is_cyclic_cosine_with_members_at_cycle_ends():
+    m = create_method("snapshot", epochs=12, checkpoints=4)
+    assert m.boundaries() == [3, 6, 9, 12]
+    for start in (0, 3, 6, 9):
+        for frac in (0.0, 0.25, 0.5, 0.9):
+            t = start + 3 * frac
+            assert m.lr_factor(t) == pytest.approx(0.5 * (math.cos(math.pi * frac) + 1))
+    assert all(m.lr_factor(b - 1e-6) < 1e-6 for b in m.boundaries())  # each member at a cycle's end
+    assert all(m.is_member(r) for r in range(4)) and not m.reweights
+
+
+def test_fge_members_at_lr_minima_after_an_ordinary_first_phase():
+    m = create_method("fge", epochs=20, checkpoints=4)
+    c = m.c
+    assert c == 2 and m.boundaries() == [14, 16, 18, 20]
+    lrs = [m.lr_factor(t / 100) for t in range(0, 2001)]
+    assert lrs[0] == 1.0 and m.lr_factor(m.first_phase - 1e-9) == pytest.approx(m.lr2, abs=1e-6)
+    for b in m.boundaries():  # the minimum of each cycle is where the member is taken
+        window = [m.lr_factor(b - c + k * c / 50) for k in range(51)]
+        assert min(window) == pytest.approx(m.lr_factor(b), abs=1e-9) == pytest.approx(m.lr2)
+        assert max(window) == pytest.approx(m.lr1)  # triangular between lr2 and lr1
+    with pytest.raises(ConfigError, match="fge needs"):
+        create_method("fge", epochs=4, checkpoints=4)
+
+
+def test_swa_schedule_holds_swa_lr_after_75_percent_and_keeps_one_member():
+    m = create_method("swa", epochs=12, checkpoints=4)
+    assert m.swa_start == 9
+    assert m.lr_factor(0) == 1.0 and m.lr_factor(9) == m.lr_factor(11.5) == m.swa_lr
+    assert [m.averages_after_epoch(e) for e in range(12)] == [False] * 9 + [True] * 3
+    assert [m.is_member(r) for r in range(4)] == [False, False, False, True] and m.averaged_member

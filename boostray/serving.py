@@ -1,0 +1,179 @@
+"""Ray Serve deployment of a run's ensemble: KServe-v1-shaped HTTP API with cross-client batching.
+
+``build_app({"run_dir": ...})`` is the application builder for ``serve run`` / ``serve deploy``
+(see pipelines/serve_config.yaml); ``boostray serve RUN_DIR`` builds the same application.
+
+Endpoints: POST /v1/models/<name>:predict, GET /v1/models/<name>, GET /healthz, OpenAPI at /docs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from boostray.inference import (
+    MemberStack,
+    RequestError,
+    cascade_predict,
+    format_predictions,
+    parse_instances,
+    parse_top_k,
+)
+
+
+@dataclass
+class ServeOptions:
+    run_dir: str
+    model_name: str | None = None  # default: the run's name
+    replicas: int = 1
+    autoscale: str | None = None  # "MIN:MAX"
+    cpus_per_replica: float = 1.0
+    gpus_per_replica: float = 0.0
+    max_batch_size: int = 32
+    batch_wait_ms: float = 5.0
+    max_instances: int = 256
+    max_body_bytes: int = 16 << 20
+    cascade: bool = False
+    forward: str = "auto"  # stacked | loop | auto (stacked on CUDA, loop on CPU: measured)
+
+
+app = FastAPI(
+    title="boostray ensemble server",
+    description="Predictions of a checkpoint-boosted ensemble (KServe v1 / TF-Serving request shape).",
+)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": message})
+
+
+@serve.deployment
+@serve.ingress(app)
+class EnsembleServer:
+    def __init__(self, options: dict[str, Any]) -> None:
+        import torch
+
+        from boostray.ensemble import load_ensemble
+
+        self.options = ServeOptions(**options)
+        device = "cuda" if self.options.gpus_per_replica > 0 and torch.cuda.is_available() else "cpu"
+        self.ensemble = load_ensemble(self.options.run_dir, device=device)
+        self.stack = MemberStack(self.ensemble, self.options.forward)
+        manifest = self.ensemble.manifest
+        self.name = self.options.model_name or manifest.get("name") or os.path.basename(os.path.normpath(self.options.run_dir))
+        self.shape = tuple(manifest["input_shape"])
+        self.classes = manifest["classes"]
+        self.predict_batch.set_max_batch_size(self.options.max_batch_size)
+        self.predict_batch.set_batch_wait_timeout_s(self.options.batch_wait_ms / 1000.0)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def predict_batch(self, batches: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """One forward for the instances of several concurrent requests."""
+        sizes = [b.shape[0] for b in batches]
+        x = np.concatenate(batches)
+        if self.options.cascade:
+            result = cascade_predict(self.stack, x)
+            proba, used = result.proba, result.members_used
+        else:
+            proba, used = self.stack.predict_proba(x), None
+        out, start = [], 0
+        for s in sizes:
+            out.append((proba[start:start + s], None if used is None else used[start:start + s]))
+            start += s
+        return out
+
+    def _check_name(self, name: str) -> JSONResponse | None:
+        if name != self.name:
+            return _error(404, f"no model named {name!r}; this server serves {self.name!r}")
+        return None
+
+    @app.post("/v1/models/{name}:predict")
+    async def predict(self, name: str, request: Request) -> JSONResponse:
+        if (missing := self._check_name(name)) is not None:
+            return missing
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.options.max_body_bytes:
+            return _error(413, f"body of {declared} bytes exceeds the limit of {self.options.max_body_bytes}")
+        body = await request.body()
+        if len(body) > self.options.max_body_bytes:
+            return _error(413, f"body of {len(body)} bytes exceeds the limit of {self.options.max_body_bytes}")
+        try:
+            payload = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "the body is not valid JSON")
+        try:
+            x = parse_instances(payload, self.shape, self.options.max_instances)
+            top_k = parse_top_k(payload, len(self.classes))
+        except RequestError as exc:
+            return _error(exc.status, exc.message)
+        proba, used = await self.predict_batch(x)
+        return JSONResponse({"predictions": format_predictions(proba, self.classes, top_k, used)})
+
+    @app.get("/v1/models/{name}")
+    async def metadata(self, name: str) -> JSONResponse:
+        if (missing := self._check_name(name)) is not None:
+            return missing
+        m = self.ensemble.manifest
+        return JSONResponse({
+            "name": self.name,
+            "method": m["method"],
+            "model": m["model"],
+            "classes": self.classes,
+            "input_shape": list(self.shape),
+            "vote": m["vote"],
+            "members": [{"file": e["file"], "weight": e["weight"], "epoch": e.get("epoch")} for e in m["members"]],
+            "cascade": self.options.cascade,
+            "forward": self.stack.mode,
+            "device": str(self.ensemble.device),
+        })
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok", "model": self.name, "members": len(self.ensemble)}
+
+
+def parse_autoscale(spec: str) -> tuple[int, int]:
+    from boostray.errors import ConfigError
+
+    try:
+        low, high = (int(v) for v in spec.split(":"))
+    except ValueError:
+        raise ConfigError(f"--autoscale must be MIN:MAX, got {spec!r}") from None
+    if not 0 <= low <= high or high < 1:
+        raise ConfigError(f"--autoscale needs 0 <= MIN <= MAX and MAX >= 1, got {spec!r}")
+    return low, high
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """Application builder: ``serve run boostray.serving:build_app run_dir=PATH`` or a Serve config."""
+    from boostray.ensemble import read_manifest
+    from boostray.errors import ConfigError
+
+    options = ServeOptions(**args)
+    options.run_dir = os.path.abspath(os.path.expanduser(options.run_dir))  # replicas may start elsewhere
+    read_manifest(options.run_dir)  # fail here, in the driver, for a path that holds no ensemble
+    if options.max_batch_size < 1 or options.max_instances < 1 or options.batch_wait_ms < 0:
+        raise ConfigError("--max-batch-size and --max-instances must be >= 1, --batch-wait-ms >= 0")
+    actor = {"num_cpus": options.cpus_per_replica}
+    if options.gpus_per_replica:
+        actor["num_gpus"] = options.gpus_per_replica
+    deployment_options: dict[str, Any] = {
+        "ray_actor_options": actor,
+        # @serve.batch never batches more than max_ongoing_requests: keep room for a full batch.
+        "max_ongoing_requests": max(2 * options.max_batch_size, 8),
+    }
+    if options.autoscale:
+        low, high = parse_autoscale(options.autoscale)
+        deployment_options["autoscaling_config"] = {
+            "min_replicas": low, "max_replicas": high, "target_ongoing_requests": options.max_batch_size,
+        }
+    else:
+        deployment_options["num_replicas"] = options.replicas
+    return EnsembleServer.options(**deployment_options).bind(asdict(options))

@@ -1,0 +1,20 @@
+"""Every YAML config shipped in pipelines/ is accepted by `boostray train --config`."""
+
+import glob
+import os
+
+import pytest
+
+from boostray.config import TrainConfig, read_config_file
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+TRAIN_CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "pipelines", "*.yaml")) if not p.endswith("serve_config.yaml"))
+
+
+def test_there_are_shipped_configs():
+    assert len(TRAIN_CONFIGS) >= 3
+
+
+@pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=os.path.basename)
+def test_shipped_train_config_validates(path):
+    TrainConfig(**read_config_file(path)).validate()

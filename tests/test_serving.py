@@ -1,0 +1,194 @@
+"""Ray Serve for real on 127.0.0.1, queried over HTTP; batch prediction with Ray Data."""
+
+import base64
+import json
+import os
+import socket
+import threading
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from boostray import load_ensemble
+from boostray.cli import main
+from boostray.data import load_dataset
+from helpers import png_bytes
+
+pytestmark = pytest.mark.ray
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("serve-run")
+    assert main(["train", "--workers", "0", "--epochs", "4", "--checkpoints", "4", "--output", str(out), "--name", "served"]) == 0
+    return str(out / "served")
+
+
+@pytest.fixture(scope="module")
+def server(ray_cluster, run_dir):
+    from ray import serve
+
+    from boostray.serving import build_app
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    common = {"run_dir": run_dir, "replicas": 2, "cpus_per_replica": 0.25, "max_instances": 64, "max_body_bytes": 200_000}
+    serve.run(build_app(common), name="full", route_prefix="/")
+    serve.run(build_app({**common, "replicas": 1, "cascade": True}), name="cascade", route_prefix="/cascade")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+def request(url: str, body: object = None, raw: bytes | None = None) -> tuple[int, dict]:
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def test_images():
+    split = load_dataset("digits").test
+    return split.images[:40], split.labels[:40]
+
+
+def predict_url(base: str, name: str = "served") -> str:
+    return f"{base}/v1/models/{name}:predict"
+
+
+def test_predictions_equal_load_ensemble(server, run_dir, test_images):
+    images, _ = test_images
+    status, body = request(predict_url(server), {"instances": images.tolist(), "top_k": 3})
+    assert status == 200
+    ens = load_ensemble(run_dir)
+    expected = ens.predict_proba(images)
+    got = [p["label"] for p in body["predictions"]]
+    assert got == expected.argmax(1).tolist()
+    np.testing.assert_allclose([p["probabilities"] for p in body["predictions"]], expected, atol=1e-5)
+    first = body["predictions"][0]
+    assert first["class_name"] == ens.classes[first["label"]] and len(first["top_k"]) == 3
+    assert first["top_k"][0]["label"] == first["label"]
+
+
+def test_b64_images_and_2d_grey_instances(server, run_dir, test_images):
+    images, _ = test_images
+    b64 = [{"b64": base64.b64encode(png_bytes(im[0])).decode()} for im in images[:10]]
+    status, body = request(predict_url(server), {"instances": b64})
+    assert status == 200
+    assert [p["label"] for p in body["predictions"]] == load_ensemble(run_dir).predict(images[:10]).tolist()
+    status, body2 = request(predict_url(server), {"instances": images[:10, 0].tolist()})  # H x W for grey
+    assert status == 200 and body2["predictions"] == body["predictions"]
+
+
+def test_metadata_health_and_docs(server):
+    status, meta = request(f"{server}/v1/models/served")
+    assert status == 200 and meta["input_shape"] == [1, 8, 8] and len(meta["members"]) == 4
+    assert meta["method"] == "cbnn" and all(m["weight"] > 0 for m in meta["members"])
+    assert request(f"{server}/healthz") == (200, {"status": "ok", "model": "served", "members": 4})
+    with urllib.request.urlopen(f"{server}/openapi.json", timeout=30) as resp:
+        assert "/v1/models/{name}:predict" in json.loads(resp.read())["paths"]
+
+
+def test_bad_requests_get_4xx_and_the_server_keeps_answering(server, test_images):
+    images, _ = test_images
+    url = predict_url(server)
+    good = images[:1].tolist()
+    nan = np.zeros((1, 8, 8)).tolist()
+    nan[0][0][0] = float("nan")
+    cases = [
+        (request(url, raw=b"{not json"), 400, "not valid JSON"),
+        (request(url, {"inputs": good}), 400, "missing 'instances'"),
+        (request(url, {"instances": [np.zeros((3, 8, 8)).tolist()]}), 400, "shape"),
+        (request(url, {"instances": [[["a"] * 8] * 8]}), 400, "numeric"),
+        (request(url, raw=json.dumps({"instances": [nan]}).encode()), 400, "NaN"),
+        (request(url, {"instances": [{"b64": base64.b64encode(b"not an image").decode()}]}), 400, "decodable"),
+        (request(url, {"instances": good * 65}), 413, "limit of 64"),
+        (request(url, raw=b" " * 200_001), 413, "exceeds the limit"),
+        (request(url, {"instances": good, "top_k": 99}), 400, "top_k"),
+        (request(predict_url(server, "other"), {"instances": good}), 404, "no model named"),
+    ]
+    for (status, body), want_status, want_text in cases:
+        assert status == want_status and want_text in body["error"], (status, body)
+    assert request(url, {"instances": good})[0] == 200
+
+
+def test_cascade_equals_full_ensemble(server, run_dir):
+    images = load_dataset("digits").test.images
+    status, full = request(predict_url(server), {"instances": images[:64].tolist()})
+    status_c, cascade = request(predict_url(server + "/cascade"), {"instances": images[:64].tolist()})
+    assert status == status_c == 200
+    assert [p["label"] for p in cascade["predictions"]] == [p["label"] for p in full["predictions"]]
+    used = [p["members_used"] for p in cascade["predictions"]]
+    assert all(1 <= u <= 4 for u in used) and min(used) < 4
+
+
+def test_concurrent_clients_are_all_answered(server, test_images):
+    images, _ = test_images
+    results = []
+
+    def client(i):
+        results.append(request(predict_url(server), {"instances": images[i:i + 2].tolist()}))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 16 and all(status == 200 for status, _ in results)
+
+
+def test_killed_replica_is_replaced_and_requests_keep_being_answered(server, test_images):
+    from ray import serve
+    from ray.util.state import list_actors
+
+    def replicas():
+        return [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "EnsembleServer" in a["class_name"]
+                and "full" in a.get("name", "")]
+
+    before = replicas()
+    assert len(before) == 2
+    os.kill(before[0]["pid"], 9)
+    images, _ = test_images
+    for i in range(10):
+        assert request(predict_url(server), {"instances": images[i:i + 1].tolist()})[0] == 200
+    event = threading.Event()
+    for _ in range(600):  # wait for the state "2 running replicas, one of them new"
+        status = serve.status().applications["full"].deployments["EnsembleServer"]
+        alive = replicas()
+        if status.replica_states.get("RUNNING", 0) == 2 and len(alive) == 2 and before[0]["pid"] not in {a["pid"] for a in alive}:
+            break
+        event.wait(0.1)
+    else:
+        pytest.fail("Serve did not replace the killed replica")
+    assert request(predict_url(server), {"instances": images[:1].tolist()})[0] == 200
+
+
+def test_batch_predict_parquet_equals_in_process(ray_cluster, run_dir, tmp_path, test_images):
+    from boostray.batch_predict import predict_parquet
+
+    images, _ = test_images
+    table = pa.table({
+        "id": pa.array([f"img-{i}" for i in range(len(images))]),
+        "image": pa.array([{"bytes": png_bytes(im[0]), "path": None} for im in images]),
+    })
+    pq.write_table(table, tmp_path / "in.parquet")
+    rows = predict_parquet(run_dir, str(tmp_path / "in.parquet"), str(tmp_path / "out.parquet"), batch_size=16)
+    assert rows == len(images)
+    out = pq.read_table(tmp_path / "out.parquet").to_pandas().sort_values("id", key=lambda s: s.str[4:].astype(int))
+    expected = load_ensemble(run_dir).predict_proba(images)
+    assert out["id"].tolist() == [f"img-{i}" for i in range(len(images))]
+    assert out["label"].tolist() == expected.argmax(1).tolist()
+    np.testing.assert_allclose(np.stack(out["probabilities"].to_numpy()), expected, atol=1e-5)

@@ -1,0 +1,113 @@
+"""Sweep config validation, and a real digits sweep with ASHA on the session's Ray."""
+
+import json
+import os
+
+import pytest
+import yaml
+
+from boostray.cli import main
+from boostray.config import TrainConfig, read_config_file
+from boostray.errors import ConfigError
+from boostray.tuning import read_sweep_config, run_sweep
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+
+BASE = {
+    "name": "s",
+    "train": {"dataset": "digits", "epochs": 3, "checkpoints": 3, "workers": 1, "cpus_per_worker": 0.9},
+    "search_space": {"lr": {"type": "grid", "values": [0.05, 0.0003, 0.0002, 0.0001]}},
+    "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+    "num_samples": 1,
+    "max_concurrent_trials": 1,
+}
+
+
+def write(tmp_path, **changes) -> str:
+    data = json.loads(json.dumps(BASE))
+    for key, value in changes.items():
+        node, *rest = key.split(".")
+        if rest:
+            data[node][rest[0]] = value
+        else:
+            data[node] = value
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("path", sorted(os.listdir(os.path.join(ROOT, "tune_configs"))))
+def test_shipped_sweep_configs_validate(path):
+    read_sweep_config(os.path.join(ROOT, "tune_configs", path))
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"searchspace": {}}, "unknown key 'searchspace'"),
+    ({"train.learning_rate": 0.1}, "unknown key 'train.learning_rate'"),
+    ({"train.epochs": "three"}, "train.epochs"),
+    ({"search_space": {"lr": {"type": "loguniform", "low": 0.1, "high": 0.01}}}, "inverted range"),
+    ({"search_space": {"lr": {"type": "uniform", "low": 0.1, "high": 0.1}}}, "empty or inverted"),
+    ({"search_space": {"lr": {"type": "loguniform", "low": 0, "high": 0.1}}}, "low > 0"),
+    ({"search_space": {"eta": {"type": "choice", "values": []}}}, "non-empty list"),
+    ({"search_space": {"eta": {"type": "choice", "values": [0.5, 2.0]}}}, "search_space.eta"),
+    ({"search_space": {"model": {"type": "choice", "values": ["small_cnn"]}}}, "cannot be searched"),
+    ({"metric": "test_accuracy"}, "metric 'test_accuracy' is not reported"),
+    ({"scheduler": {"type": "hyperband"}}, "scheduler.type"),
+    ({"num_samples": 0}, "num_samples"),
+])
+def test_bad_sweep_configs_name_the_key(tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        read_sweep_config(write(tmp_path, **changes))
+
+
+def test_cli_rejects_bad_sweep_before_starting_ray(tmp_path, capsys):
+    assert main(["tune", write(tmp_path, metric="loss")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "metric 'loss'" in err[0]
+
+
+@pytest.mark.ray
+def test_resources_the_cluster_cannot_hold_fail_before_any_trial(ray_cluster, tmp_path):
+    config = read_sweep_config(write(tmp_path, **{"train.workers": 4, "train.cpus_per_worker": 1}))
+    config.output = str(tmp_path / "out")
+    with pytest.raises(ConfigError, match="needs 4.1 CPUs"):
+        run_sweep(config)
+    assert not os.path.exists(config.sweep_dir)
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_cluster, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    config = read_sweep_config(write(tmp))
+    config.output = str(tmp / "out")
+    return config, run_sweep(config)
+
+
+@pytest.mark.ray
+def test_asha_sweep_stops_weak_trials_and_exports_the_best(sweep):
+    config, summary = sweep
+    assert summary["trials"] == 4 and summary["errored"] == 0
+    assert summary["stopped_early"] >= 1
+    assert summary["best_params"] == {"lr": 0.05}
+    rows = open(os.path.join(config.sweep_dir, "trials.csv")).read().splitlines()
+    assert len(rows) == 5 and "stopped_early" in rows[0]
+    assert os.path.isfile(os.path.join(config.sweep_dir, "trials.md"))
+    best = read_config_file(os.path.join(config.sweep_dir, "best_config.yaml"))
+    assert best["lr"] == 0.05 and TrainConfig(**best).validate()
+    from boostray.evaluate import evaluate_run
+
+    report = evaluate_run(summary["best_run_dir"])
+    assert report["accuracy"] == pytest.approx(summary["best_test_accuracy"])
+    assert summary["best_val_accuracy"] > 0.8
+
+
+@pytest.mark.ray
+def test_resume_does_not_rerun_finished_trials(sweep):
+    config, summary = sweep
+    trials = os.path.join(config.sweep_dir, "trials")
+    before = {d: os.path.getmtime(os.path.join(trials, d)) for d in os.listdir(trials)}
+    with pytest.raises(ConfigError, match="already finished"):
+        run_sweep(config)
+    again = run_sweep(config, resume=True)
+    assert again["trials"] == summary["trials"] and again["best_trial"] == summary["best_trial"]
+    assert {d: os.path.getmtime(os.path.join(trials, d)) for d in os.listdir(trials)} == before
