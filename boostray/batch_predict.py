@@ -70,25 +70,35 @@ class EnsemblePredictor:
         return out
 
 
-def predict_parquet(
-    run_dir: str, input_path: str, output_path: str, *, id_column: str = "id", image_column: str = "image",
-    batch_size: int = 256, actors: int = 1, gpu: bool = False, cascade: bool = False,
-) -> int:
-    """Score every row of ``input_path``; writes ``output_path`` (a Parquet folder). Returns rows written."""
+def check_predict_inputs(run_dir: str, input_path: str, output_path: str, id_column: str, image_column: str) -> None:
+    """Everything that can be checked before Ray starts."""
     import pyarrow.parquet as pq
-    import ray
 
     from boostray.ensemble import read_manifest
 
     read_manifest(run_dir)
     if not os.path.exists(input_path):
         raise DataError(f"input {input_path} does not exist")
-    schema = pq.read_schema(input_path) if os.path.isfile(input_path) else pq.ParquetDataset(input_path).schema
+    try:
+        schema = pq.read_schema(input_path) if os.path.isfile(input_path) else pq.ParquetDataset(input_path).schema
+    except Exception as exc:  # pyarrow raises several types for unreadable files
+        raise DataError(f"cannot read {input_path} as Parquet: {exc}") from None
     for col in (id_column, image_column):
         if col not in schema.names:
             raise DataError(f"input has no {col!r} column (columns: {schema.names})")
     if os.path.exists(output_path):
         raise DataError(f"output {output_path} already exists")
+
+
+def predict_parquet(
+    run_dir: str, input_path: str, output_path: str, *, id_column: str = "id", image_column: str = "image",
+    batch_size: int = 256, actors: int = 1, gpu: bool = False, cascade: bool = False, cpus_per_actor: float = 1.0,
+) -> int:
+    """Score every row of ``input_path``; writes ``output_path`` (a Parquet folder). Returns rows written."""
+    import pyarrow.parquet as pq
+    import ray
+
+    check_predict_inputs(run_dir, input_path, output_path, id_column, image_column)
     tmp = f"{output_path}.partial-{os.getpid()}"
     ds = ray.data.read_parquet(input_path, columns=[id_column, image_column])
     predictions = ds.map_batches(
@@ -99,7 +109,7 @@ def predict_parquet(
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=1 if gpu else 0,
-        num_cpus=1,
+        num_cpus=cpus_per_actor,
     )
     try:
         predictions.write_parquet(tmp)

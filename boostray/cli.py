@@ -132,13 +132,15 @@ def _run_name(run_dir: str) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from boostray.batch_predict import predict_parquet
+    from boostray.batch_predict import check_predict_inputs, predict_parquet
     from boostray.runtime import ray_session
 
+    check_predict_inputs(args.run_dir, args.input, args.output, args.id_column, args.image_column)
     with ray_session(args.address):
         rows = predict_parquet(
             args.run_dir, args.input, args.output, id_column=args.id_column, image_column=args.image_column,
             batch_size=args.batch_size, actors=args.actors, gpu=args.gpu, cascade=args.cascade,
+            cpus_per_actor=args.cpus_per_actor,
         )
     print(f"wrote {rows} predictions to {args.output}")
     return 0
@@ -231,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=256, help="rows per batch (default: 256)")
     pr.add_argument("--actors", type=int, default=1, help="predictor actors (default: 1)")
     pr.add_argument("--gpu", action="store_true", help="one GPU per actor")
+    pr.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (default: 1)")
     pr.add_argument("--cascade", action="store_true", help="cascade evaluation (same labels, fewer member passes)")
     pr.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
     pr.set_defaults(func=cmd_predict)

@@ -6,8 +6,7 @@
 Endpoints: POST /v1/models/<name>:predict, GET /v1/models/<name>, GET /healthz, OpenAPI at /docs.
 """
 
-from __future__ import annotations
-
+# No "from __future__ import annotations": FastAPI must see real types through Serve's ingress wrapper.
 import json
 import os
 from dataclasses import asdict, dataclass

@@ -176,19 +176,30 @@ def test_killed_replica_is_replaced_and_requests_keep_being_answered(server, tes
     assert request(predict_url(server), {"instances": images[:1].tolist()})[0] == 200
 
 
-def test_batch_predict_parquet_equals_in_process(ray_cluster, run_dir, tmp_path, test_images):
-    from boostray.batch_predict import predict_parquet
+def test_serve_command_answers_then_shuts_down_on_ctrl_c(run_dir, tmp_path):
+    import signal
+    import subprocess
+    import sys
 
-    images, _ = test_images
-    table = pa.table({
-        "id": pa.array([f"img-{i}" for i in range(len(images))]),
-        "image": pa.array([{"bytes": png_bytes(im[0]), "path": None} for im in images]),
-    })
-    pq.write_table(table, tmp_path / "in.parquet")
-    rows = predict_parquet(run_dir, str(tmp_path / "in.parquet"), str(tmp_path / "out.parquet"), batch_size=16)
-    assert rows == len(images)
-    out = pq.read_table(tmp_path / "out.parquet").to_pandas().sort_values("id", key=lambda s: s.str[4:].astype(int))
-    expected = load_ensemble(run_dir).predict_proba(images)
-    assert out["id"].tolist() == [f"img-{i}" for i in range(len(images))]
-    assert out["label"].tolist() == expected.argmax(1).tolist()
-    np.testing.assert_allclose(np.stack(out["probabilities"].to_numpy()), expected, atol=1e-5)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "boostray"), "serve", run_dir, "--port", str(port),
+         "--cpus-per-replica", "0.25", "--model-name", "digits"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("serving 'digits'"):
+            break
+    assert f"http://127.0.0.1:{port}/v1/models/digits:predict" in lines[-1], "".join(lines[-30:])
+    assert request(f"http://127.0.0.1:{port}/healthz")[0] == 200
+    status, body = request(predict_url(f"http://127.0.0.1:{port}", "digits"), {"instances": [np.zeros((8, 8)).tolist()]})
+    assert status == 200 and len(body["predictions"]) == 1
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, rest[-2000:]
+    assert "shutting down" in rest
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2)
