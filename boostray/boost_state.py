@@ -82,7 +82,8 @@ class BoostState:
             elif isinstance(v, torch.Tensor):
                 v = v.numpy()
             elif f.name == "member_states":
-                v = [{k: torch.from_numpy(np.array(t)) for k, t in sd.items()} for sd in v]  # writable copies
+                v = [{k: t.clone() if isinstance(t, torch.Tensor) else torch.from_numpy(np.array(t))  # writable copies
+                      for k, t in sd.items()} for sd in v]
             elif isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
                 v = [t.numpy() for t in v]
             kwargs[f.name] = v

@@ -186,21 +186,31 @@ def check_resources(config: SweepConfig) -> None:
 
 
 def trial_fn(params: dict, data_box=None, fixed: dict | None = None, sweep_dir: str = "") -> None:
-    """One trial: a full Ray Train run whose per-round metrics reach Tune through TuneReportCallback.
-    ``data_box`` is [ObjectRef]: boxed so the data set is put once and not copied into every trial."""
-    import ray
+    """One trial: a full Ray Train run whose per-round metrics (and checkpoint paths) reach Tune through
+    TuneReportCallback. ``data_box`` is [ObjectRef]: boxed so the data set is put once, not per trial.
+    Nothing may follow the training: the scheduler stops a trial right after its last report."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from boostray.trainer import run_training, write_run_directory
+    from boostray.trainer import run_training
 
     trial_id = ray.tune.get_context().get_trial_id()
     config = TrainConfig(**{**fixed, **params, "name": f"trial-{trial_id}", "output": os.path.join(sweep_dir, "trials")})
     config.validate()
-    state = run_training(config, data_box[0], callbacks=[TuneReportCallback()])
-    run_dir = os.path.join(sweep_dir, "trials", config.name)
-    if not os.path.exists(run_dir):
-        write_run_directory(run_dir, state, ray.get(data_box[0]), config, state.train_seconds)
+    run_training(config, data_box[0], callbacks=[TuneReportCallback()])
+
+
+def export_trial(checkpoint_path: str, config: TrainConfig, data, run_dir: str) -> dict:
+    """A trial's run directory, built from its last checkpoint (which holds the whole boosting state)."""
+    import torch
+
+    from boostray.boost_state import BoostState
+    from boostray.train_loop import CHECKPOINT_FILE
+    from boostray.trainer import write_run_directory
+
+    saved = torch.load(os.path.join(checkpoint_path, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+    state = BoostState.from_saveable(saved["boost"])
+    return write_run_directory(run_dir, state, data, config, state.train_seconds)
 
 
 def run_sweep(config: SweepConfig, *, resume: bool = False) -> dict:
@@ -280,16 +290,17 @@ def summarize(config: SweepConfig, results, data, wall_seconds: float) -> dict:
         rounds = int(df["round"].max()) if df is not None and "round" in df else 0
         checkpoints = int(params.get("checkpoints") or config.train.get("checkpoints", TrainConfig().checkpoints))
         best = float(df[config.metric].max() if config.mode == "max" else df[config.metric].min()) if df is not None and config.metric in df else math.nan
-        trial_id = os.path.basename(result.path).split("_")[1] if result.path else "?"
-        trial_name = next((d for d in os.listdir(os.path.join(sweep_dir, "trials")) if result.path and d.endswith(trial_id)), None)
+        trial_id = "_".join(os.path.basename(result.path).split("_")[2:4]) if result.path else "?"
+        last = df.iloc[-1] if df is not None and len(df) else None
         rows.append({
             "trial": trial_id, **params, f"best_{config.metric}": best, "rounds_completed": rounds,
             "rounds": checkpoints, "stopped_early": rounds < checkpoints and result.error is None,
             "error": None if result.error is None else str(result.error).splitlines()[0][:120],
-            "run_dir": os.path.join(sweep_dir, "trials", trial_name) if trial_name else None,
+            "checkpoint": last.get("checkpoint_path") if last is not None else None,
         })
     key = f"best_{config.metric}"
-    finished = [r for r in rows if r["run_dir"] and not r["stopped_early"] and r["error"] is None and not math.isnan(r[key])]
+    finished = [r for r in rows if r["checkpoint"] and r["rounds_completed"] == r["rounds"] and r["error"] is None
+                and not math.isnan(r[key])]
     if not finished:
         raise ConfigError("no trial finished all its rounds; raise time_budget_s or num_samples")
     best = max(finished, key=lambda r: r[key]) if config.mode == "max" else min(finished, key=lambda r: r[key])
@@ -299,18 +310,17 @@ def summarize(config: SweepConfig, results, data, wall_seconds: float) -> dict:
         writer.writeheader()
         writer.writerows(rows)
     with open(os.path.join(sweep_dir, "trials.md"), "w") as f:
-        shown = [c for c in columns if c not in ("run_dir", "error")]
+        shown = [c for c in columns if c not in ("checkpoint", "error")]
         f.write("| " + " | ".join(shown) + " |\n|" + "---|" * len(shown) + "\n")
         for r in sorted(rows, key=lambda r: -r[key] if not math.isnan(r[key]) else math.inf):
             f.write("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in shown) + " |\n")
     best_config = TrainConfig(**{**config.train, **{k: best[k] for k in config.search_space}})
     best_config.save(os.path.join(sweep_dir, "best_config.yaml"))
+    best_config.name = f"best-{best['trial']}"
     best_dir = os.path.join(sweep_dir, "best")
     if os.path.exists(best_dir):
         shutil.rmtree(best_dir)
-    shutil.copytree(best["run_dir"], best_dir)
-    with open(os.path.join(best["run_dir"], "metrics.json")) as f:
-        metrics = json.load(f)
+    metrics = export_trial(best["checkpoint"], best_config, data, best_dir)
     summary = {
         "sweep": config.name, "trials": len(rows), "stopped_early": sum(r["stopped_early"] for r in rows),
         "errored": sum(r["error"] is not None for r in rows), "best_trial": best["trial"],

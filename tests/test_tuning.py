@@ -104,10 +104,15 @@ def test_asha_sweep_stops_weak_trials_and_exports_the_best(sweep):
 @pytest.mark.ray
 def test_resume_does_not_rerun_finished_trials(sweep):
     config, summary = sweep
-    trials = os.path.join(config.sweep_dir, "trials")
-    before = {d: os.path.getmtime(os.path.join(trials, d)) for d in os.listdir(trials)}
+    trials = os.path.join(config.sweep_dir, "trials", ".ray")  # each trial's Ray Train storage
+
+    def snapshots():
+        return {d: os.path.getmtime(os.path.join(trials, d, "checkpoint_manager_snapshot.json")) for d in os.listdir(trials)}
+
+    before = snapshots()
+    assert len(before) == 4
     with pytest.raises(ConfigError, match="already finished"):
         run_sweep(config)
     again = run_sweep(config, resume=True)
     assert again["trials"] == summary["trials"] and again["best_trial"] == summary["best_trial"]
-    assert {d: os.path.getmtime(os.path.join(trials, d)) for d in os.listdir(trials)} == before
+    assert snapshots() == before  # no trial trained again
