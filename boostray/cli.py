@@ -166,6 +166,51 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from boostray.inspect_run import hardest_samples, write_inspection
+
+    rows, images = hardest_samples(args.run_dir, args.top)
+    csv_path, png_path = write_inspection(rows, images, args.output or os.path.join(args.run_dir, "inspect"))
+    print(f"{'rank':>4} {'index':>6} {'n*w':>7} {'label':<14} {'ensemble says':<14} {'p(label)':>8}")
+    for r in rows:
+        print(f"{r['rank']:>4} {r['index']:>6} {r['weight_x_n']:>7.2f} {r['label_name'][:14]:<14} "
+              f"{r['predicted_name'][:14]:<14} {r['p_label']:>8.3f}")
+    print(f"table: {csv_path}\ngrid:  {png_path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from boostray.compare import parse_methods, run_comparison
+    from boostray.runtime import ray_session
+
+    specs = parse_methods(args.methods)
+    base = config_from_args(args)
+    if args.seeds < 1:
+        raise BoostrayError(f"--seeds must be >= 1, got {args.seeds}")
+    out_dir = os.path.abspath(os.path.expanduser(args.report))
+    from boostray.compare import run_configs
+
+    run_configs(base, specs, args.seeds, out_dir)  # every run's options validated before Ray starts
+    from boostray.trainer import load_training_data
+
+    load_training_data(base)  # and the data
+    os.makedirs(out_dir, exist_ok=True)
+    with ray_session(base.address) if base.workers else _nullcontext():
+        summary = run_comparison(base, specs, args.seeds, out_dir)
+    with open(os.path.join(out_dir, "results.md")) as f:
+        print(f.read())
+    print(f"report: {os.path.join(out_dir, 'report.html')} ({summary['wall_seconds']:.0f} s)")
+    return 0
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return None
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from boostray.models import list_models
 
@@ -248,6 +293,27 @@ def build_parser() -> argparse.ArgumentParser:
     tn.add_argument("--output", help="override the sweep's output folder")
     tn.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
     tn.set_defaults(func=cmd_tune)
+
+    cp = sub.add_parser("compare", help="several methods x seeds at the same budget, and a report",
+                        description="Train every method in --methods for --seeds seeds with the same data, model and "
+                        "budget (the train options below), as concurrent Ray Train runs when the cluster has room, "
+                        "and write a report folder: results.md/.csv (mean +- std over seeds), PNG plots, report.html. "
+                        "A method may carry overrides: cbnn:eta=0.1+error_source=running. Rerunning the same "
+                        "command skips finished runs.")
+    cp.add_argument("--methods", default="single,checkpoint,snapshot,fge,swa,cbnn",
+                    help="comma-separated methods (default: single,checkpoint,snapshot,fge,swa,cbnn)")
+    cp.add_argument("--seeds", type=int, default=3, help="seeds per method (default: 3)")
+    cp.add_argument("--report", default=os.path.join("~", "boostray_runs", "compare"), help="report folder")
+    add_train_options(cp)
+    cp.set_defaults(func=cmd_compare)
+
+    ins = sub.add_parser("inspect", help="the training samples with the largest final boosting weights",
+                         description="Table and PNG grid of the N training samples the boosting weighted most at "
+                         "the end: the examples the ensemble found hardest (often mislabeled ones).")
+    ins.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'boostray train'")
+    ins.add_argument("--top", type=int, default=32, help="how many samples (default: 32)")
+    ins.add_argument("--output", help="folder for hardest.csv and hardest.png (default: RUN_DIR/inspect)")
+    ins.set_defaults(func=cmd_inspect)
 
     models = sub.add_parser("models", help="list the model registry")
     models.set_defaults(func=cmd_models)

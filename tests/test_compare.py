@@ -1,0 +1,99 @@
+"""boostray compare on a tiny budget (in-process), boostray inspect, and the SWA member's BN statistics."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from boostray import load_ensemble
+from boostray.cli import main
+from boostray.compare import parse_methods
+from boostray.data import load_dataset, normalize
+from boostray.errors import ConfigError
+
+TINY = ["--workers", "0", "--epochs", "4", "--checkpoints", "2"]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    methods = "single,checkpoint,snapshot,fge,swa,cbnn,cbnn:eta=0.1"
+    assert main(["compare", *TINY, "--methods", methods, "--seeds", "2", "--report", str(out)]) == 0
+    return out
+
+
+def test_compare_writes_table_plots_and_one_page_report(report):
+    rows = list(csv.DictReader(open(report / "results.csv")))
+    assert [r["method"] for r in rows] == ["single", "checkpoint", "snapshot", "fge", "swa", "cbnn", "cbnn:eta=0.1"]
+    assert all(r["seeds"] == "2" and 0 <= float(r["error"]) < 0.5 for r in rows)
+    md = (report / "results.md").read_text()
+    assert "| fge |" in md and "±" in md
+    pngs = sorted(p for p in os.listdir(report) if p.endswith(".png"))
+    assert pngs == ["cbnn_lambda_ess.png", "cbnn_weight_histogram.png", "lr_schedules.png", "staged_accuracy.png"]
+    for p in pngs:
+        with Image.open(report / p) as im:
+            assert im.format == "PNG" and im.size[0] > 300
+    page = (report / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4 and "<td>swa</td>" in page
+
+
+def test_compare_members_follow_each_method(report):
+    summary = json.loads((report / "summary.json").read_text())
+    members = {}
+    for run in summary["runs"]:
+        manifest = json.loads(open(os.path.join(run["run_dir"], "ensemble", "manifest.json")).read())
+        members[run["method"]] = (manifest["method"], [m["weight"] for m in manifest["members"]])
+    assert members["single"] == ("single", [1.0]) and members["swa"] == ("swa", [1.0])
+    assert members["snapshot"] == ("snapshot", [1.0, 1.0]) and members["fge"] == ("fge", [1.0, 1.0])
+    assert members["cbnn"][0] == "cbnn" and all(w > 0 for w in members["cbnn"][1])
+    fge = json.loads(open(os.path.join([r for r in summary["runs"] if r["method"] == "fge"][0]["run_dir"], "metrics.json")).read())
+    assert [m["epoch"] for m in fge["members"]] == [3, 4]  # first phase 2 epochs, cycles of 1 epoch
+
+
+def test_rerun_skips_finished_runs(report):
+    before = {d: os.path.getmtime(report / "runs" / d / "metrics.json") for d in os.listdir(report / "runs") if not d.startswith(".")}
+    assert main(["compare", *TINY, "--methods", "single,checkpoint,snapshot,fge,swa,cbnn,cbnn:eta=0.1", "--seeds", "2",
+                 "--report", str(report)]) == 0
+    after = {d: os.path.getmtime(report / "runs" / d / "metrics.json") for d in os.listdir(report / "runs") if not d.startswith(".")}
+    assert after == before
+
+
+def test_swa_member_has_bn_statistics_recomputed_on_the_training_data(report):
+    summary = json.loads((report / "summary.json").read_text())
+    run_dir = [r for r in summary["runs"] if r["method"] == "swa"][0]["run_dir"]
+    member = load_ensemble(run_dir).members[0]
+    data = load_dataset("digits")
+    x = normalize(torch.from_numpy(data.train.images), torch.tensor(data.mean), torch.tensor(data.std))
+    from boostray.train_loop import EVAL_BATCH
+
+    with torch.no_grad():  # the layer feeding the first BatchNorm, batch by batch as update_bn saw it
+        batch_means = [member[0](x[i:i + EVAL_BATCH]).mean(dim=(0, 2, 3)) for i in range(0, len(x), EVAL_BATCH)]
+    # update_bn's cumulative average (momentum None) weighs each batch equally
+    torch.testing.assert_close(member[1].running_mean, torch.stack(batch_means).mean(0), rtol=1e-4, atol=1e-5)
+
+
+def test_method_overrides_are_validated():
+    assert parse_methods("cbnn:eta=0.1+error_source=running")[0].overrides == {"eta": 0.1, "error_source": "running"}
+    with pytest.raises(ConfigError, match="bad override"):
+        parse_methods("cbnn:learning_rate=0.1")
+    with pytest.raises(ConfigError, match="twice"):
+        parse_methods("cbnn,cbnn")
+
+
+def test_inspect_shows_the_heaviest_samples(tmp_path, capsys):
+    assert main(["train", *TINY, "--output", str(tmp_path), "--name", "r"]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "r"), "--top", "6"]) == 0
+    out = capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "r" / "inspect" / "hardest.csv")))
+    final = pq.read_table(tmp_path / "r" / "sample_weights.parquet").column("final").to_numpy()
+    assert [int(r["index"]) for r in rows] == np.argsort(-final, kind="stable")[:6].tolist()
+    assert float(rows[0]["weight_x_n"]) == pytest.approx(final.max() * final.size, rel=1e-5)
+    with Image.open(tmp_path / "r" / "inspect" / "hardest.png") as im:
+        assert im.format == "PNG"
+    assert "hardest.png" in out and len(out.splitlines()) == 9
