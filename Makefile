@@ -19,7 +19,7 @@ run: $(STAMP)
 	$(BIN)/boostray train
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=12
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_training.py all --json-out bench/results/training.json

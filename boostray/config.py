@@ -31,7 +31,7 @@ class TrainConfig:
     train_subset: int | None = _opt(None, "train on this many (seeded) training samples only")
     # model and method
     model: str = _opt("small_cnn", "model name from the registry (see 'boostray models')")
-    method: str = _opt("cbnn", "cbnn (boosted checkpoints), single (final network), checkpoint (uniform checkpoint average)")
+    method: str = _opt("cbnn", "cbnn (boosted checkpoints); baselines: single, checkpoint, snapshot, fge, swa")
     epochs: int = _opt(12, "training budget E in epochs, shared by all checkpoints")
     checkpoints: int = _opt(4, "number of checkpoints / rounds M (1 <= M <= E)")
     lr: float = _opt(0.05, "peak learning rate of the cosine schedule (SGD, Nesterov momentum 0.9)")

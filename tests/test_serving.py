@@ -150,12 +150,12 @@ def test_concurrent_clients_are_all_answered(server, test_images):
     assert len(results) == 16 and all(status == 200 for status, _ in results)
 
 
-def test_killed_replica_is_replaced_and_requests_keep_being_answered(server, test_images):
+def test_killed_replica_is_replaced_and_requests_keep_being_answered(server, ray_cluster, test_images):
     from ray import serve
     from ray.util.state import list_actors
 
     def replicas():
-        return [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "EnsembleServer" in a["class_name"]
+        return [a for a in list_actors(address=ray_cluster, filters=[("state", "=", "ALIVE")]) if "EnsembleServer" in a["class_name"]
                 and "full" in a.get("name", "")]
 
     before = replicas()

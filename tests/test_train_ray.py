@@ -68,7 +68,7 @@ def test_two_workers_hold_identical_weights_every_round(ddp_run):
     assert metrics["test"]["accuracy"] > 0.9
 
 
-def test_worker_killed_mid_run_resumes_to_the_same_ensemble(ddp_run, tmp_path):
+def test_worker_killed_mid_run_resumes_to_the_same_ensemble(ddp_run, ray_cluster, tmp_path):
     from ray.util.state import list_actors
 
     config, reference_dir, reference = ddp_run
@@ -79,7 +79,7 @@ def test_worker_killed_mid_run_resumes_to_the_same_ensemble(ddp_run, tmp_path):
     thread.start()
     wait_for(registered(storage, "round_0001"), thread)
     assert thread.is_alive() and not os.path.exists(os.path.join(storage, "round_0003"))
-    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    workers = list_actors(address=ray_cluster, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     assert len(workers) == 2
     os.kill(workers[-1]["pid"], signal.SIGKILL)
     thread.join(timeout=600)
