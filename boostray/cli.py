@@ -6,6 +6,7 @@ Errors a user can fix print one line (``boostray: error: ...``) and exit with co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -195,20 +196,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     load_training_data(base)  # and the data
     os.makedirs(out_dir, exist_ok=True)
-    with ray_session(base.address) if base.workers else _nullcontext():
+    with ray_session(base.address) if base.workers else contextlib.nullcontext():
         summary = run_comparison(base, specs, args.seeds, out_dir)
     with open(os.path.join(out_dir, "results.md")) as f:
         print(f.read())
     print(f"report: {os.path.join(out_dir, 'report.html')} ({summary['wall_seconds']:.0f} s)")
     return 0
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return None
 
 
 def cmd_models(args: argparse.Namespace) -> int:

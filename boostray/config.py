@@ -135,17 +135,23 @@ def _coerce(key: str, value: Any) -> Any:
     return value
 
 
-def read_config_file(path: str) -> dict[str, Any]:
-    """Read a YAML file of TrainConfig keys (dashes or underscores); unknown keys are an error."""
+def load_yaml_mapping(path: str, what: str = "config file") -> dict[str, Any]:
+    """A YAML file holding a mapping, or a one-line ConfigError saying what is wrong with it."""
     if not os.path.isfile(path):
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"{what} {path} does not exist")
     try:
         with open(path) as f:
             data = yaml.safe_load(f) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of option: value")
+        raise ConfigError(f"{what} {path} must hold a mapping of key: value")
+    return data
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """Read a YAML file of TrainConfig keys (dashes or underscores); unknown keys are an error."""
+    data = load_yaml_mapping(path)
     out = {}
     for raw_key, value in data.items():
         key = str(raw_key).replace("-", "_")

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from boostray.boosting import vote
 from boostray.ensemble import Ensemble

@@ -7,11 +7,13 @@ under ``OUTPUT/.ray/NAME``: rerunning with the same ``--name`` resumes from them
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
 from dataclasses import asdict, replace
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +58,7 @@ def torch_config_for_cluster():
     return None
 
 
-def run_training(config: TrainConfig, data: "ImageDataset | ray.ObjectRef", callbacks: list | None = None) -> BoostState:
+def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list | None = None) -> BoostState:
     """Run the train loop on Ray Train (or in-process for workers=0) and return rank 0's final state.
     ``data`` may already be in the object store (a sweep puts it once for all trials)."""
     import ray
@@ -189,17 +191,8 @@ def train(config: TrainConfig) -> tuple[str, dict]:
         raise ConfigError(f"run {config.name!r} already finished in {run_dir}; pick another --name")
     data = load_training_data(config)  # bad data fails here, before Ray or any file
     os.makedirs(output, exist_ok=True)
-    with ray_session(config.address, num_cpus=None) if config.workers else _no_ray():
+    # workers=0 is Ray Train's local mode: in-process, no Ray instance needed
+    with ray_session(config.address) if config.workers else contextlib.nullcontext():
         state = run_training(config, data)
     metrics = write_run_directory(run_dir, state, data, config, time.perf_counter() - started)
     return run_dir, metrics
-
-
-class _no_ray:
-    """Ray Train's local mode (workers=0) runs in-process and needs no Ray instance."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

@@ -10,7 +10,6 @@ configuration as a YAML for ``boostray train --config``, and the best trial's ru
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 import os
@@ -19,9 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
-from boostray.config import FIELD_TYPES, TrainConfig, _coerce
+from boostray.config import FIELD_TYPES, TrainConfig, _coerce, load_yaml_mapping
 from boostray.errors import ConfigError
 
 SEARCHABLE = {
@@ -89,14 +86,7 @@ def _check_domain(key: str, spec: Any) -> None:
 
 def read_sweep_config(path: str) -> SweepConfig:
     """Parse and validate a sweep YAML; every error names its key."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"sweep config {path} does not exist")
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    _require(isinstance(raw, dict), f"{path} must hold a mapping")
+    raw = load_yaml_mapping(path, "sweep config")
     unknown = sorted(set(raw) - TOP_KEYS)
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]!r} in {path} (keys: {', '.join(sorted(TOP_KEYS))})")

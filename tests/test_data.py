@@ -1,11 +1,10 @@
-import os
 
 import numpy as np
 import pytest
 
 from boostray.data import load_dataset, long_tailed_indices
 from boostray.errors import DataError
-from helpers import synthetic_images, write_parquet_dataset, write_parquet_split, png_bytes
+from helpers import synthetic_images, write_parquet_dataset, write_parquet_split
 
 
 def test_digits_split_is_fixed_disjoint_and_complete():

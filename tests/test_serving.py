@@ -9,8 +9,6 @@ import urllib.error
 import urllib.request
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from boostray import load_ensemble

@@ -9,7 +9,6 @@ import sys
 import threading
 import uuid
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
