@@ -160,8 +160,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         summary = run_sweep(config, resume=args.resume)
     print(f"sweep {summary['sweep']}: {summary['trials']} trials, {summary['stopped_early']} stopped early by the scheduler")
     print(f"best trial {summary['best_trial']}: {summary['best_params']}")
-    print(f"  validation accuracy {summary['best_val_accuracy'] if 'best_val_accuracy' in summary else ''}"
-          f"  test accuracy (reported once) {summary['best_test_accuracy']:.4f}")
+    print(f"  {config.metric} {summary[f'best_{config.metric}']:.4f}, "
+          f"test accuracy (reported once) {summary['best_test_accuracy']:.4f}")
     print(f"tables: {config.sweep_dir}/trials.md, best config: {config.sweep_dir}/best_config.yaml, "
           f"best ensemble: {summary['best_run_dir']}  ({summary['wall_seconds']:.0f} s)")
     return 0

@@ -13,7 +13,6 @@ import base64
 import binascii
 import copy
 import io
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -182,7 +181,3 @@ def format_predictions(proba: np.ndarray, classes: list[str], top_k: int | None,
             item["members_used"] = int(members_used[i])
         out.append(item)
     return out
-
-
-def finite_or_none(value: float) -> float | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
