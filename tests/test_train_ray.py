@@ -133,30 +133,3 @@ def test_main_job_starts_its_own_ray_on_loopback_only(tmp_path):
     out = "".join(lines)
     assert "single network (final checkpoint) test accuracy" in out and "ensemble of 3 (cbnn)" in out
     assert os.path.isfile(tmp_path / "boostray_runs" / "main" / "ensemble" / "manifest.json")
-
-
-def test_resumed_swa_run_equals_an_uninterrupted_one(ray_cluster, tmp_path):
-    """SWA carries the most state (its running average): a worker killed after round 1 must still give
-    the uninterrupted run's member, bit for bit."""
-    import torch
-    from ray.util.state import list_actors
-
-    from boostray import load_ensemble
-
-    # rounds end at epochs 2, 4, ..., 12; SWA averages after epochs 10, 11 and 12
-    base = dict(workers=1, epochs=12, checkpoints=6, method="swa", seed=2, output=str(tmp_path))
-    reference_dir, _ = train(TrainConfig(**base, name="swa-reference"))
-    faulty = TrainConfig(**base, name="swa-faulty", max_failures=1)
-    storage = os.path.join(str(tmp_path), ".ray", faulty.name)
-    outcome = {}
-    thread = threading.Thread(target=lambda: outcome.update(result=train(faulty)))
-    thread.start()
-    wait_for(registered(storage, "round_0005"), thread)  # one epoch already averaged
-    assert thread.is_alive() and not os.path.exists(os.path.join(storage, "round_0006"))
-    workers = list_actors(address=ray_cluster, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-    os.kill(workers[-1]["pid"], signal.SIGKILL)
-    thread.join(timeout=600)
-    assert "result" in outcome, "the run did not recover from the killed worker"
-    a, b = load_ensemble(reference_dir), load_ensemble(outcome["result"][0])
-    for ta, tb in zip(a.members[0].state_dict().values(), b.members[0].state_dict().values()):
-        assert torch.equal(ta, tb)
