@@ -17,11 +17,12 @@ class MemberRecord:
     round: int  # 1-based round whose end produced this checkpoint
     epoch: int  # epochs trained when it was taken
     alpha: float  # lambda_m (uniform methods: 1.0)
-    error: float  # weighted training error e_m (clamped; NaN when the method does not measure it)
-    raw_error: float
+    error: float  # e_m behind lambda_m, clamped: weighted training error, or validation error (lambda_source=val); NaN for uniform methods
+    raw_error: float  # weighted training error, unclamped
     train_accuracy: float
     val_accuracy: float
     test_accuracy: float
+    eta: float = float("nan")  # shrinkage of the update after this member (below --eta when --ess-min bounds it)
 
 
 @dataclass
@@ -46,7 +47,8 @@ class BoostState:
 
     def history(self) -> list[dict]:
         """(e_m, lambda_m) per member: what the weight store publishes beside the weights."""
-        return [{"round": m.round, "error": m.error, "raw_error": m.raw_error, "alpha": m.alpha} for m in self.members]
+        return [{"round": m.round, "error": m.error, "raw_error": m.raw_error, "alpha": m.alpha, "eta": m.eta}
+                for m in self.members]
 
     def to_portable(self) -> dict:
         """Tensor-free form (NumPy only): what a Ray Train function may return to the driver."""

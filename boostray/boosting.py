@@ -31,6 +31,7 @@ class BoostResult:
     alpha: float  # checkpoint weight lambda_m (0 for a chance-level checkpoint)
     weights: np.ndarray  # sample weights for the next round, summing to 1
     chance_level: bool
+    eta: float = DEFAULT_ETA  # the shrinkage actually applied (lower than asked when ess_min bounds it)
 
 
 def uniform_weights(n: int) -> np.ndarray:
@@ -81,6 +82,46 @@ def cap_weight_ratio(weights: np.ndarray, max_ratio: float) -> np.ndarray:
     return w / w.sum()
 
 
+def _reweighted(weights: np.ndarray, wrong: np.ndarray, factor: float) -> np.ndarray:
+    new = weights / weights.sum()  # a new array: the caller's weights are never modified
+    new[wrong] *= factor  # only the misclassified samples change: no exp over all n samples
+    return new / new.sum()
+
+
+def ess_bounded_eta(
+    weights: np.ndarray, correct: np.ndarray, alpha: float, eta_max: float, ess_min: float, *, steps: int = 40
+) -> float:
+    """The largest eta <= eta_max whose update keeps the effective sample size >= ess_min.
+
+    Adaptive shrinkage: it bounds how far one round can move the loss surface. The ESS after the update
+    is a ratio of quadratics in the factor exp(eta * alpha); bisection finds the boundary. When even
+    eta = 0 is below ess_min (the weights are already that concentrated) the answer is 0: no update.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    wrong = ~np.asarray(correct, dtype=bool)
+
+    def ok(eta: float) -> bool:
+        return effective_sample_size(_reweighted(w, wrong, math.exp(eta * alpha))) >= ess_min
+
+    if ok(eta_max):
+        return float(eta_max)
+    if not ok(0.0):
+        return 0.0
+    lo, hi = 0.0, float(eta_max)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
+
+
+def mix_with_uniform(weights: np.ndarray, gamma: float) -> np.ndarray:
+    """w <- (1 - gamma) w + gamma / n: every sample keeps at least gamma / n of the weight."""
+    if not 0 <= gamma <= 1:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    w = np.asarray(weights, dtype=np.float64)
+    return (1 - gamma) * w / w.sum() + gamma / w.size
+
+
 def boost_step(
     weights: np.ndarray,
     correct: np.ndarray,
@@ -90,10 +131,16 @@ def boost_step(
     min_error: float = DEFAULT_MIN_ERROR,
     update: bool = True,
     max_weight_ratio: float | None = None,
+    ess_min: float | None = None,
+    gamma: float = 0.0,
+    alpha_error: float | None = None,
 ) -> BoostResult:
     """One SAMME round: error, checkpoint weight, and (unless ``update`` is False) the new weights.
 
     ``update=False`` is the last round (m == M): lambda_M is needed, new weights are not.
+    ``alpha_error`` replaces the weighted training error in lambda_m (e.g. the validation error:
+    honest member weights once the training error nears 0). ``ess_min`` lowers eta for this round so
+    the effective sample size stays >= ess_min; ``gamma`` mixes the new weights with uniform.
     """
     if num_classes < 2:
         raise ValueError("boosting needs at least 2 classes")
@@ -104,25 +151,27 @@ def boost_step(
     if w.shape != c.shape:
         raise ValueError(f"weights {w.shape} and correctness {c.shape} differ in shape")
     raw = weighted_error(w, c)
-    chance = raw >= 1.0 - 1.0 / num_classes
-    if chance:
+    decisive = raw if alpha_error is None else float(alpha_error)  # the error lambda_m is computed from
+    if decisive >= 1.0 - 1.0 / num_classes:
         warnings.warn(
-            f"checkpoint weighted error {raw:.4f} >= 1 - 1/K = {1 - 1 / num_classes:.4f}: "
-            "no better than chance, weight 0 and sample weights unchanged",
+            f"checkpoint {'weighted' if alpha_error is None else 'validation'} error {decisive:.4f} >= "
+            f"1 - 1/K = {1 - 1 / num_classes:.4f}: no better than chance, weight 0 and sample weights unchanged",
             ChanceLevelWarning,
             stacklevel=2,
         )
-        return BoostResult(error=raw, raw_error=raw, alpha=0.0, weights=w / w.sum(), chance_level=True)
-    err = clamp_error(raw, num_classes, min_error)
+        return BoostResult(error=decisive, raw_error=raw, alpha=0.0, weights=w / w.sum(), chance_level=True, eta=0.0)
+    err = clamp_error(decisive, num_classes, min_error)
     alpha = checkpoint_weight(err, num_classes)
-    new = w / w.sum()  # a new array: the caller's weights are never modified
+    new = w / w.sum()
     if update:
-        # Only the misclassified samples change: no exp over all n samples.
-        new[~c] *= math.exp(eta * alpha)
-        new /= new.sum()
+        if ess_min is not None:
+            eta = ess_bounded_eta(w, c, alpha, eta, ess_min)
+        new = _reweighted(w, ~c, math.exp(eta * alpha))
+        if gamma:
+            new = mix_with_uniform(new, gamma)
         if max_weight_ratio is not None:
             new = cap_weight_ratio(new, max_weight_ratio)
-    return BoostResult(error=err, raw_error=raw, alpha=alpha, weights=new, chance_level=False)
+    return BoostResult(error=err, raw_error=raw, alpha=alpha, weights=new, chance_level=False, eta=eta)
 
 
 def samme_r_step(

@@ -63,6 +63,24 @@ def run_configs(base: TrainConfig, specs: list[MethodSpec], seeds: int, out_dir:
     return runs
 
 
+def check_finished_run_matches(config: TrainConfig) -> None:
+    """A finished run is reused only if it was trained with the same options: the defaults may have
+    changed since, and a stale run must not pass for the current one."""
+    import yaml
+
+    run_dir = os.path.join(config.output, config.name)
+    saved_path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(os.path.join(run_dir, "metrics.json")) or not os.path.isfile(saved_path):
+        return
+    with open(saved_path) as f:
+        saved = yaml.safe_load(f) or {}
+    wanted = {k: v for k, v in config.to_dict().items() if k != "name"}
+    changed = sorted(k for k in wanted if k not in ("output", "address") and saved.get(k, wanted[k]) != wanted[k])
+    if changed:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted[k]!r}" for k in changed)
+        raise ConfigError(f"finished run {run_dir} was trained with other options ({detail}); use another --report folder")
+
+
 def concurrency(base: TrainConfig) -> int:
     import ray
 
@@ -78,6 +96,8 @@ def run_comparison(base: TrainConfig, specs: list[MethodSpec], seeds: int, out_d
     from boostray.trainer import train
 
     runs = run_configs(base, specs, seeds, out_dir)
+    for _, _, config in runs:
+        check_finished_run_matches(config)
     os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
     started = time.perf_counter()
     width = concurrency(base) if base.workers else 1

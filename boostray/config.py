@@ -44,6 +44,9 @@ class TrainConfig:
     error_source: str = _opt("eval", "eval: one extra eval pass per round for correctness; running: last epoch's on-the-fly correctness", choices=("eval", "running"))
     vote: str = _opt("soft", "how members are combined: soft (weighted probabilities), hard (weighted votes)", choices=("soft", "hard"))
     max_weight_ratio: float | None = _opt(None, "cap max(w)/mean(w) after each update (default: no cap)")
+    lambda_source: str = _opt("train", "error behind lambda_m: train (weighted training error, SAMME) or val (the member's validation error)", choices=("train", "val"))
+    ess_min: float | None = _opt(None, "adaptive shrinkage: lower a round's eta so the effective sample size stays >= this (in (0, 1]; default: off)")
+    mix_uniform: float = _opt(0.0, "gamma: mix the new weights with uniform, w <- (1 - gamma) w + gamma / n (in [0, 1])")
     # compute
     workers: int = _opt(1, "Ray Train workers (DDP ranks); 0 runs in-process without a Ray cluster")
     cpus_per_worker: float = _opt(1.0, "CPUs reserved per worker")
@@ -89,6 +92,10 @@ class TrainConfig:
             raise ConfigError(f"--imbalance-ratio must be >= 1, got {self.imbalance_ratio}")
         if self.max_weight_ratio is not None and self.max_weight_ratio < 1:
             raise ConfigError(f"--max-weight-ratio must be >= 1, got {self.max_weight_ratio}")
+        if self.ess_min is not None and not 0 < self.ess_min <= 1:
+            raise ConfigError(f"--ess-min must be in (0, 1], got {self.ess_min}")
+        if not 0 <= self.mix_uniform <= 1:
+            raise ConfigError(f"--mix-uniform must be in [0, 1], got {self.mix_uniform}")
         if self.train_subset is not None and self.train_subset < 2:
             raise ConfigError(f"--train-subset must be >= 2, got {self.train_subset}")
         if self.workers and self.batch_size < self.workers:

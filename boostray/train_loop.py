@@ -193,19 +193,25 @@ class WorkerContext:
         return BoostState.from_saveable(saved["boost"])
 
 
-def boost_round(state: BoostState, correct: np.ndarray, num_classes: int, config: TrainConfig, last_round: bool) -> dict:
+def boost_round(
+    state: BoostState, correct: np.ndarray, num_classes: int, config: TrainConfig, last_round: bool,
+    val_error: float | None = None,
+) -> dict:
     """Rank 0's part of a round: e_m, lambda_m and the new weights (into ``state``); returns the
-    history entry that the weight store publishes."""
+    history entry that the weight store publishes. ``val_error`` is the member's validation error,
+    which lambda_m uses when ``lambda_source`` is ``val``."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ChanceLevelWarning)
         result = boost_step(
             state.weights, correct, num_classes, eta=config.eta, min_error=config.min_error,
-            update=not last_round, max_weight_ratio=config.max_weight_ratio,
+            update=not last_round, max_weight_ratio=config.max_weight_ratio, ess_min=config.ess_min,
+            gamma=config.mix_uniform, alpha_error=val_error if config.lambda_source == "val" else None,
         )
     for w in caught:
         emit(f"warning: {w.message}")
     state.weights = result.weights
-    return {"round": state.rounds_done + 1, "error": result.error, "raw_error": result.raw_error, "alpha": result.alpha}
+    return {"round": state.rounds_done + 1, "error": result.error, "raw_error": result.raw_error,
+            "alpha": result.alpha, "eta": result.eta}
 
 
 def sync_weights(store: Any, rank: int, version: int, state: BoostState, entry: dict | None = None) -> tuple[np.ndarray, list]:
@@ -266,8 +272,9 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         start_epoch = end_epoch
         last = r == config.checkpoints - 1
 
-        error = raw_error = math.nan
+        error = raw_error = eta = math.nan
         alpha = 1.0
+        val_p = None
         state.weights_history.append(np.asarray(state.weights, dtype=np.float32))
         if method.reweights:
             if config.error_source == "running":
@@ -275,11 +282,15 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
             else:
                 correct = w.eval_correctness()
             train_acc = float(correct.mean())
-            entry = boost_round(state, correct, k, config, last) if w.rank == 0 else None
+            val_error = None
+            if config.lambda_source == "val":  # part of the method here, so inside train_seconds
+                val_p = w.predict_proba(data.val.images).numpy()
+                val_error = 1.0 - accuracy(val_p, data.val.labels)
+            entry = boost_round(state, correct, k, config, last, val_error) if w.rank == 0 else None
             synced, digests = sync_weights(store, w.rank, r + 1, state, entry)
             state.weights = np.array(synced)
             entry = store.history()[-1]  # every rank takes e_m and lambda_m from the store
-            error, raw_error, alpha = entry["error"], entry["raw_error"], entry["alpha"]
+            error, raw_error, alpha, eta = entry["error"], entry["raw_error"], entry["alpha"], entry["eta"]
             weights = torch.as_tensor(state.weights, dtype=torch.float32, device=w.device)
         else:
             train_acc = state.epoch_log[-1]["accuracy"]
@@ -288,14 +299,15 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
 
         # Evaluation for the record (not part of train_seconds: every method pays it alike).
         member_net = w.member_module() if method.is_member(r) else w.net
-        val_p = w.predict_proba(data.val.images, member_net).numpy()
+        if val_p is None or member_net is not w.net:
+            val_p = w.predict_proba(data.val.images, member_net).numpy()
         test_p = w.predict_proba(data.test.images, member_net).numpy()
         state.last_val_proba, state.last_test_proba = val_p, test_p
         if method.is_member(r):
             state.members.append(MemberRecord(
                 round=r + 1, epoch=end_epoch, alpha=alpha, error=error, raw_error=raw_error,
                 train_accuracy=train_acc, val_accuracy=accuracy(val_p, data.val.labels),
-                test_accuracy=accuracy(test_p, data.test.labels),
+                test_accuracy=accuracy(test_p, data.test.labels), eta=eta,
             ))
             state.member_states.append({kk: v.detach().cpu().clone() for kk, v in member_net.state_dict().items()})
             state.val_proba.append(val_p)
@@ -307,7 +319,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
             emit(
                 f"round {r + 1}/{config.checkpoints}: member val acc {accuracy(val_p, data.val.labels):.4f} "
                 f"ensemble val acc {metrics['val_accuracy']:.4f}"
-                + (f" e={error:.4f} lambda={alpha:.3f} ess={state.ess[-1]:.3f}" if method.reweights else "")
+                + (f" e={error:.4f} lambda={alpha:.3f} eta={eta:.3g} ess={state.ess[-1]:.3f}" if method.reweights else "")
             )
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None

@@ -15,6 +15,8 @@ from boostray.boosting import (
     cap_weight_ratio,
     checkpoint_weight,
     effective_sample_size,
+    ess_bounded_eta,
+    mix_with_uniform,
     samme_r_step,
     uniform_weights,
     vote,
@@ -157,3 +159,55 @@ def test_bad_arguments_are_rejected():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         boost_step(uniform_weights(3), np.array([True, True, False]), K)  # no spurious warnings
+
+
+# -- the levers of the method reference: adaptive shrinkage, mixing with uniform, lambda from validation
+
+
+def test_ess_bounded_eta_is_the_largest_eta_that_keeps_the_ess():
+    rng = np.random.default_rng(3)
+    w, correct = uniform_weights(500), rng.random(500) > 0.1
+    unbounded = boost_step(w, correct, 10, eta=1.0)
+    assert effective_sample_size(unbounded.weights) < 0.6
+    eta = ess_bounded_eta(w, correct, unbounded.alpha, 1.0, 0.6)
+    assert 0 < eta < 1
+    res = boost_step(w, correct, 10, eta=1.0, ess_min=0.6)
+    assert res.eta == pytest.approx(eta)
+    assert effective_sample_size(res.weights) == pytest.approx(0.6, abs=1e-6)
+    assert effective_sample_size(boost_step(w, correct, 10, eta=eta * 1.01).weights) < 0.6
+    # a bound that eta_max already satisfies leaves eta alone, and equals the plain step
+    loose = boost_step(w, correct, 10, eta=0.3, ess_min=0.01)
+    assert loose.eta == 0.3 and np.array_equal(loose.weights, boost_step(w, correct, 10, eta=0.3).weights)
+
+
+def test_ess_bounded_eta_is_zero_when_the_weights_are_already_below_the_bound():
+    w = np.r_[np.full(10, 10.0), np.ones(90)]
+    w /= w.sum()
+    correct = np.r_[np.zeros(10, bool), np.ones(90, bool)]
+    assert effective_sample_size(w) < 0.5
+    assert ess_bounded_eta(w, correct, 2.0, 1.0, 0.9) == 0.0
+
+
+def test_mixing_with_uniform_bounds_every_weight_from_below():
+    w = np.r_[1.0, np.zeros(99)]
+    mixed = mix_with_uniform(w, 0.2)
+    assert mixed.sum() == pytest.approx(1.0)
+    assert mixed.min() == pytest.approx(0.2 / 100) and mixed[0] == pytest.approx(0.8 + 0.002)
+    res = boost_step(uniform_weights(100), np.arange(100) > 4, 10, eta=1.0, gamma=0.5)
+    plain = boost_step(uniform_weights(100), np.arange(100) > 4, 10, eta=1.0)
+    np.testing.assert_allclose(res.weights, 0.5 * plain.weights + 0.005)
+    with pytest.raises(ValueError):
+        mix_with_uniform(w, 1.5)
+
+
+def test_lambda_from_an_outside_error_replaces_the_weighted_training_error():
+    w, correct = uniform_weights(100), np.arange(100) > 0  # 1 % training error
+    res = boost_step(w, correct, 10, alpha_error=0.2)
+    assert res.alpha == pytest.approx(checkpoint_weight(0.2, 10)) and res.error == pytest.approx(0.2)
+    assert res.raw_error == pytest.approx(0.01)
+    # the update uses that lambda: the one misclassified sample grows by exp(eta * lambda)
+    assert res.weights[0] / res.weights[1] == pytest.approx(math.exp(0.3 * res.alpha))
+    with pytest.warns(ChanceLevelWarning):
+        chance = boost_step(w, correct, 10, alpha_error=0.95)
+    assert chance.alpha == 0.0 and chance.chance_level
+    np.testing.assert_allclose(chance.weights, w)

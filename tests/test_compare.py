@@ -63,6 +63,14 @@ def test_rerun_skips_finished_runs(report):
     assert after == before
 
 
+def test_rerun_with_other_options_refuses_to_reuse_stale_runs(report, capsys):
+    before = sorted(os.listdir(report / "runs"))
+    assert main(["compare", *TINY, "--methods", "single", "--lr", "0.01", "--seeds", "1", "--report", str(report)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "single-seed0" in err[0] and "lr: 0.05 -> 0.01" in err[0]
+    assert sorted(os.listdir(report / "runs")) == before
+
+
 def test_swa_member_has_bn_statistics_recomputed_on_the_training_data(report):
     summary = json.loads((report / "summary.json").read_text())
     run_dir = [r for r in summary["runs"] if r["method"] == "swa"][0]["run_dir"]

@@ -83,3 +83,19 @@ def test_evaluate_reports_staged_accuracy(cbnn_run, capsys):
     metrics = json.loads((cbnn_run / "metrics.json").read_text())
     assert report["samples"] == metrics["samples"]["test"]
     assert report["staged_accuracy"] == pytest.approx(metrics["test"]["staged_accuracy"])
+
+
+def test_levers_lambda_from_validation_ess_bound_and_uniform_mixing(tmp_path):
+    args = ["--lambda-source", "val", "--eta", "1", "--ess-min", "0.9", "--mix-uniform", "0.1"]
+    assert main(["train", *FAST, *args, "--output", str(tmp_path), "--name", "lev"]) == 0
+    metrics = json.loads((tmp_path / "lev" / "metrics.json").read_text())
+    from boostray.boosting import checkpoint_weight, clamp_error
+
+    for m in metrics["members"]:  # lambda_m from the member's validation error, not the training error
+        assert m["error"] == pytest.approx(clamp_error(1 - m["val_accuracy"], 10))
+        assert m["alpha"] == pytest.approx(checkpoint_weight(m["error"], 10))
+    first = metrics["members"][0]
+    assert 0 < first["eta"] < 1  # eta = 1 would drop the ESS far below 0.9 on digits: the bound bit
+    assert metrics["ess"][0] >= 0.9 - 1e-6
+    weights = pq.read_table(tmp_path / "lev" / "sample_weights.parquet").column("round_2").to_numpy()
+    assert weights.min() >= 0.1 / weights.size * (1 - 1e-5)  # mixing keeps gamma / n for every sample
