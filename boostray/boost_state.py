@@ -40,6 +40,7 @@ class BoostState:
     epoch_log: list[dict] = field(default_factory=list)
     rank_digests: list[list[list[float]]] = field(default_factory=list)  # per round: each rank's weights digest
     train_seconds: float = 0.0
+    resumed_at_rounds: list[int] = field(default_factory=list)  # rounds_done at each restore from a checkpoint
 
     @classmethod
     def initial(cls, n: int) -> "BoostState":
@@ -78,6 +79,8 @@ class BoostState:
     def from_saveable(cls, data: dict) -> "BoostState":
         kwargs = {}
         for f in fields(cls):
+            if f.name not in data:  # a checkpoint written before the field existed: keep its default
+                continue
             v = data[f.name]
             if f.name == "members":
                 v = [MemberRecord(**m) for m in v]

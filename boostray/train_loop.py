@@ -5,6 +5,10 @@ with the weighted loss, then (for re-weighting methods) combine per-sample corre
 let rank 0 take the boosting step and publish the new weights to the weight store, and have every rank
 read that version; evaluate the checkpoint on the validation and test splits; report metrics and a
 checkpoint holding model, optimizer, LR schedule and the whole boosting state.
+
+Testing hook: with ``BOOSTRAY_TEST_HOLD_AFTER_ROUND=N`` in the driver's environment, every rank stops
+after reporting round N and waits (up to 10 minutes) to be killed, so a fault-tolerance test can kill a
+worker at a known point of training instead of racing it.
 """
 
 from __future__ import annotations
@@ -228,6 +232,15 @@ def sync_weights(store: Any, rank: int, version: int, state: BoostState, entry: 
     return weights, digests
 
 
+HOLD_ENV = "BOOSTRAY_TEST_HOLD_AFTER_ROUND"
+
+
+def hold_if_asked(hold_after: int | None, round_done: int) -> None:
+    """The testing hook of the module docstring: wait here to be killed, once round N is reported."""
+    if hold_after == round_done:
+        time.sleep(600)
+
+
 def train_loop_per_worker(loop_config: dict) -> dict | None:
     config = TrainConfig(**loop_config["config"])
     data: ImageDataset = _resolve(loop_config["data"])
@@ -238,8 +251,10 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
 
     checkpoint = ray.train.get_checkpoint()
     state = w.restore(checkpoint) if checkpoint else BoostState.initial(n)
-    if checkpoint and w.rank == 0:
-        emit(f"resuming from the checkpoint of round {state.rounds_done}/{config.checkpoints}")
+    if checkpoint:
+        state.resumed_at_rounds.append(state.rounds_done)
+        if w.rank == 0:
+            emit(f"resuming from the checkpoint of round {state.rounds_done}/{config.checkpoints}")
     synced, digests = sync_weights(store, w.rank, state.rounds_done, state)
     state.weights = np.array(synced)  # a copy: the object store hands out read-only views
     weights = torch.as_tensor(state.weights, dtype=torch.float32, device=w.device)
@@ -327,6 +342,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
                 w.save(tmp, state)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"round_{r + 1:04d}")
+        hold_if_asked(loop_config.get("hold_after_round"), r + 1)
     return state.to_portable() if w.rank == 0 else None
 
 

@@ -65,7 +65,7 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from boostray.train_loop import train_loop_per_worker
+    from boostray.train_loop import HOLD_ENV, train_loop_per_worker
     from boostray.weight_store import LocalWeightStore, RayWeightStore
 
     _, _, storage = resolve_paths(config)
@@ -77,9 +77,10 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
         data_ref = data
     else:
         data_ref = ray.put(data)
+    hold = int(os.environ[HOLD_ENV]) if os.environ.get(HOLD_ENV) else None  # a testing hook (train_loop)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config.to_dict(), "data": data_ref, "store": store},
+        train_loop_config={"config": config.to_dict(), "data": data_ref, "store": store, "hold_after_round": hold},
         torch_config=None if local else torch_config_for_cluster(),
         scaling_config=ScalingConfig(
             num_workers=config.workers, use_gpu=config.gpu,
@@ -124,6 +125,7 @@ def build_metrics(state: BoostState, data: ImageDataset, config: TrainConfig) ->
         "test": splits["test"],
         "epochs": state.epoch_log,
         "train_seconds": state.train_seconds,
+        "resumed_at_rounds": state.resumed_at_rounds,
     }
 
 

@@ -92,6 +92,40 @@ def test_worker_killed_mid_run_resumes_to_the_same_ensemble(ddp_run, ray_cluster
     assert a.equals(b)
 
 
+def test_resumed_swa_run_equals_an_uninterrupted_one(ray_cluster, tmp_path, monkeypatch):
+    """A baseline whose state goes beyond the network: SWA's running average must survive a lost worker.
+    The worker holds after round 3 (epoch 6 of 8, averaging under way) until the test kills it."""
+    import torch
+    from ray.util.state import list_actors
+
+    from boostray import load_ensemble
+    from boostray.train_loop import HOLD_ENV
+
+    def swa_config(**kw) -> TrainConfig:
+        return TrainConfig(method="swa", workers=1, epochs=8, checkpoints=4, seed=2, output=str(tmp_path),
+                           name=f"swa-{uuid.uuid4().hex[:6]}", **kw)
+
+    reference_dir, reference = train(swa_config())
+    faulty = swa_config(max_failures=1)
+    storage = os.path.join(str(tmp_path), ".ray", faulty.name)
+    monkeypatch.setenv(HOLD_ENV, "3")
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=train(faulty)))
+    thread.start()
+    wait_for(registered(storage, "round_0003"), thread)
+    workers = list_actors(address=ray_cluster, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    assert thread.is_alive() and len(workers) == 1
+    os.kill(workers[0]["pid"], signal.SIGKILL)
+    thread.join(timeout=600)
+    assert "result" in outcome, "the run did not recover from the killed worker"
+    run_dir, metrics = outcome["result"]
+    assert metrics["resumed_at_rounds"] == [3] and reference["resumed_at_rounds"] == []
+    assert metrics["test"]["accuracy"] == reference["test"]["accuracy"]
+    (a,), (b,) = load_ensemble(run_dir).members, load_ensemble(reference_dir).members
+    for (name, ta), tb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(ta, tb), name
+
+
 def test_driver_killed_and_rerun_with_same_name_resumes(ray_cluster, tmp_path):
     name = f"resume-{uuid.uuid4().hex[:6]}"
     cmd = [BOOSTRAY, "train", "--address", ray_cluster, "--epochs", "6", "--checkpoints", "3",
@@ -115,6 +149,7 @@ def test_driver_killed_and_rerun_with_same_name_resumes(ray_cluster, tmp_path):
     assert "epoch 1/6" not in log  # the first round was not trained again
     metrics = json.loads(open(os.path.join(str(tmp_path), name, "metrics.json")).read())
     assert [m["epoch"] for m in metrics["members"]] == [2, 4, 6]
+    assert metrics["resumed_at_rounds"] and metrics["resumed_at_rounds"][0] >= 1
 
 
 def test_main_job_starts_its_own_ray_on_loopback_only(tmp_path):
