@@ -31,7 +31,7 @@ class BoostResult:
     alpha: float  # checkpoint weight lambda_m (0 for a chance-level checkpoint)
     weights: np.ndarray  # sample weights for the next round, summing to 1
     chance_level: bool
-    eta: float = DEFAULT_ETA  # the shrinkage actually applied (lower than asked when ess_min bounds it)
+    eta: float = DEFAULT_ETA  # the shrinkage actually applied (lower than asked when ess_min bounds it; NaN: no update)
 
 
 def uniform_weights(n: int) -> np.ndarray:
@@ -171,7 +171,7 @@ def boost_step(
             new = mix_with_uniform(new, gamma)
         if max_weight_ratio is not None:
             new = cap_weight_ratio(new, max_weight_ratio)
-    return BoostResult(error=err, raw_error=raw, alpha=alpha, weights=new, chance_level=False, eta=eta)
+    return BoostResult(error=err, raw_error=raw, alpha=alpha, weights=new, chance_level=False, eta=eta if update else math.nan)
 
 
 def samme_r_step(
