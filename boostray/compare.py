@@ -129,6 +129,7 @@ def _row(metrics: dict) -> dict:
         "error": 1 - test["accuracy"], "nll": test["nll"], "ece": test["ece"],
         "balanced_accuracy": test["balanced_accuracy"], "disagreement": test["disagreement"],
         "train_seconds": metrics["train_seconds"], "val_accuracy": metrics["val"]["accuracy"],
+        "val_balanced_accuracy": metrics["val"]["balanced_accuracy"],
     }
 
 
@@ -137,7 +138,7 @@ def summary_table(specs: list[MethodSpec], results: list) -> list[dict]:
     for spec in specs:
         rows = [_row(m) for s, _, _, m in results if s == spec]
         entry = {"method": spec.label, "seeds": len(rows)}
-        for key in (*FIGURES, "val_accuracy"):
+        for key in (*FIGURES, "val_accuracy", "val_balanced_accuracy"):
             values = np.array([r[key] for r in rows])
             entry[key] = float(values.mean())
             entry[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
@@ -215,13 +216,14 @@ def write_report(out_dir: str, base: TrainConfig, specs: list[MethodSpec], resul
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(table)
-    header = "| method | test error | NLL | ECE | balanced acc. | disagreement | train s | val acc. |"
-    lines = [header, "|" + "---|" * 8]
+    header = "| method | test error | NLL | ECE | balanced acc. | disagreement | train s | val acc. | val bal. acc. |"
+    lines = [header, "|" + "---|" * 9]
     for row in table:
         cells = [row["method"]]
         for key, scale, fmt in (("error", 100, "{:.2f} ± {:.2f} %"), ("nll", 1, "{:.4f} ± {:.4f}"), ("ece", 1, "{:.4f} ± {:.4f}"),
                                 ("balanced_accuracy", 100, "{:.2f} ± {:.2f} %"), ("disagreement", 100, "{:.2f} ± {:.2f} %"),
-                                ("train_seconds", 1, "{:.1f} ± {:.1f}"), ("val_accuracy", 100, "{:.2f} ± {:.2f} %")):
+                                ("train_seconds", 1, "{:.1f} ± {:.1f}"), ("val_accuracy", 100, "{:.2f} ± {:.2f} %"),
+                                ("val_balanced_accuracy", 100, "{:.2f} ± {:.2f} %")):
             cells.append(fmt.format(row[key] * scale, row[f"{key}_std"] * scale))
         lines.append("| " + " | ".join(cells) + " |")
     per_class = {spec.label: np.nanmean([m["test"]["per_class_accuracy"] for s, _, _, m in results if s == spec], axis=0)
@@ -230,21 +232,24 @@ def write_report(out_dir: str, base: TrainConfig, specs: list[MethodSpec], resul
              + (f", training subset {base.train_subset}" if base.train_subset else "")
              + f", {base.model}, {base.epochs} epochs, {base.checkpoints} checkpoints, {len(set(r[1] for r in results))} seeds,"
              f" {base.workers} worker(s) per run")
-    markdown = f"Setup: {setup}. Test split; mean ± std over seeds.\n\n" + "\n".join(lines) + "\n"
+    k = len(next(iter(per_class.values())))
+    pc_lines = ["| method | " + " | ".join(str(c) for c in range(k)) + " |", "|" + "---|" * (k + 1)]
+    pc_lines += [f"| {label} | " + " | ".join(f"{v * 100:.1f}" for v in acc) + " |" for label, acc in per_class.items()]
+    markdown = (f"Setup: {setup}. Test split except the val columns; mean ± std over seeds.\n\n" + "\n".join(lines)
+                + "\n\nPer-class test accuracy (%), mean over seeds:\n\n" + "\n".join(pc_lines) + "\n")
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(markdown)
     plots = make_plots(out_dir, base, specs, results)
-    k = len(next(iter(per_class.values())))
     pc_rows = "".join(f"<tr><td>{html.escape(label)}</td>" + "".join(f"<td>{v * 100:.1f}</td>" for v in acc) + "</tr>"
                       for label, acc in per_class.items())
     table_html = "<table><tr>" + "".join(f"<th>{html.escape(h.strip())}</th>" for h in header.strip("|").split("|")) + "</tr>"
-    for line in lines[2:]:
+    for line in lines[2:]:  # the per-class table follows as its own HTML table
         table_html += "<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in line.strip("|").split("|")) + "</tr>"
     table_html += "</table>"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>boostray comparison</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}</style></head><body>
-<h1>Same-budget comparison</h1><p>{html.escape(setup)}. Test split; mean ± std over seeds. Wall time {wall_seconds:.0f} s.</p>
+<h1>Same-budget comparison</h1><p>{html.escape(setup)}. Test split except the val columns; mean ± std over seeds. Wall time {wall_seconds:.0f} s.</p>
 {table_html}
 <h2>Per-class test accuracy (%)</h2><table><tr><th>method</th>{"".join(f"<th>{c}</th>" for c in range(k))}</tr>{pc_rows}</table>
 {"".join(f'<h2>{html.escape(caption)}</h2><img alt="{name}" src="data:image/png;base64,{_png(os.path.join(out_dir, name))}">' for name, caption in plots)}

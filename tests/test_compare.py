@@ -32,7 +32,8 @@ def test_compare_writes_table_plots_and_one_page_report(report):
     assert [r["method"] for r in rows] == ["single", "checkpoint", "snapshot", "fge", "swa", "cbnn", "cbnn:eta=0.1"]
     assert all(r["seeds"] == "2" and 0 <= float(r["error"]) < 0.5 for r in rows)
     md = (report / "results.md").read_text()
-    assert "| fge |" in md and "±" in md
+    assert "| fge |" in md and "±" in md and "val bal. acc." in md
+    assert "Per-class test accuracy" in md and md.count("| cbnn:eta=0.1 |") == 2  # main and per-class tables
     pngs = sorted(p for p in os.listdir(report) if p.endswith(".png"))
     assert pngs == ["cbnn_lambda_ess.png", "cbnn_weight_histogram.png", "lr_schedules.png", "staged_accuracy.png"]
     for p in pngs:

@@ -74,7 +74,7 @@ def test_baseline_methods_have_uniform_members(tmp_path, method, members):
 def test_running_error_source_and_hard_vote(tmp_path):
     assert main(["train", *FAST, "--error-source", "running", "--vote", "hard", "--output", str(tmp_path), "--name", "r"]) == 0
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
-    assert metrics["members"][0]["error"] > 0 and metrics["ess"][0] < 1
+    assert metrics["members"][0]["raw_error"] > 0 and metrics["ess"][0] < 1
 
 
 def test_evaluate_reports_staged_accuracy(cbnn_run, capsys):
