@@ -211,7 +211,7 @@ def make_plots(out_dir: str, base: TrainConfig, specs: list[MethodSpec], results
 
 def write_report(out_dir: str, base: TrainConfig, specs: list[MethodSpec], results: list, wall_seconds: float) -> dict:
     table = summary_table(specs, results)
-    columns = ["method", "seeds", *[c for k in (*FIGURES, "val_accuracy") for c in (k, f"{k}_std")]]
+    columns = ["method", "seeds", *[c for k in (*FIGURES, "val_accuracy", "val_balanced_accuracy") for c in (k, f"{k}_std")]]
     with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
