@@ -249,7 +249,7 @@ def write_report(out_dir: str, base: TrainConfig, specs: list[MethodSpec], resul
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>boostray comparison</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}</style></head><body>
-<h1>Same-budget comparison</h1><p>{html.escape(setup)}. Test split except the val columns; mean ± std over seeds. Wall time {wall_seconds:.0f} s.</p>
+<h1>Same-budget comparison</h1><p>{html.escape(setup)}. Test split except the val columns; mean ± std over seeds. This invocation took {wall_seconds:.0f} s (runs finished earlier are reused, not retrained).</p>
 {table_html}
 <h2>Per-class test accuracy (%)</h2><table><tr><th>method</th>{"".join(f"<th>{c}</th>" for c in range(k))}</tr>{pc_rows}</table>
 {"".join(f'<h2>{html.escape(caption)}</h2><img alt="{name}" src="data:image/png;base64,{_png(os.path.join(out_dir, name))}">' for name, caption in plots)}
