@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from boostray.config import FIELD_TYPES, TrainConfig, _coerce
+from boostray.config import FIELD_TYPES, LEGACY_VALUES, TrainConfig, _coerce
 from boostray.errors import ConfigError
 
 
@@ -75,6 +75,7 @@ def check_finished_run_matches(config: TrainConfig) -> None:
     with open(saved_path) as f:
         saved = yaml.safe_load(f) or {}
     wanted = {k: v for k, v in config.to_dict().items() if k != "name"}
+    saved = {**LEGACY_VALUES, **saved}
     changed = sorted(k for k in wanted if k not in ("output", "address") and saved.get(k, wanted[k]) != wanted[k])
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted[k]!r}" for k in changed)

@@ -44,7 +44,7 @@ class TrainConfig:
     error_source: str = _opt("eval", "eval: one extra eval pass per round for correctness; running: last epoch's on-the-fly correctness", choices=("eval", "running"))
     vote: str = _opt("soft", "how members are combined: soft (weighted probabilities), hard (weighted votes)", choices=("soft", "hard"))
     max_weight_ratio: float | None = _opt(None, "cap max(w)/mean(w) after each update (default: no cap)")
-    lambda_source: str = _opt("train", "error behind lambda_m: train (weighted training error, SAMME) or val (the member's validation error)", choices=("train", "val"))
+    lambda_source: str = _opt("val", "error behind lambda_m: val (the member's validation error; won on validation data in the README's comparisons) or train (weighted training error, plain SAMME)", choices=("val", "train"))
     ess_min: float | None = _opt(None, "adaptive shrinkage: lower a round's eta so the effective sample size stays >= this (in (0, 1]; default: off)")
     mix_uniform: float = _opt(0.0, "gamma: mix the new weights with uniform, w <- (1 - gamma) w + gamma / n (in [0, 1])")
     # compute
@@ -119,6 +119,9 @@ class TrainConfig:
 
 
 FIELD_TYPES = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+# What a run was trained with when its saved config.yaml predates an option (or its current default).
+LEGACY_VALUES: dict[str, Any] = {"lambda_source": "train", "ess_min": None, "mix_uniform": 0.0}
 
 
 def _coerce(key: str, value: Any) -> Any:

@@ -106,3 +106,20 @@ def test_inspect_shows_the_heaviest_samples(tmp_path, capsys):
     with Image.open(tmp_path / "r" / "inspect" / "hardest.png") as im:
         assert im.format == "PNG"
     assert "hardest.png" in out and len(out.splitlines()) == 9
+
+
+def test_a_run_saved_before_an_option_existed_counts_as_trained_with_its_old_behaviour(tmp_path):
+    import yaml
+
+    from boostray.compare import check_finished_run_matches
+    from boostray.config import TrainConfig
+
+    config = TrainConfig(name="cbnn-seed0", output=str(tmp_path))
+    run_dir = tmp_path / "cbnn-seed0"
+    run_dir.mkdir()
+    saved = {k: v for k, v in config.to_dict().items() if k not in ("name", "lambda_source", "ess_min", "mix_uniform")}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    (run_dir / "metrics.json").write_text("{}")
+    with pytest.raises(ConfigError, match="lambda_source: 'train' -> 'val'"):  # the default changed since
+        check_finished_run_matches(config)
+    check_finished_run_matches(TrainConfig(name="cbnn-seed0", output=str(tmp_path), lambda_source="train"))
