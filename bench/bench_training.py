@@ -1,8 +1,8 @@
 """Training benchmarks; prints one JSON object. Not a test: figures go into the README.
 
   overhead : train_seconds of cbnn over single (same model, data, epochs, one worker), for
-             error_source=running and error_source=eval (cbnn's defaults otherwise, so with
-             lambda_source=val the validation pass per round counts as training time)
+             error_source=running and error_source=eval (cbnn's defaults otherwise; the validation
+             pass that lambda_source=val reads is the one every method makes, outside train_seconds)
   sync     : the whole per-round weight sync with 2 workers at n = 1e6 and 1e7 samples: combining
              correctness across ranks, the boosting update, the object-store put, every rank reading
              the new version (and the digest check)
