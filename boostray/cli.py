@@ -189,10 +189,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise BoostrayError(f"--seeds must be >= 1, got {args.seeds}")
     out_dir = os.path.abspath(os.path.expanduser(args.report))
-    from boostray.compare import check_finished_run_matches, run_configs
+    from boostray.compare import run_configs
 
-    for _, _, config in run_configs(base, specs, args.seeds, out_dir):  # all validated before Ray starts
-        check_finished_run_matches(config)
+    run_configs(base, specs, args.seeds, out_dir)  # every run's options (and reuse) checked before Ray starts
     from boostray.trainer import load_training_data
 
     load_training_data(base)  # and the data

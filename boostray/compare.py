@@ -52,6 +52,7 @@ def parse_methods(text: str) -> list[MethodSpec]:
 
 
 def run_configs(base: TrainConfig, specs: list[MethodSpec], seeds: int, out_dir: str) -> list[tuple[MethodSpec, int, TrainConfig]]:
+    """Every (method, seed) run's config, validated; a finished run trained with other options is an error."""
     runs = []
     for spec in specs:
         for seed in range(seeds):
@@ -59,6 +60,7 @@ def run_configs(base: TrainConfig, specs: list[MethodSpec], seeds: int, out_dir:
             config = replace(base, **spec.overrides, method=spec.method, seed=base.seed + seed,
                              name=f"{safe}-seed{base.seed + seed}", output=os.path.join(out_dir, "runs"))
             config.validate()
+            check_finished_run_matches(config)
             runs.append((spec, seed, config))
     return runs
 
@@ -97,8 +99,6 @@ def run_comparison(base: TrainConfig, specs: list[MethodSpec], seeds: int, out_d
     from boostray.trainer import train
 
     runs = run_configs(base, specs, seeds, out_dir)
-    for _, _, config in runs:
-        check_finished_run_matches(config)
     os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
     started = time.perf_counter()
     width = concurrency(base) if base.workers else 1
