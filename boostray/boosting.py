@@ -219,3 +219,13 @@ def vote(member_proba: np.ndarray, alphas: np.ndarray, mode: str = "soft") -> np
     elif mode != "soft":
         raise ValueError(f"unknown vote mode {mode!r} (soft, hard, samme_r)")
     return np.einsum("m,mnk->nk", a, p) / a.sum()
+
+
+def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log p / T): T > 1 softens, T < 1 sharpens; T = 1 returns ``proba`` itself."""
+    if temperature == 1.0:
+        return proba
+    logits = np.log(np.clip(np.asarray(proba, dtype=np.float64), 1e-12, 1.0)) / temperature
+    logits -= logits.max(axis=-1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=-1, keepdims=True)

@@ -26,16 +26,34 @@ def _field_type(annotation: str):
     return str
 
 
-def add_train_options(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field; defaults are SUPPRESSed so that only given flags override --config."""
+def budget_list(text: str) -> list[int]:
+    """``--epochs 12,48,96`` for compare: one or more budgets, each >= 1."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected epochs as integers separated by commas, got {text!r}") from None
+    if not values or min(values) < 1 or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected distinct budgets >= 1, got {text!r}")
+    return sorted(values)
+
+
+def add_train_options(parser: argparse.ArgumentParser, budgets: bool = False) -> None:
+    """One flag per TrainConfig field; defaults are SUPPRESSed so that only given flags override --config.
+    ``budgets``: --epochs takes a comma-separated list (compare's budget sweep)."""
     from boostray.config import TrainConfig
 
     parser.add_argument("--config", metavar="FILE", help="YAML file whose keys mirror these options (flags win over it)")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = f.default
-        help_text = f"{f.metadata['help']} (default: {default})"
+        help_text = f.metadata["help"] + ("" if f.metadata.get("preset") else f" (default: {default})")
+        if f.metadata.get("preset"):
+            help_text += " [preset-dependent: see --method]"
         annotation = str(f.type)
+        if budgets and f.name == "epochs":
+            parser.add_argument(flag, type=budget_list, default=argparse.SUPPRESS, metavar="E[,E...]",
+                                help=f"{help_text}; a comma-separated list runs every method at every budget")
+            continue
         if annotation.startswith("bool"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
             continue
@@ -56,19 +74,28 @@ def config_from_args(args: argparse.Namespace):
 
 
 def format_summary(run_dir: str, metrics: dict) -> str:
-    """The end-of-run table: each member's epoch, lambda, error, test accuracy; single vs ensemble."""
-    lines = [f"run directory: {run_dir}", "", f"{'member':>6} {'epoch':>5} {'lambda':>8} {'error':>8} {'val acc':>8} {'test acc':>8}"]
+    """The end-of-run table: each member's epoch, lambda, error, weight in the ensemble, accuracy; then
+    the ensemble against its own final network, on validation first (with a warning if it is worse)."""
+    lines = [f"run directory: {run_dir}", "",
+             f"{'member':>6} {'epoch':>5} {'lambda':>8} {'error':>8} {'weight':>7} {'val acc':>8} {'test acc':>8}"]
     for i, m in enumerate(metrics["members"]):
         err = "-" if m["error"] is None or m["error"] != m["error"] else f"{m['error']:.4f}"
-        lines.append(f"{i + 1:>6} {m['epoch']:>5} {m['alpha']:>8.3f} {err:>8} {m['val_accuracy']:>8.4f} {m['test_accuracy']:>8.4f}")
-    test = metrics["test"]
+        lines.append(f"{i + 1:>6} {m['epoch']:>5} {m['alpha']:>8.3f} {err:>8} {m['weight']:>7.3g} "
+                     f"{m['val_accuracy']:>8.4f} {m['test_accuracy']:>8.4f}")
+    val, test, crossfit = metrics["val"], metrics["test"], metrics["val_crossfit"]
+    used = sum(1 for m in metrics["members"] if m["weight"] > 0)
+    gain = (crossfit["accuracy"] - val["single_accuracy"]) * 100
     lines += [
         "",
-        f"single network (final checkpoint) test accuracy: {test['single_accuracy']:.4f}",
-        f"ensemble of {len(metrics['members'])} ({metrics['method']}) test accuracy:        {test['accuracy']:.4f}"
-        f"  (NLL {test['nll']:.4f}, ECE {test['ece']:.4f})",
+        f"validation: ensemble of {used} ({metrics['method']}) {crossfit['accuracy']:.4f} (cross-fitted), "
+        f"final network alone {val['single_accuracy']:.4f}: {gain:+.2f} points",
+        f"test:       ensemble {test['accuracy']:.4f} (NLL {test['nll']:.4f}, ECE {test['ece']:.4f}, "
+        f"temperature {metrics['temperature']:.3f}), final network alone {test['single_accuracy']:.4f}",
         f"train_seconds {metrics['train_seconds']:.1f}, wall_seconds {metrics['wall_seconds']:.1f}",
     ]
+    if gain < 0:
+        lines.append(f"warning: on validation the ensemble is {-gain:.2f} points WORSE than its own final network; "
+                     "deploy the final network (--combine final), or use a longer budget or --combine greedy")
     return "\n".join(lines)
 
 
@@ -185,19 +212,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from boostray.runtime import ray_session
 
     specs = parse_methods(args.methods)
+    budgets = getattr(args, "epochs", None)
+    if budgets:
+        args.epochs = budgets[0]
     base = config_from_args(args)
+    budgets = budgets or [base.epochs]
     if args.seeds < 1:
         raise BoostrayError(f"--seeds must be >= 1, got {args.seeds}")
     out_dir = os.path.abspath(os.path.expanduser(args.report))
     from boostray.compare import run_configs
 
-    run_configs(base, specs, args.seeds, out_dir)  # every run's options (and reuse) checked before Ray starts
+    run_configs(base, specs, args.seeds, out_dir, budgets)  # every run's options (and reuse) checked before Ray starts
     from boostray.trainer import load_training_data
 
     load_training_data(base)  # and the data
     os.makedirs(out_dir, exist_ok=True)
     with ray_session(base.address) if base.workers else contextlib.nullcontext():
-        summary = run_comparison(base, specs, args.seeds, out_dir)
+        summary = run_comparison(base, specs, args.seeds, out_dir, budgets)
     with open(os.path.join(out_dir, "results.md")) as f:
         print(f.read())
     print(f"report: {os.path.join(out_dir, 'report.html')} ({summary['wall_seconds']:.0f} s)")
@@ -297,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated methods (default: single,checkpoint,snapshot,fge,swa,cbnn)")
     cp.add_argument("--seeds", type=int, default=3, help="seeds per method (default: 3)")
     cp.add_argument("--report", default=os.path.join("~", "boostray_runs", "compare"), help="report folder")
-    add_train_options(cp)
+    add_train_options(cp, budgets=True)
     cp.set_defaults(func=cmd_compare)
 
     ins = sub.add_parser("inspect", help="the training samples with the largest final boosting weights",

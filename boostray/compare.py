@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from boostray.config import FIELD_TYPES, LEGACY_VALUES, TrainConfig, _coerce
+from boostray.config import FIELD_TYPES, TrainConfig, _coerce, saved_options
 from boostray.errors import ConfigError
 
 
@@ -51,17 +51,37 @@ def parse_methods(text: str) -> list[MethodSpec]:
     return specs
 
 
-def run_configs(base: TrainConfig, specs: list[MethodSpec], seeds: int, out_dir: str) -> list[tuple[MethodSpec, int, TrainConfig]]:
-    """Every (method, seed) run's config, validated; a finished run trained with other options is an error."""
+@dataclass(frozen=True)
+class PlannedRun:
+    spec: MethodSpec
+    epochs: int
+    seed: int
+    config: TrainConfig
+
+
+@dataclass(frozen=True)
+class RunResult:
+    spec: MethodSpec
+    epochs: int
+    seed: int
+    run_dir: str
+    metrics: dict
+
+
+def run_configs(base: TrainConfig, specs: list[MethodSpec], seeds: int, out_dir: str,
+                budgets: list[int] | None = None) -> list[PlannedRun]:
+    """Every (budget, method, seed) run's config, validated; a finished run trained with other options
+    is an error."""
     runs = []
-    for spec in specs:
-        for seed in range(seeds):
-            safe = spec.label.replace(":", "-").replace("=", "").replace("+", "-")
-            config = replace(base, **spec.overrides, method=spec.method, seed=base.seed + seed,
-                             name=f"{safe}-seed{base.seed + seed}", output=os.path.join(out_dir, "runs"))
-            config.validate()
-            check_finished_run_matches(config)
-            runs.append((spec, seed, config))
+    for epochs in budgets or [base.epochs]:
+        for spec in specs:
+            for seed in range(seeds):
+                safe = spec.label.replace(":", "-").replace("=", "").replace("+", "-")
+                config = replace(base, **spec.overrides, method=spec.method, seed=base.seed + seed, epochs=epochs,
+                                 name=f"{safe}-e{epochs}-seed{base.seed + seed}", output=os.path.join(out_dir, "runs"))
+                config.validate()
+                check_finished_run_matches(config)
+                runs.append(PlannedRun(spec, epochs, seed, config))
     return runs
 
 
@@ -75,9 +95,8 @@ def check_finished_run_matches(config: TrainConfig) -> None:
     if not os.path.isfile(os.path.join(run_dir, "metrics.json")) or not os.path.isfile(saved_path):
         return
     with open(saved_path) as f:
-        saved = yaml.safe_load(f) or {}
-    wanted = {k: v for k, v in config.to_dict().items() if k != "name"}
-    saved = {**LEGACY_VALUES, **saved}
+        saved = saved_options(yaml.safe_load(f) or {})
+    wanted = {k: v for k, v in config.resolved().to_dict().items() if k != "name"}
     changed = sorted(k for k in wanted if k not in ("output", "address") and saved.get(k, wanted[k]) != wanted[k])
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted[k]!r}" for k in changed)
@@ -94,25 +113,27 @@ def concurrency(base: TrainConfig) -> int:
     return max(1, int(resources.get("CPU", 1) // per_run))
 
 
-def run_comparison(base: TrainConfig, specs: list[MethodSpec], seeds: int, out_dir: str) -> dict:
-    """Train every (method, seed) run (skipping ones already finished) and write the report."""
+def run_comparison(base: TrainConfig, specs: list[MethodSpec], seeds: int, out_dir: str,
+                   budgets: list[int] | None = None) -> dict:
+    """Train every (budget, method, seed) run (skipping ones already finished) and write the report."""
     from boostray.trainer import train
 
-    runs = run_configs(base, specs, seeds, out_dir)
+    runs = run_configs(base, specs, seeds, out_dir, budgets)
     os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
     started = time.perf_counter()
     width = concurrency(base) if base.workers else 1
 
-    def one(item):
-        spec, seed, config = item
+    def one(run: PlannedRun) -> RunResult:
+        config = run.config
         run_dir = os.path.join(config.output, config.name)
         if os.path.isfile(os.path.join(run_dir, "metrics.json")):  # finished earlier: a rerun resumes
             with open(os.path.join(run_dir, "metrics.json")) as f:
-                return spec, seed, run_dir, json.load(f)
+                return RunResult(run.spec, run.epochs, run.seed, run_dir, json.load(f))
         print(f"[compare] start {config.name}", flush=True)
         run_dir, metrics = train(config)
-        print(f"[compare] done  {config.name}: test accuracy {metrics['test']['accuracy']:.4f}", flush=True)
-        return spec, seed, run_dir, metrics
+        print(f"[compare] done  {config.name}: validation accuracy {metrics['val_crossfit']['accuracy']:.4f} "
+              f"(cross-fitted), final network {metrics['val']['single_accuracy']:.4f}", flush=True)
+        return RunResult(run.spec, run.epochs, run.seed, run_dir, metrics)
 
     with ThreadPoolExecutor(max_workers=width) as pool:
         results = list(pool.map(one, runs))
@@ -121,30 +142,128 @@ def run_comparison(base: TrainConfig, specs: list[MethodSpec], seeds: int, out_d
 
 # --------------------------------------------------------------------------------------------- report
 
-FIGURES = ("error", "nll", "ece", "balanced_accuracy", "disagreement", "train_seconds")
+FIGURES = ("val_crossfit_accuracy", "val_crossfit_nll", "val_crossfit_ece", "error", "nll", "ece", "balanced_accuracy",
+           "disagreement", "train_seconds", "val_accuracy", "val_balanced_accuracy", "members")
+# (key, header, scale, format) of the Markdown/HTML table; the CSV has every figure
+COLUMNS = (
+    ("val_crossfit_accuracy", "val acc. (cross-fit)", 100, "{:.2f} ± {:.2f} %"),
+    ("val_crossfit_nll", "val NLL", 1, "{:.4f} ± {:.4f}"),
+    ("val_crossfit_ece", "val ECE", 1, "{:.4f} ± {:.4f}"),
+    ("error", "test error", 100, "{:.2f} ± {:.2f} %"),
+    ("nll", "NLL", 1, "{:.4f} ± {:.4f}"),
+    ("ece", "ECE", 1, "{:.4f} ± {:.4f}"),
+    ("balanced_accuracy", "balanced acc.", 100, "{:.2f} ± {:.2f} %"),
+    ("disagreement", "disagreement", 100, "{:.2f} ± {:.2f} %"),
+    ("members", "members", 1, "{:.1f} ± {:.1f}"),
+    ("train_seconds", "train s", 1, "{:.1f} ± {:.1f}"),
+    ("val_balanced_accuracy", "val bal. acc.", 100, "{:.2f} ± {:.2f} %"),
+)
 
 
 def _row(metrics: dict) -> dict:
-    test = metrics["test"]
+    test, val = metrics["test"], metrics["val"]
+    crossfit = metrics.get("val_crossfit") or {"accuracy": val["accuracy"], "nll": val["nll"], "ece": val["ece"]}
     return {
+        "val_crossfit_accuracy": crossfit["accuracy"], "val_crossfit_nll": crossfit["nll"], "val_crossfit_ece": crossfit["ece"],
         "error": 1 - test["accuracy"], "nll": test["nll"], "ece": test["ece"],
         "balanced_accuracy": test["balanced_accuracy"], "disagreement": test["disagreement"],
-        "train_seconds": metrics["train_seconds"], "val_accuracy": metrics["val"]["accuracy"],
-        "val_balanced_accuracy": metrics["val"]["balanced_accuracy"],
+        "train_seconds": metrics["train_seconds"], "val_accuracy": val["accuracy"],
+        "val_balanced_accuracy": val["balanced_accuracy"], "members": len(test["member_accuracy"]),
     }
 
 
-def summary_table(specs: list[MethodSpec], results: list) -> list[dict]:
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+def summary_table(specs: list[MethodSpec], results: list[RunResult]) -> list[dict]:
     table = []
     for spec in specs:
-        rows = [_row(m) for s, _, _, m in results if s == spec]
+        rows = [_row(r.metrics) for r in results if r.spec == spec]
+        if not rows:
+            continue
         entry = {"method": spec.label, "seeds": len(rows)}
-        for key in (*FIGURES, "val_accuracy", "val_balanced_accuracy"):
-            values = np.array([r[key] for r in rows])
-            entry[key] = float(values.mean())
-            entry[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        for key in FIGURES:
+            entry[key], entry[f"{key}_std"] = _mean_std([r[key] for r in rows])
         table.append(entry)
     return table
+
+
+def combination_table(specs: list[MethodSpec], results: list[RunResult]) -> list[dict]:
+    """Every combination rule over the same runs' members (mean over seeds): what the rule alone changes."""
+    rows = []
+    for spec in specs:
+        runs = [r for r in results if r.spec == spec and r.metrics.get("combinations")]
+        if not runs:
+            continue
+        for rule in runs[0].metrics["combinations"]:
+            figures = [r.metrics["combinations"][rule] for r in runs]
+            val, val_std = _mean_std([f["val_crossfit"]["accuracy"] for f in figures])
+            test, test_std = _mean_std([f["test"]["accuracy"] for f in figures])
+            rows.append({"method": spec.label, "rule": rule, "val_crossfit_accuracy": val, "val_std": val_std,
+                         "test_accuracy": test, "test_std": test_std,
+                         "val_nll": float(np.mean([f["val_crossfit"]["nll"] for f in figures]))})
+    return rows
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _main_rows(table: list[dict]) -> tuple[list[str], list[list[str]]]:
+    header = ["method", *[h for _, h, _, _ in COLUMNS]]
+    rows = [[row["method"], *[fmt.format(row[k] * scale, row[f"{k}_std"] * scale) for k, _, scale, fmt in COLUMNS]]
+            for row in table]
+    return header, rows
+
+
+def _per_class_rows(specs: list[MethodSpec], results: list[RunResult]) -> tuple[list[str], list[list[str]]]:
+    per_class = {spec.label: np.nanmean([r.metrics["test"]["per_class_accuracy"] for r in results if r.spec == spec], axis=0)
+                 for spec in specs if any(r.spec == spec for r in results)}
+    k = len(next(iter(per_class.values())))
+    return (["method", *[str(c) for c in range(k)]],
+            [[label, *[f"{v * 100:.1f}" for v in acc]] for label, acc in per_class.items()])
+
+
+def _combination_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    return (["method", "combination", "val acc. (cross-fit)", "val NLL", "test acc."],
+            [[r["method"], r["rule"], f"{r['val_crossfit_accuracy'] * 100:.2f} ± {r['val_std'] * 100:.2f} %",
+              f"{r['val_nll']:.4f}", f"{r['test_accuracy'] * 100:.2f} ± {r['test_std'] * 100:.2f} %"] for r in rows])
+
+
+def budget_table(specs: list[MethodSpec], results: list[RunResult], budgets: list[int]) -> list[dict]:
+    """Per method and budget: validation (cross-fitted) and test error, mean and std over seeds."""
+    out = []
+    for spec in specs:
+        entry: dict = {"method": spec.label}
+        for e in budgets:
+            rows = [_row(r.metrics) for r in results if r.spec == spec and r.epochs == e]
+            if rows:
+                entry[f"val_error_{e}"], entry[f"val_error_{e}_std"] = _mean_std([1 - r["val_crossfit_accuracy"] for r in rows])
+                entry[f"test_error_{e}"], entry[f"test_error_{e}_std"] = _mean_std([r["error"] for r in rows])
+        out.append(entry)
+    return out
+
+
+def _budget_rows(table: list[dict], budgets: list[int]) -> tuple[list[str], list[list[str]]]:
+    header = ["method", *[f"{what} error, {e} ep." for e in budgets for what in ("val", "test")]]
+    rows = []
+    for entry in table:
+        cells = [entry["method"]]
+        for e in budgets:
+            for what in ("val", "test"):
+                key = f"{what}_error_{e}"
+                cells.append(f"{entry[key] * 100:.2f} ± {entry[key + '_std'] * 100:.2f} %" if key in entry else "–")
+        rows.append(cells)
+    return header, rows
 
 
 def _png(path: str) -> str:
@@ -152,113 +271,137 @@ def _png(path: str) -> str:
         return base64.b64encode(f.read()).decode()
 
 
-def make_plots(out_dir: str, base: TrainConfig, specs: list[MethodSpec], results: list) -> list[tuple[str, str]]:
+def _reweights(result: RunResult) -> bool:
+    axes = result.metrics.get("method_axes")
+    return axes["reweight"] == "samme" if axes else result.spec.method == "cbnn"
+
+
+def make_plots(out_dir: str, base: TrainConfig, specs: list[MethodSpec], results: list[RunResult],
+               budgets: list[int]) -> list[tuple[str, str]]:
+    """The report's figures; those of one budget show the largest."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import pyarrow.parquet as pq
 
-    from boostray.methods import create_method
-
     plots = []
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for spec in specs:
-        staged = [m["test"]["staged_accuracy"] for s, _, _, m in results if s == spec]
-        length = min(len(x) for x in staged)
-        mean = np.mean([x[:length] for x in staged], axis=0)
-        ax.plot(range(1, length + 1), mean, marker="o", label=spec.label)
-    ax.set(xlabel="members", ylabel="test accuracy", title="Ensemble accuracy vs number of members")
-    ax.legend(fontsize=8)
-    plots.append(("staged_accuracy.png", "Ensemble test accuracy using the first k members (mean over seeds)"))
-    fig.tight_layout(), fig.savefig(os.path.join(out_dir, plots[-1][0]), dpi=110), plt.close(fig)
+
+    def save(fig, name: str, caption: str) -> None:
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, name), dpi=110)
+        plt.close(fig)
+        plots.append((name, caption))
+
+    top = max(budgets)
+    at_top = [r for r in results if r.epochs == top]
+    if len(budgets) > 1:
+        table = budget_table(specs, results, budgets)
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+        for ax, what, title in ((axes[0], "val", "validation (cross-fitted)"), (axes[1], "test", "test")):
+            for entry in table:
+                xs = [e for e in budgets if f"{what}_error_{e}" in entry]
+                ys = [entry[f"{what}_error_{e}"] * 100 for e in xs]
+                err = [entry[f"{what}_error_{e}_std"] * 100 for e in xs]
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=entry["method"])
+            ax.set(xscale="log", xlabel="budget (epochs)", ylabel="error (%)", title=f"{title} error vs budget")
+            ax.set_xticks(budgets, [str(b) for b in budgets])
+        axes[1].legend(fontsize=7)
+        save(fig, "error_vs_budget.png", "Validation (cross-fitted) and test error against the budget, mean ± std over seeds")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for spec in specs:
-        config = replace(base, **spec.overrides, method=spec.method)
-        method = create_method(spec.method, epochs=config.epochs, checkpoints=config.checkpoints)
-        t = np.linspace(0, config.epochs, 400, endpoint=False)
-        ax.plot(t, [config.lr * method.lr_factor(x) for x in t], label=spec.label)
-    ax.set(xlabel="epoch", ylabel="learning rate", title="LR schedule of each method")
+        staged = [r.metrics["test"]["staged_accuracy"] for r in at_top if r.spec == spec]
+        if staged:
+            length = min(len(x) for x in staged)
+            mean = np.mean([x[:length] for x in staged], axis=0)
+            ax.plot(range(1, length + 1), mean, marker="o", label=spec.label)
+    ax.set(xlabel="members", ylabel="test accuracy", title=f"Ensemble accuracy vs number of members ({top} epochs)")
     ax.legend(fontsize=8)
-    plots.append(("lr_schedules.png", "The learning-rate schedule of each method over the same budget"))
-    fig.tight_layout(), fig.savefig(os.path.join(out_dir, plots[-1][0]), dpi=110), plt.close(fig)
+    save(fig, "staged_accuracy.png", f"Ensemble test accuracy using the first k members, {top} epochs (mean over seeds)")
 
-    boosted = [(s, seed, d, m) for s, seed, d, m in results if s.method == "cbnn"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for spec in specs:
+        method = replace(base, **spec.overrides, method=spec.method, epochs=top).resolved().build_method()
+        t = np.linspace(0, top, 400, endpoint=False)
+        ax.plot(t, [base.lr * method.lr_factor(x) for x in t], label=spec.label)
+    ax.set(xlabel="epoch", ylabel="learning rate", title=f"LR schedule of each method ({top} epochs)")
+    ax.legend(fontsize=8)
+    save(fig, "lr_schedules.png", "The learning-rate schedule of each method over the same budget")
+
+    boosted = [r for r in at_top if _reweights(r)]
     if boosted:
-        spec, seed, run_dir, metrics = boosted[0]
+        first = boosted[0]
         fig, ax1 = plt.subplots(figsize=(6, 4))
-        rounds = range(1, len(metrics["members"]) + 1)
-        ax1.plot(rounds, [m["alpha"] for m in metrics["members"]], "o-", color="tab:blue")
-        ax1.set(xlabel="round", ylabel="lambda_m", title=f"{spec.label} (seed {seed}): checkpoint weight and ESS")
+        members = first.metrics["members"]
+        rounds = [m["round"] for m in members]
+        ax1.plot(rounds, [m["alpha"] for m in members], "o-", color="tab:blue")
+        ax1.set(xlabel="round", ylabel="lambda_m", title=f"{first.spec.label} (seed {first.seed}): checkpoint weight and ESS")
         ax2 = ax1.twinx()
-        ax2.plot(rounds, metrics["ess"][: len(rounds)], "s--", color="tab:red")
+        ess = first.metrics["ess"]
+        ax2.plot(range(1, len(ess) + 1), ess, "s--", color="tab:red")
         ax2.set_ylabel("effective sample size / n", color="tab:red")
-        plots.append(("cbnn_lambda_ess.png", "CBNN: lambda_m and the effective sample size of the weights after each round"))
-        fig.tight_layout(), fig.savefig(os.path.join(out_dir, plots[-1][0]), dpi=110), plt.close(fig)
+        save(fig, "cbnn_lambda_ess.png", f"{first.spec.label}: lambda_m and the effective sample size of the weights after each round")
 
-        table = pq.read_table(os.path.join(run_dir, "sample_weights.parquet")).to_pydict()
+        table = pq.read_table(os.path.join(first.run_dir, "sample_weights.parquet")).to_pydict()
         n = len(table["index"])
         fig, ax = plt.subplots(figsize=(6, 4))
-        columns = [c for c in table if c.startswith("round_")] + ["final"]
-        for c in columns:
+        for c in [c for c in table if c.startswith("round_")] + ["final"]:
             ax.hist(np.asarray(table[c]) * n, bins=50, histtype="step", log=True, label=c)
-        ax.set(xlabel="n * w_i (1 = uniform)", ylabel="samples", title=f"{spec.label}: sample weights per round")
+        ax.set(xlabel="n * w_i (1 = uniform)", ylabel="samples", title=f"{first.spec.label}: sample weights per round")
         ax.legend(fontsize=8)
-        plots.append(("cbnn_weight_histogram.png", "CBNN: histogram of the sample weights used in each round"))
-        fig.tight_layout(), fig.savefig(os.path.join(out_dir, plots[-1][0]), dpi=110), plt.close(fig)
+        save(fig, "cbnn_weight_histogram.png", f"{first.spec.label}: histogram of the sample weights used in each round")
     return plots
 
 
-def write_report(out_dir: str, base: TrainConfig, specs: list[MethodSpec], results: list, wall_seconds: float) -> dict:
-    table = summary_table(specs, results)
-    columns = ["method", "seeds", *[c for k in (*FIGURES, "val_accuracy", "val_balanced_accuracy") for c in (k, f"{k}_std")]]
+def _setup(base: TrainConfig, results: list[RunResult], budgets: list[int]) -> str:
+    return (f"{base.dataset}" + (f" (imbalance ratio {base.imbalance_ratio:g})" if base.imbalance_ratio else "")
+            + (f", training subset {base.train_subset}" if base.train_subset else "")
+            + f", {base.model}, {', '.join(map(str, budgets))} epochs, {base.checkpoints} checkpoints, "
+            f"{len({r.seed for r in results})} seeds, {base.workers} worker(s) per run")
+
+
+def write_report(out_dir: str, base: TrainConfig, specs: list[MethodSpec], results: list[RunResult],
+                 wall_seconds: float) -> dict:
+    budgets = sorted({r.epochs for r in results})
+    tables = {e: summary_table(specs, [r for r in results if r.epochs == e]) for e in budgets}
     with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
+        writer = csv.DictWriter(f, fieldnames=["epochs", "method", "seeds", *[c for k in FIGURES for c in (k, f"{k}_std")]])
         writer.writeheader()
-        writer.writerows(table)
-    header = "| method | test error | NLL | ECE | balanced acc. | disagreement | train s | val acc. | val bal. acc. |"
-    lines = [header, "|" + "---|" * 9]
-    for row in table:
-        cells = [row["method"]]
-        for key, scale, fmt in (("error", 100, "{:.2f} ± {:.2f} %"), ("nll", 1, "{:.4f} ± {:.4f}"), ("ece", 1, "{:.4f} ± {:.4f}"),
-                                ("balanced_accuracy", 100, "{:.2f} ± {:.2f} %"), ("disagreement", 100, "{:.2f} ± {:.2f} %"),
-                                ("train_seconds", 1, "{:.1f} ± {:.1f}"), ("val_accuracy", 100, "{:.2f} ± {:.2f} %"),
-                                ("val_balanced_accuracy", 100, "{:.2f} ± {:.2f} %")):
-            cells.append(fmt.format(row[key] * scale, row[f"{key}_std"] * scale))
-        lines.append("| " + " | ".join(cells) + " |")
-    per_class = {spec.label: np.nanmean([m["test"]["per_class_accuracy"] for s, _, _, m in results if s == spec], axis=0)
-                 for spec in specs}
-    setup = (f"{base.dataset}" + (f" (imbalance ratio {base.imbalance_ratio:g})" if base.imbalance_ratio else "")
-             + (f", training subset {base.train_subset}" if base.train_subset else "")
-             + f", {base.model}, {base.epochs} epochs, {base.checkpoints} checkpoints, {len(set(r[1] for r in results))} seeds,"
-             f" {base.workers} worker(s) per run")
-    k = len(next(iter(per_class.values())))
-    pc_lines = ["| method | " + " | ".join(str(c) for c in range(k)) + " |", "|" + "---|" * (k + 1)]
-    pc_lines += [f"| {label} | " + " | ".join(f"{v * 100:.1f}" for v in acc) + " |" for label, acc in per_class.items()]
-    markdown = (f"Setup: {setup}. Test split except the val columns; mean ± std over seeds.\n\n" + "\n".join(lines)
-                + "\n\nPer-class test accuracy (%), mean over seeds:\n\n" + "\n".join(pc_lines) + "\n")
+        writer.writerows({"epochs": e, **row} for e in budgets for row in tables[e])
+    setup = _setup(base, results, budgets)
+    note = ("Validation columns are cross-fitted: a combination that fits on validation data (greedy selection, "
+            "lambda from validation error, the temperature) is fitted on one half and scored on the other, both ways. "
+            "Mean ± std over seeds.")
+    sections = []  # (title, header, rows)
+    if len(budgets) > 1:
+        sections.append(("Error against budget", *_budget_rows(budget_table(specs, results, budgets), budgets)))
+    for e in budgets:
+        at = [r for r in results if r.epochs == e]
+        suffix = f", {e} epochs" if len(budgets) > 1 else ""
+        sections.append((f"Methods{suffix}", *_main_rows(tables[e])))
+        combos = combination_table(specs, at)
+        if combos:
+            sections.append((f"Combination rules over the same members{suffix}", *_combination_rows(combos)))
+        sections.append((f"Per-class test accuracy (%), mean over seeds{suffix}", *_per_class_rows(specs, at)))
+    markdown = f"Setup: {setup}. {note}\n\n" + "\n\n".join(f"{title}:\n\n{_markdown_table(h, rows)}" for title, h, rows in sections) + "\n"
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(markdown)
-    plots = make_plots(out_dir, base, specs, results)
-    pc_rows = "".join(f"<tr><td>{html.escape(label)}</td>" + "".join(f"<td>{v * 100:.1f}</td>" for v in acc) + "</tr>"
-                      for label, acc in per_class.items())
-    table_html = "<table><tr>" + "".join(f"<th>{html.escape(h.strip())}</th>" for h in header.strip("|").split("|")) + "</tr>"
-    for line in lines[2:]:  # the per-class table follows as its own HTML table
-        table_html += "<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in line.strip("|").split("|")) + "</tr>"
-    table_html += "</table>"
+    plots = make_plots(out_dir, base, specs, results, budgets)
+    body = "".join(f"<h2>{html.escape(title)}</h2>{_html_table(h, rows)}" for title, h, rows in sections)
+    images = "".join(f'<h2>{html.escape(caption)}</h2><img alt="{name}" src="data:image/png;base64,{_png(os.path.join(out_dir, name))}">'
+                     for name, caption in plots)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>boostray comparison</title>
-<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}</style></head><body>
-<h1>Same-budget comparison</h1><p>{html.escape(setup)}. Test split except the val columns; mean ± std over seeds. This invocation took {wall_seconds:.0f} s (runs finished earlier are reused, not retrained).</p>
-{table_html}
-<h2>Per-class test accuracy (%)</h2><table><tr><th>method</th>{"".join(f"<th>{c}</th>" for c in range(k))}</tr>{pc_rows}</table>
-{"".join(f'<h2>{html.escape(caption)}</h2><img alt="{name}" src="data:image/png;base64,{_png(os.path.join(out_dir, name))}">' for name, caption in plots)}
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}img{{max-width:100%}}</style></head><body>
+<h1>Same-budget comparison</h1><p>{html.escape(setup)}. {html.escape(note)} This invocation took {wall_seconds:.0f} s (runs finished earlier are reused, not retrained).</p>
+{body}{images}
 </body></html>"""
     with open(os.path.join(out_dir, "report.html"), "w") as f:
         f.write(page)
-    summary = {"setup": setup, "table": table, "wall_seconds": wall_seconds, "plots": [p for p, _ in plots],
-               "runs": [{"method": s.label, "seed": seed, "run_dir": d} for s, seed, d, _ in results]}
+    summary = {"setup": setup, "budgets": budgets, "tables": {str(e): tables[e] for e in budgets},
+               "table": tables[budgets[-1]], "wall_seconds": wall_seconds, "plots": [p for p, _ in plots],
+               "runs": [{"method": r.spec.label, "epochs": r.epochs, "seed": r.seed, "run_dir": r.run_dir} for r in results]}
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary

@@ -31,7 +31,19 @@ class TrainConfig:
     train_subset: int | None = _opt(None, "train on this many (seeded) training samples only")
     # model and method
     model: str = _opt("small_cnn", "model name from the registry (see 'boostray models')")
-    method: str = _opt("cbnn", "cbnn (boosted checkpoints); baselines: single, checkpoint, snapshot, fge, swa")
+    method: str = _opt("cbnn", "a preset of the four method axes below: cbnn (boosted checkpoints, the recommended "
+                       "setting); cbnn-paper (the paper's form); snapshot-boost; baselines single, checkpoint, snapshot, "
+                       "fge, swa. Any axis given explicitly wins over the preset")
+    schedule: str | None = _opt(None, "LR schedule: decay (one cosine over the budget), restart (a cosine cycle per round: "
+                                "every member at an LR minimum), fge (decay, then a triangular cycle per round), swa", choices=(None, "decay", "restart", "fge", "swa"), preset=True)
+    placement: str | None = _opt(None, "where the rounds end: spread (evenly over the budget) or tail (plain training "
+                                 "until member 1 at --first-member x epochs, the other rounds evenly after it)", choices=(None, "spread", "tail"), preset=True)
+    first_member: float | None = _opt(None, "tail placement: member 1 at this fraction of the budget, in (0, 1] (default 0.5; fge: its classic start)", preset=True)
+    reweight: str | None = _opt(None, "re-weighting of the samples at each round's end: none or samme (AdaBoost SAMME with --eta)", choices=(None, "none", "samme"), preset=True)
+    combine: str | None = _opt(None, "how members combine: lambda (lambda_m-weighted), uniform, greedy (selection with "
+                               "replacement on validation data, never below the best member there), final (last network only)", choices=(None, "lambda", "uniform", "greedy", "final"), preset=True)
+    restart_lr: float | None = _opt(None, "restart schedule: peak LR of each cycle after member 1, as a fraction of --lr, in (0, 1] (default 1)", preset=True)
+    calibrate: bool | None = _opt(None, "fit one temperature for the ensemble's probabilities on validation data (NLL); on unless the preset says otherwise", preset=True)
     epochs: int = _opt(12, "training budget E in epochs, shared by all checkpoints")
     checkpoints: int = _opt(4, "number of checkpoints / rounds M (1 <= M <= E)")
     lr: float = _opt(0.05, "peak learning rate of the cosine schedule (SGD, Nesterov momentum 0.9)")
@@ -39,12 +51,12 @@ class TrainConfig:
     batch_size: int = _opt(64, "global batch size, split evenly over the workers")
     augment: bool = _opt(True, "random crop with padding (+ horizontal flip where the data allows)")
     # boosting
-    eta: float = _opt(0.3, "shrinkage of the sample-weight update, in (0, 1]; 1 is plain SAMME")
+    eta: float | None = _opt(None, "shrinkage of the sample-weight update, in (0, 1]; 1 is plain SAMME (default 0.3)", preset=True)
     min_error: float = _opt(1e-4, "clamp of the weighted error so lambda stays finite")
     error_source: str = _opt("eval", "eval: one extra eval pass per round for correctness; running: last epoch's on-the-fly correctness", choices=("eval", "running"))
     vote: str = _opt("soft", "how members are combined: soft (weighted probabilities), hard (weighted votes)", choices=("soft", "hard"))
     max_weight_ratio: float | None = _opt(None, "cap max(w)/mean(w) after each update (default: no cap)")
-    lambda_source: str = _opt("val", "error behind lambda_m: val (the member's validation error; won on validation data in the README's comparisons) or train (weighted training error, plain SAMME)", choices=("val", "train"))
+    lambda_source: str | None = _opt(None, "error behind lambda_m: val (the member's validation error; won on validation data in the README's comparisons) or train (weighted training error, plain SAMME); default val", choices=(None, "val", "train"), preset=True)
     ess_min: float | None = _opt(None, "adaptive shrinkage: lower a round's eta so the effective sample size stays >= this (in (0, 1]; default: off)")
     mix_uniform: float = _opt(0.0, "gamma: mix the new weights with uniform, w <- (1 - gamma) w + gamma / n (in [0, 1])")
     # compute
@@ -64,7 +76,6 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Check every value before anything runs; raise ConfigError naming the option."""
         from boostray.data import DATASETS
-        from boostray.methods import create_method
         from boostray.models import list_models
 
         if self.dataset not in DATASETS:
@@ -73,12 +84,13 @@ class TrainConfig:
             raise ConfigError(f"unknown model {self.model!r}; choose one of: {', '.join(list_models())}")
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be >= 1, got {self.epochs}")
-        create_method(self.method, epochs=self.epochs, checkpoints=self.checkpoints)
+        resolved = self.resolved()
+        resolved.build_method()
         for key, value, ok, what in (
             ("lr", self.lr, self.lr > 0, "> 0"),
             ("weight-decay", self.weight_decay, self.weight_decay >= 0, ">= 0"),
             ("batch-size", self.batch_size, self.batch_size >= 1, ">= 1"),
-            ("eta", self.eta, 0 < self.eta <= 1, "in (0, 1]"),
+            ("eta", resolved.eta, 0 < resolved.eta <= 1, "in (0, 1]"),
             ("min-error", self.min_error, 0 < self.min_error < 0.5, "in (0, 0.5)"),
             ("workers", self.workers, self.workers >= 0, ">= 0"),
             ("cpus-per-worker", self.cpus_per_worker, self.cpus_per_worker > 0, "> 0"),
@@ -108,6 +120,21 @@ class TrainConfig:
                 raise ConfigError(f"--{f.name.replace('_', '-')} must be one of {choices}, got {getattr(self, f.name)!r}")
         return self
 
+    def resolved(self) -> "TrainConfig":
+        """A copy with every preset-dependent option (axes, eta, lambda_source, calibrate) filled in from
+        the method's preset where it was not given: what a run is trained with, saved and compared."""
+        from boostray.methods import preset_options
+
+        options = preset_options(self.method)
+        return dataclasses.replace(self, **{k: options[k] for k in PRESET_KEYS if getattr(self, k) is None and k in options})
+
+    def build_method(self):
+        """The Method (schedule, rounds, members) of the resolved options."""
+        from boostray.methods import AXES, create_method
+
+        return create_method(self.method, epochs=self.epochs, checkpoints=self.checkpoints,
+                             **{k: getattr(self, k) for k in AXES})
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -119,9 +146,24 @@ class TrainConfig:
 
 
 FIELD_TYPES = {f.name: f for f in dataclasses.fields(TrainConfig)}
+PRESET_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("preset"))
 
 # What a run was trained with when its saved config.yaml predates an option (or its current default).
 LEGACY_VALUES: dict[str, Any] = {"lambda_source": "train", "ess_min": None, "mix_uniform": 0.0}
+
+
+def saved_options(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config.yaml's options as the run was trained. Keys written before an option existed take
+    that time's behaviour: before the method axes, each method was today's preset of the same name
+    (cbnn: today's cbnn-paper) without a temperature."""
+    from boostray.methods import preset_options
+
+    out = {**LEGACY_VALUES, **saved}
+    if "schedule" not in saved and saved.get("method"):
+        name = "cbnn-paper" if saved["method"] == "cbnn" else saved["method"]
+        axes = {k: v for k, v in preset_options(name).items() if k not in ("eta", "lambda_source")}
+        out = {**axes, "calibrate": False, **out}
+    return out
 
 
 def _coerce(key: str, value: Any) -> Any:

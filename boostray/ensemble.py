@@ -15,11 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from boostray.boosting import vote
+from boostray.boosting import apply_temperature, vote
 from boostray.errors import ArtifactError
 from boostray.models import create_model
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: "temperature" and the method's axes; version 1 manifests load with temperature 1
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 
 
@@ -53,13 +54,15 @@ def write_ensemble(
 
 
 class Ensemble:
-    """Checkpoint members with their weights; ``predict_proba`` is the weighted vote of the manifest."""
+    """Checkpoint members with their weights; ``predict_proba`` is the weighted vote of the manifest,
+    calibrated by its temperature."""
 
     def __init__(self, manifest: dict, members: list[nn.Module]) -> None:
         self.manifest = manifest
         self.members = members
         self.weights = np.array([m["weight"] for m in manifest["members"]], dtype=np.float64)
         self.vote_mode = manifest["vote"]
+        self.temperature = float(manifest.get("temperature", 1.0))
         self.classes: list[str] = manifest["classes"]
         self.input_shape = tuple(manifest["input_shape"])
         self.device = torch.device("cpu")
@@ -92,8 +95,13 @@ class Ensemble:
                 out[i, start:start + xb.shape[0]] = torch.softmax(m(xb), dim=1).cpu().numpy()
         return out
 
+    def combine(self, member_proba: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """Members' (M, N, K) probabilities -> the ensemble's (N, K): weighted vote, then temperature."""
+        w = self.weights if weights is None else weights
+        return apply_temperature(vote(member_proba, w, self.vote_mode), self.temperature)
+
     def predict_proba(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
-        return vote(self.member_proba(x), self.weights, self.vote_mode)
+        return self.combine(self.member_proba(x))
 
     def predict(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         return self.predict_proba(x).argmax(axis=1)
@@ -102,7 +110,7 @@ class Ensemble:
         """Ensemble probabilities of the first 1, 2, ..., M members."""
         p = self.member_proba(x)
         for k in range(1, len(self.members) + 1):
-            yield vote(p[:k], self.weights[:k], self.vote_mode)
+            yield self.combine(p[:k], self.weights[:k])
 
     def __len__(self) -> int:
         return len(self.members)
@@ -124,7 +132,7 @@ def read_manifest(path: str) -> tuple[str, dict]:
             manifest = json.load(f)
     except (OSError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"unreadable manifest in {directory}: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+    if not isinstance(manifest, dict) or manifest.get("format_version") not in READABLE_VERSIONS:
         raise ArtifactError(f"{directory}/{MANIFEST}: unsupported format_version {manifest.get('format_version') if isinstance(manifest, dict) else None}")
     for key in ("model", "members", "classes", "vote", "input_shape", "normalization"):
         if key not in manifest:

@@ -29,5 +29,6 @@ def evaluate_run(run_dir: str, *, dataset: str | None = None, data_dir: str | No
     if data.num_classes != len(manifest["classes"]):
         raise DataError(f"{config.dataset} has {data.num_classes} classes, the ensemble {len(manifest['classes'])}")
     part = {"test": data.test, "val": data.val, "train": data.train}[split]
-    report = ensemble_report(ensemble.member_proba(part.images), ensemble.weights, part.labels, data.num_classes, ensemble.vote_mode)
+    report = ensemble_report(ensemble.member_proba(part.images), ensemble.weights, part.labels, data.num_classes,
+                             ensemble.vote_mode, ensemble.temperature)
     return {"dataset": config.dataset, "split": split, "samples": len(part), **report}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from boostray.boosting import vote
+from boostray.boosting import apply_temperature
 from boostray.ensemble import Ensemble
 
 
@@ -128,7 +128,7 @@ class MemberStack:
         return np.stack([torch.softmax(self.ensemble.members[i](x), dim=-1).cpu().numpy() for i in chosen])
 
     def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
-        return vote(self.member_proba(pixels), self.ensemble.weights, self.ensemble.vote_mode)
+        return self.ensemble.combine(self.member_proba(pixels))
 
 
 @dataclass
@@ -166,7 +166,8 @@ def cascade_predict(stack: MemberStack, pixels: np.ndarray) -> CascadeResult:
         decided = top2[:, 1] - top2[:, 0] > remaining + 1e-9
         active = active[~decided]
     total = scores.sum(axis=1, keepdims=True)
-    return CascadeResult(proba=scores / np.where(total > 0, total, 1.0), members_used=used)
+    proba = apply_temperature(scores / np.where(total > 0, total, 1.0), ens.temperature)  # argmax unchanged
+    return CascadeResult(proba=proba, members_used=used)
 
 
 def format_predictions(proba: np.ndarray, classes: list[str], top_k: int | None, members_used: np.ndarray | None = None) -> list[dict]:

@@ -1,15 +1,30 @@
-"""Training methods as small objects: an LR schedule, when a round ends, which rounds give members,
-and whether samples are re-weighted. The training loop asks the method; it never branches on its name.
+"""Training methods as four orthogonal choices, and the named presets built from them.
 
-Rounds follow ../shared/cbnn-method.md: round m covers epochs [round((m-1)E/M), round(mE/M)).
+- schedule: ``decay`` (one cosine over the whole budget), ``restart`` (a cosine cycle per round, so
+  every member ends at an LR minimum; with SAMME re-weighting this is Snapshot Boosting), ``fge``
+  (ordinary decay, then a triangular cycle per round), ``swa`` (decay to a constant LR, weights averaged);
+- placement: ``spread`` (round m ends at round(mE/M), the method reference's rounds) or ``tail``
+  (plain training until the first member at ``first_member`` x E, the other rounds evenly after it);
+- re-weighting: ``none`` or ``samme`` (the boosting step of boosting.py at every round's end);
+- combination: ``lambda``, ``uniform``, ``greedy`` (selection on validation data) or ``final`` (the
+  last network alone); see combine.py.
+
+The training loop asks the method for the LR, the rounds and the members; it never branches on a name.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 from boostray.errors import ConfigError
+
+SCHEDULES = ("decay", "restart", "fge", "swa")
+PLACEMENTS = ("spread", "tail")
+REWEIGHTINGS = ("none", "samme")
+COMBINATIONS = ("lambda", "uniform", "greedy", "final")
+DEFAULT_FIRST_MEMBER = 0.5
 
 
 def round_boundaries(epochs: int, rounds: int) -> list[int]:
@@ -19,153 +34,179 @@ def round_boundaries(epochs: int, rounds: int) -> list[int]:
     return [int(math.floor(m * epochs / rounds + 0.5)) for m in range(1, rounds + 1)]
 
 
+def tail_boundaries(epochs: int, rounds: int, first: int) -> list[int]:
+    """Member 1 at epoch ``first``, the other M - 1 rounds spread evenly over [first, E]."""
+    if rounds < 1 or rounds > epochs:
+        raise ConfigError(f"--checkpoints must be between 1 and --epochs ({epochs}), got {rounds}")
+    if rounds == 1:
+        return [epochs]
+    if not 1 <= first <= epochs - (rounds - 1):
+        raise ConfigError(
+            f"--first-member puts member 1 at epoch {first}, which leaves {epochs - first} epochs for "
+            f"{rounds - 1} more rounds; lower --first-member or --checkpoints, or raise --epochs"
+        )
+    tail = epochs - first
+    return [first] + [first + int(math.floor(m * tail / (rounds - 1) + 0.5)) for m in range(1, rounds)]
+
+
 def cosine_lr(t: float, total: float) -> float:
-    """LR multiplier of one cosine decay over the whole budget, t and total in epochs."""
+    """LR multiplier of one cosine decay from 1 to 0 over ``total`` epochs, t in epochs."""
     return 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total))
 
 
 @dataclass(frozen=True)
 class Method:
-    """Base: one ordinary cosine schedule over the whole budget, a round per checkpoint."""
+    """One point in the method space; ``name`` is the preset it came from (for records only)."""
 
     epochs: int
     checkpoints: int
-    name: str = "base"
-    reweights: bool = False  # boost the sample weights at each round's end
-    weighted_members: bool = False  # members get lambda_m instead of uniform weights
-    averaged_member: bool = False  # the member is a running weight average (SWA), not the network
+    schedule: str = "decay"
+    placement: str = "spread"
+    first_member: float | None = None  # tail: member 1 at this fraction of E (None: 0.5; fge: its classic start)
+    reweight: str = "none"
+    combine: str = "uniform"
+    restart_lr: float = 1.0  # restart: peak LR of the cycles after member 1, as a fraction of lr0
+    name: str = "custom"
+    lr1: float = 0.5  # fge: top of the triangle, as a fraction of lr0
+    lr2: float = 0.01  # fge: bottom of the triangle (where members are taken)
+    swa_lr: float = 0.05  # swa: the constant LR after swa_start, as a fraction of lr0
+    swa_start_fraction: float = 0.75
 
     def __post_init__(self) -> None:
-        round_boundaries(self.epochs, self.checkpoints)  # validates
-
-    def lr_factor(self, t: float) -> float:
-        """Multiplier of the base LR at fractional epoch t."""
-        return cosine_lr(t, self.epochs)
-
-    def boundaries(self) -> list[int]:
-        return round_boundaries(self.epochs, self.checkpoints)
-
-    def is_member(self, round_index: int) -> bool:
-        """Whether the checkpoint at the end of round ``round_index`` (0-based) joins the ensemble."""
-        return True
-
-    def averages_after_epoch(self, epoch: int) -> bool:
-        """Whether the weights after epoch ``epoch`` join a running weight average (SWA only)."""
-        return False
-
-
-@dataclass(frozen=True)
-class CBNN(Method):
-    """Boost Neural Networks by Checkpoints: re-weighted samples, lambda-weighted members."""
-
-    name: str = "cbnn"
-    reweights: bool = True
-    weighted_members: bool = True
-
-
-@dataclass(frozen=True)
-class Single(Method):
-    """The same schedule; only the final network is kept (checkpoints still give fault tolerance)."""
-
-    name: str = "single"
-
-    def is_member(self, round_index: int) -> bool:
-        return round_index == self.checkpoints - 1
-
-
-@dataclass(frozen=True)
-class CheckpointEnsemble(Method):
-    """CBNN's schedule and checkpoints, uniform sample weights, uniform average: what boosting adds."""
-
-    name: str = "checkpoint"
-
-
-@dataclass(frozen=True)
-class Snapshot(Method):
-    """Snapshot Ensemble (Huang et al. 2017): M cosine cycles, a member at each cycle's end.
-    lr(t) = lr0/2 (cos(pi t_cycle / len_cycle) + 1), each cycle spanning one round."""
-
-    name: str = "snapshot"
-
-    def lr_factor(self, t: float) -> float:
-        bounds = [0, *self.boundaries()]
-        for start, end in zip(bounds, bounds[1:]):
-            if t < end:
-                return cosine_lr(t - start, end - start)
-        return 0.0
-
-
-@dataclass(frozen=True)
-class FGE(Method):
-    """Fast Geometric Ensembling (Garipov et al. 2018): the ordinary schedule for E - M*c epochs
-    (cosine from lr0 down to lr2), then M triangular cycles of c epochs between lr2 and lr1, a member at
-    each cycle's LR minimum. The triangle is shifted by half a period (rise, then fall) so that its
-    minimum falls on the cycle's last epoch boundary, where checkpoints are taken."""
-
-    name: str = "fge"
-    cycle_epochs: int = 0  # c; 0 = max(1, E // (2M))
-    lr1: float = 0.5
-    lr2: float = 0.01
-
-    @property
-    def c(self) -> int:
-        return self.cycle_epochs or max(1, self.epochs // (2 * self.checkpoints))
-
-    def __post_init__(self) -> None:
-        if self.checkpoints * self.c >= self.epochs:
+        for key, value, allowed in (("schedule", self.schedule, SCHEDULES), ("placement", self.placement, PLACEMENTS),
+                                    ("reweight", self.reweight, REWEIGHTINGS), ("combine", self.combine, COMBINATIONS)):
+            if value not in allowed:
+                raise ConfigError(f"--{key} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.first_member is not None and not 0 < self.first_member <= 1:
+            raise ConfigError(f"--first-member must be in (0, 1], got {self.first_member}")
+        if not 0 < self.restart_lr <= 1:
+            raise ConfigError(f"--restart-lr must be in (0, 1], got {self.restart_lr}")
+        if self.schedule == "swa" and self.combine != "final":
+            raise ConfigError("--schedule swa makes one averaged network: it needs --combine final")
+        bounds = self.boundaries()  # validates M against E and the placement
+        if self.schedule == "fge" and bounds[0] - self.fge_cycle < 1:
             raise ConfigError(
-                f"fge needs --epochs > checkpoints x cycle epochs ({self.checkpoints} x {self.c}); raise --epochs"
+                f"fge needs --epochs > checkpoints x cycle epochs ({self.checkpoints} x {self.fge_cycle}); raise --epochs"
             )
 
+    # -- rounds ---------------------------------------------------------------------------------------
     @property
-    def first_phase(self) -> int:
-        return self.epochs - self.checkpoints * self.c
+    def classic_fge_cycle(self) -> int:
+        """FGE's cycle c = E // 2M (Garipov et al. take their members from the budget's tail)."""
+        return max(1, self.epochs // (2 * self.checkpoints))
+
+    def first_member_epoch(self) -> int:
+        if self.first_member is None and self.schedule == "fge":
+            return self.epochs - (self.checkpoints - 1) * self.classic_fge_cycle
+        fraction = DEFAULT_FIRST_MEMBER if self.first_member is None else self.first_member
+        return max(1, int(math.floor(fraction * self.epochs + 0.5)))
 
     def boundaries(self) -> list[int]:
-        return [self.first_phase + (m + 1) * self.c for m in range(self.checkpoints)]
+        """End epoch (exclusive) of each round; a member (candidate) is taken at each."""
+        if self.placement == "tail":
+            return tail_boundaries(self.epochs, self.checkpoints, self.first_member_epoch())
+        return round_boundaries(self.epochs, self.checkpoints)
 
-    def lr_factor(self, t: float) -> float:
-        if t < self.first_phase:
-            return self.lr2 + (1 - self.lr2) * cosine_lr(t, self.first_phase)
-        phase = ((t - self.first_phase) % self.c) / self.c  # 0 at a cycle start (an LR minimum)
-        tri = 1 - abs(2 * phase - 1)  # 0 -> 1 -> 0
-        return self.lr2 + (self.lr1 - self.lr2) * tri
+    @property
+    def reweights(self) -> bool:
+        return self.reweight == "samme"
 
+    @property
+    def averaged_member(self) -> bool:
+        """The member is a running weight average (SWA), not the network itself."""
+        return self.schedule == "swa"
 
-@dataclass(frozen=True)
-class SWA(Method):
-    """Stochastic Weight Averaging (Izmailov et al. 2018): the ordinary schedule for 75 % of E, cosine
-    down to swa_lr, then constant swa_lr with the weights averaged (AveragedModel) after every epoch;
-    BN statistics recomputed (update_bn); ONE member, the averaged network."""
+    def is_member(self, round_index: int) -> bool:
+        """Whether the checkpoint at the end of round ``round_index`` (0-based) is a member candidate."""
+        return self.combine != "final" or round_index == self.checkpoints - 1
 
-    name: str = "swa"
-    averaged_member: bool = True
-    swa_lr: float = 0.05  # as a fraction of lr0
-    start_fraction: float = 0.75
+    # -- learning rate --------------------------------------------------------------------------------
+    @property
+    def fge_cycle(self) -> int:
+        """FGE's cycle length: the length of the rounds after the first (c for the classic placement)."""
+        bounds = self.boundaries()
+        return bounds[1] - bounds[0] if len(bounds) > 1 else self.classic_fge_cycle
 
     @property
     def swa_start(self) -> int:
-        return max(1, min(self.epochs - 1, int(round(self.start_fraction * self.epochs))))
+        return max(1, min(self.epochs - 1, int(round(self.swa_start_fraction * self.epochs))))
 
     def lr_factor(self, t: float) -> float:
-        if t < self.swa_start:
-            return self.swa_lr + (1 - self.swa_lr) * cosine_lr(t, self.swa_start)
-        return self.swa_lr
-
-    def is_member(self, round_index: int) -> bool:
-        return round_index == self.checkpoints - 1
+        """Multiplier of the base LR at fractional epoch t."""
+        if self.schedule == "decay":
+            return cosine_lr(t, self.epochs)
+        if self.schedule == "swa":
+            if t < self.swa_start:
+                return self.swa_lr + (1 - self.swa_lr) * cosine_lr(t, self.swa_start)
+            return self.swa_lr
+        bounds = [0, *self.boundaries()]
+        for i, (start, end) in enumerate(zip(bounds, bounds[1:])):
+            if t < end:
+                break
+        else:
+            i, start, end = len(bounds) - 2, bounds[-2], bounds[-1]
+        if self.schedule == "restart":  # round 1 from lr0, later rounds restart at restart_lr x lr0
+            return (1.0 if i == 0 else self.restart_lr) * cosine_lr(t - start, end - start)
+        # fge: round 1 decays to lr2 and ends with a triangle as long as the later rounds, each of which
+        # is one triangle lr2 -> lr1 -> lr2 (rise first, so the minimum falls on the round's end)
+        if i == 0:
+            first_phase = end - self.fge_cycle
+            if t < first_phase:
+                return self.lr2 + (1 - self.lr2) * cosine_lr(t, first_phase)
+            start = first_phase
+        phase = min(max((t - start) / (end - start), 0.0), 1.0)
+        return self.lr2 + (self.lr1 - self.lr2) * (1 - abs(2 * phase - 1))
 
     def averages_after_epoch(self, epoch: int) -> bool:
-        """Whether the weights after epoch ``epoch`` (0-based) join the average."""
-        return epoch + 1 > self.swa_start
+        """Whether the weights after epoch ``epoch`` (0-based) join the running average (SWA only)."""
+        return self.schedule == "swa" and epoch + 1 > self.swa_start
+
+    def describe(self) -> dict[str, Any]:
+        """The resolved choices, as recorded in the manifest."""
+        out = {"preset": self.name, "schedule": self.schedule, "placement": self.placement,
+               "member_epochs": self.boundaries(), "reweight": self.reweight, "combine": self.combine}
+        if self.schedule == "restart":
+            out["restart_lr"] = self.restart_lr
+        return out
 
 
-METHODS: dict[str, type[Method]] = {
-    "cbnn": CBNN, "single": Single, "checkpoint": CheckpointEnsemble, "snapshot": Snapshot, "fge": FGE, "swa": SWA,
+# The four axes of each named method, plus the options it sets (eta, lambda_source, calibrate).
+# An option given explicitly (flag or YAML key) wins over the preset.
+PRESETS: dict[str, dict[str, Any]] = {
+    "single": {"schedule": "decay", "placement": "spread", "reweight": "none", "combine": "final"},
+    "checkpoint": {"schedule": "decay", "placement": "spread", "reweight": "none", "combine": "uniform"},
+    "snapshot": {"schedule": "restart", "placement": "spread", "reweight": "none", "combine": "uniform"},
+    "fge": {"schedule": "fge", "placement": "tail", "reweight": "none", "combine": "uniform"},
+    "swa": {"schedule": "swa", "placement": "spread", "reweight": "none", "combine": "final"},
+    # Snapshot Boosting (Zhang et al. 2020): a restart per round with SAMME re-weighting
+    "snapshot-boost": {"schedule": "restart", "placement": "spread", "reweight": "samme", "combine": "lambda"},
+    # the paper's form, for reproduction: members along one decay, lambda from the weighted training error
+    "cbnn-paper": {"schedule": "decay", "placement": "spread", "reweight": "samme", "combine": "lambda",
+                   "lambda_source": "train", "calibrate": False},
+    "cbnn": {"schedule": "decay", "placement": "spread", "reweight": "samme", "combine": "lambda"},
 }
 
+# What an option means when neither the preset nor the user sets it.
+OPTION_DEFAULTS: dict[str, Any] = {
+    "schedule": "decay", "placement": "spread", "first_member": None, "reweight": "none", "combine": "uniform",
+    "restart_lr": 1.0, "eta": 0.3, "lambda_source": "val", "calibrate": True,
+}
+AXES = tuple(f.name for f in fields(Method) if f.name in OPTION_DEFAULTS)
 
-def create_method(name: str, *, epochs: int, checkpoints: int) -> Method:
-    if name not in METHODS:
-        raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
-    return METHODS[name](epochs=epochs, checkpoints=checkpoints)
+
+def preset_options(name: str) -> dict[str, Any]:
+    """Every preset-dependent option of method ``name``: the preset's value, else the plain default."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(PRESETS)}")
+    return {**OPTION_DEFAULTS, **PRESETS[name]}
+
+
+def create_method(name: str, *, epochs: int, checkpoints: int, **overrides: Any) -> Method:
+    """The preset ``name`` over E epochs and M rounds, with any axis in ``overrides`` replaced
+    (None means: the preset's)."""
+    options = preset_options(name)
+    unknown = set(overrides) - set(AXES)
+    if unknown:
+        raise TypeError(f"not method axes: {sorted(unknown)}")
+    options.update({k: v for k, v in overrides.items() if v is not None})
+    return Method(epochs=epochs, checkpoints=checkpoints, name=name, **{k: options[k] for k in AXES})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from boostray.boosting import vote
+from boostray.boosting import apply_temperature, vote
 
 
 def accuracy(proba: np.ndarray, labels: np.ndarray) -> float:
@@ -65,16 +65,17 @@ def staged_accuracy(member_proba: np.ndarray, alphas: np.ndarray, labels: np.nda
 
 
 def ensemble_report(
-    member_proba: np.ndarray, alphas: np.ndarray, labels: np.ndarray, num_classes: int, mode: str
+    member_proba: np.ndarray, weights: np.ndarray, labels: np.ndarray, num_classes: int, mode: str,
+    temperature: float = 1.0,
 ) -> dict:
     """Every figure for one split: per-member accuracy and the ensemble's accuracy, NLL, ECE, ..."""
-    proba = vote(member_proba, alphas, mode)
+    proba = apply_temperature(vote(member_proba, weights, mode), temperature)
     return {
         "member_accuracy": [accuracy(p, labels) for p in member_proba],
         "accuracy": accuracy(proba, labels),
         "balanced_accuracy": balanced_accuracy(proba, labels, num_classes),
         "nll": nll(proba, labels),
         "ece": expected_calibration_error(proba, labels),
-        "staged_accuracy": staged_accuracy(member_proba, alphas, labels, mode),
+        "staged_accuracy": staged_accuracy(member_proba, weights, labels, mode),
         "disagreement": pairwise_disagreement(member_proba),
     }

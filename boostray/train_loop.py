@@ -31,14 +31,15 @@ import ray.train
 import ray.train.torch
 
 from boostray.boost_state import BoostState, MemberRecord
-from boostray.boosting import ChanceLevelWarning, boost_step, effective_sample_size
+from boostray.boosting import ChanceLevelWarning, boost_step, clamp_error, effective_sample_size
 from boostray.collectives import (
     all_sum, barrier, combine_correctness, combine_rows, gather_digests, shard_indices, weights_digest,
 )
+from boostray.combine import crossfit_proba, lambda_from_validation
 from boostray.config import TrainConfig
 from boostray.data import ImageDataset, IndexedImages, normalize
 from boostray.metrics import accuracy
-from boostray.methods import Method, create_method
+from boostray.methods import Method
 from boostray.models import create_model
 
 CHECKPOINT_FILE = "state.pt"
@@ -242,10 +243,10 @@ def hold_if_asked(hold_after: int | None, round_done: int) -> None:
 
 
 def train_loop_per_worker(loop_config: dict) -> dict | None:
-    config = TrainConfig(**loop_config["config"])
+    config = TrainConfig(**loop_config["config"]).resolved()
     data: ImageDataset = _resolve(loop_config["data"])
     store = loop_config["store"]
-    method = create_method(config.method, epochs=config.epochs, checkpoints=config.checkpoints)
+    method = config.build_method()
     w = WorkerContext(config, data, method)
     n, k = len(data.train), data.num_classes
 
@@ -323,6 +324,9 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         test_p = w.predict_proba(data.test.images, member_net).numpy()
         state.last_val_proba, state.last_test_proba = val_p, test_p
         if method.is_member(r):
+            if not method.reweights:  # lambda_m from the validation error: what combine=lambda weighs by
+                error = clamp_error(1.0 - accuracy(val_p, data.val.labels), k, config.min_error)
+                alpha = float(lambda_from_validation(val_p[None], data.val.labels, k, config.min_error)[0])
             state.members.append(MemberRecord(
                 round=r + 1, epoch=end_epoch, alpha=alpha, error=error, raw_error=raw_error,
                 train_accuracy=train_acc, val_accuracy=accuracy(val_p, data.val.labels),
@@ -351,12 +355,10 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
 
 
 def round_metrics(state: BoostState, data: ImageDataset, config: TrainConfig) -> dict:
-    """What each round reports: the ensemble-so-far validation accuracy is what Tune selects on."""
-    from boostray.boosting import vote
-
+    """What each round reports. The ensemble-so-far validation accuracy, what Tune selects on, is
+    cross-fitted (combine.crossfit_proba): a rule that fits on validation data is not scored on it."""
     if state.members:
-        alphas = np.array([m.alpha for m in state.members])
-        val_acc = accuracy(vote(np.stack(state.val_proba), alphas, config.vote), data.val.labels)
+        val_acc = accuracy(ensemble_val_proba(state, data, config), data.val.labels)
     else:
         val_acc = accuracy(state.last_val_proba, data.val.labels)
     out = {
@@ -370,3 +372,12 @@ def round_metrics(state: BoostState, data: ImageDataset, config: TrainConfig) ->
     if state.members and not math.isnan(state.members[-1].error):
         out.update(error=state.members[-1].error, alpha=state.members[-1].alpha)
     return out
+
+
+def ensemble_val_proba(state: BoostState, data: ImageDataset, config: TrainConfig) -> np.ndarray:
+    """Out-of-fold validation probabilities of the members so far under the run's combination rule
+    (accuracy only: the temperature, which cannot change it, is left out)."""
+    lambda_from_val = not config.build_method().reweights or config.lambda_source == "val"
+    alphas = None if lambda_from_val else np.array([m.alpha for m in state.members])
+    return crossfit_proba(config.combine, np.stack(state.val_proba), data.val.labels, num_classes=data.num_classes,
+                          alphas=alphas, mode=config.vote, calibrate=False)

@@ -19,12 +19,13 @@ import numpy as np
 
 from boostray.boost_state import BoostState
 from boostray.boosting import vote
+from boostray.combine import Combination, crossfit_proba, fit_combination, scores
 from boostray.config import TrainConfig
 from boostray.data import ImageDataset, load_dataset
 from boostray.ensemble import write_ensemble
 from boostray.errors import ConfigError
-from boostray.metrics import accuracy, ensemble_report, per_class_accuracy
-from boostray.methods import create_method
+from boostray.methods import COMBINATIONS
+from boostray.metrics import accuracy, ensemble_report, expected_calibration_error, nll, per_class_accuracy
 from boostray.runtime import ray_session
 
 
@@ -68,6 +69,7 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
     from boostray.train_loop import HOLD_ENV, train_loop_per_worker
     from boostray.weight_store import LocalWeightStore, RayWeightStore
 
+    config = config.resolved()
     _, _, storage = resolve_paths(config)
     local = config.workers == 0
     # Ray Train gives a worker group 60 s to start; a loaded machine or an autoscaling cluster needs more.
@@ -100,29 +102,66 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
     return BoostState.from_saveable(result.return_value)
 
 
-def build_metrics(state: BoostState, data: ImageDataset, config: TrainConfig) -> dict:
-    """metrics.json: per member and ensemble figures of the method reference's "What to record"."""
+def combine_members(state: BoostState, data: ImageDataset, config: TrainConfig) -> Combination:
+    """The deployed combination: the run's rule and temperature, fitted on the whole validation split."""
     alphas = np.array([m.alpha for m in state.members])
+    return fit_combination(config.combine, np.stack(state.val_proba), data.val.labels, num_classes=data.num_classes,
+                           alphas=alphas, mode=config.vote, calibrate=config.calibrate)
+
+
+def crossfit_alphas(state: BoostState, config: TrainConfig) -> np.ndarray | None:
+    """lambda_m for cross-fitting: the training ones when they came from the weighted training error,
+    None (refit on each half) when they came from validation data."""
+    if config.build_method().reweights and config.lambda_source == "train":
+        return np.array([m.alpha for m in state.members])
+    return None
+
+
+def rule_figures(rule: str, state: BoostState, data: ImageDataset, config: TrainConfig) -> dict:
+    """One combination rule over this run's members: cross-fitted validation and test figures."""
+    val_p, test_p = np.stack(state.val_proba), np.stack(state.test_proba)
+    alphas = np.array([m.alpha for m in state.members])
+    fitted = fit_combination(rule, val_p, data.val.labels, num_classes=data.num_classes, alphas=alphas,
+                             mode=config.vote, calibrate=config.calibrate)
+    oof = crossfit_proba(rule, val_p, data.val.labels, num_classes=data.num_classes,
+                         alphas=crossfit_alphas(state, config), mode=config.vote, calibrate=config.calibrate)
+    return {"weights": fitted.weights.tolist(), "temperature": fitted.temperature,
+            "val_crossfit": scores(oof, data.val.labels),
+            "test": scores(fitted.predict_proba(test_p, config.vote), data.test.labels)}
+
+
+def build_metrics(state: BoostState, data: ImageDataset, config: TrainConfig, combination: Combination) -> dict:
+    """metrics.json: per member and ensemble figures of the method reference's "What to record", for
+    the deployed combination (members of weight 0 left out), plus every other combination rule's
+    figures over the same members."""
     k = data.num_classes
+    keep = combination.weights > 0
     splits = {}
     for name, split, proba in (("val", data.val, state.val_proba), ("test", data.test, state.test_proba)):
-        member_p = np.stack(proba)
-        report = ensemble_report(member_p, alphas, split.labels, k, config.vote)
-        ens = vote(member_p, alphas, config.vote)
-        report["per_class_accuracy"] = per_class_accuracy(ens, split.labels, k).tolist()
+        member_p = np.stack(proba)[keep]
+        report = ensemble_report(member_p, combination.weights[keep], split.labels, k, config.vote, combination.temperature)
+        uncalibrated = vote(member_p, combination.weights[keep], config.vote)
+        report["uncalibrated"] = {"nll": nll(uncalibrated, split.labels), "ece": expected_calibration_error(uncalibrated, split.labels)}
+        report["per_class_accuracy"] = per_class_accuracy(uncalibrated, split.labels, k).tolist()
         single = state.last_val_proba if name == "val" else state.last_test_proba
         report["single_accuracy"] = accuracy(single, split.labels)  # the final network alone
         splits[name] = report
+    rule = rule_figures(config.combine, state, data, config)
+    members = [{**asdict(m), "weight": float(w)} for m, w in zip(state.members, combination.weights)]
     return {
         "method": config.method,
+        "method_axes": config.build_method().describe(),
         "dataset": config.dataset,
         "model": config.model,
         "samples": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
-        "members": [asdict(m) for m in state.members],
+        "members": members,
+        "temperature": combination.temperature,
         "ess": state.ess,
         "rank_weight_digests": state.rank_digests,
         "val": splits["val"],
+        "val_crossfit": rule["val_crossfit"],
         "test": splits["test"],
+        "combinations": {r: rule_figures(r, state, data, config) for r in COMBINATIONS} if len(members) > 1 else {},
         "epochs": state.epoch_log,
         "train_seconds": state.train_seconds,
         "resumed_at_rounds": state.resumed_at_rounds,
@@ -147,28 +186,31 @@ def write_run_directory(run_dir: str, state: BoostState, data: ImageDataset, con
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
-        method = create_method(config.method, epochs=config.epochs, checkpoints=config.checkpoints)
+        combination = combine_members(state, data, config)
+        kept = [i for i, w in enumerate(combination.weights) if w > 0]
         c, h, w = data.input_shape
         write_ensemble(
             os.path.join(tmp, "ensemble"),
-            member_states=state.member_states,
+            member_states=[state.member_states[i] for i in kept],
             member_info=[
-                {"weight": m.alpha if method.weighted_members else 1.0, "epoch": m.epoch, "round": m.round,
+                {"weight": float(combination.weights[i]), "lambda": m.alpha, "epoch": m.epoch, "round": m.round,
                  "error": None if np.isnan(m.error) else m.error}
-                for m in state.members
+                for i, m in ((i, state.members[i]) for i in kept)
             ],
             manifest={
                 "name": config.name,
                 "method": config.method,
+                "method_axes": config.build_method().describe(),
                 "model": {"name": config.model, "kwargs": {"num_classes": data.num_classes, "in_channels": c, "image_size": h}},
                 "input_shape": [c, h, w],
                 "normalization": {"scale": 255.0, "mean": data.mean, "std": data.std},
                 "classes": data.classes,
                 "vote": config.vote,
+                "temperature": combination.temperature,
                 "dataset": config.dataset,
             },
         )
-        metrics = build_metrics(state, data, config)
+        metrics = build_metrics(state, data, config, combination)
         metrics["wall_seconds"] = wall_seconds
         with open(os.path.join(tmp, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2, default=float)
@@ -186,6 +228,7 @@ def train(config: TrainConfig) -> tuple[str, dict]:
     started = time.perf_counter()
     config = replace(config)
     config.validate()
+    config = config.resolved()  # what the run is trained with, saved and compared
     if config.name is None:
         config.name = default_run_name(config)
     output, run_dir, _ = resolve_paths(config)

@@ -33,7 +33,8 @@ def test_compare_writes_table_plots_and_one_page_report(report):
     assert all(r["seeds"] == "2" and 0 <= float(r["error"]) < 0.5 for r in rows)
     md = (report / "results.md").read_text()
     assert "| fge |" in md and "±" in md and "val bal. acc." in md
-    assert "Per-class test accuracy" in md and md.count("| cbnn:eta=0.1 |") == 2  # main and per-class tables
+    assert "Per-class test accuracy" in md and md.count("| cbnn:eta=0.1 |") == 2 + 4  # main, per-class, 4 rules
+    assert "val acc. (cross-fit)" in md and "| cbnn:eta=0.1 | greedy |" in md
     pngs = sorted(p for p in os.listdir(report) if p.endswith(".png"))
     assert pngs == ["cbnn_lambda_ess.png", "cbnn_weight_histogram.png", "lr_schedules.png", "staged_accuracy.png"]
     for p in pngs:
@@ -68,7 +69,7 @@ def test_rerun_with_other_options_refuses_to_reuse_stale_runs(report, capsys):
     before = sorted(os.listdir(report / "runs"))
     assert main(["compare", *TINY, "--methods", "single", "--lr", "0.01", "--seeds", "1", "--report", str(report)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "single-seed0" in err[0] and "lr: 0.05 -> 0.01" in err[0]
+    assert len(err) == 1 and "single-e4-seed0" in err[0] and "lr: 0.05 -> 0.01" in err[0]
     assert sorted(os.listdir(report / "runs")) == before
 
 
@@ -117,9 +118,43 @@ def test_a_run_saved_before_an_option_existed_counts_as_trained_with_its_old_beh
     config = TrainConfig(name="cbnn-seed0", output=str(tmp_path))
     run_dir = tmp_path / "cbnn-seed0"
     run_dir.mkdir()
-    saved = {k: v for k, v in config.to_dict().items() if k not in ("name", "lambda_source", "ess_min", "mix_uniform")}
+    newer = ("name", "lambda_source", "ess_min", "mix_uniform", "schedule", "placement", "first_member", "reweight",
+             "combine", "restart_lr", "calibrate")
+    saved = {**{k: v for k, v in config.to_dict().items() if k not in newer}, "eta": 0.3}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
     (run_dir / "metrics.json").write_text("{}")
     with pytest.raises(ConfigError, match="lambda_source: 'train' -> 'val'"):  # the default changed since
         check_finished_run_matches(config)
-    check_finished_run_matches(TrainConfig(name="cbnn-seed0", output=str(tmp_path), lambda_source="train"))
+    with pytest.raises(ConfigError, match="calibrate: False -> True"):  # no temperature before it existed
+        check_finished_run_matches(TrainConfig(name="cbnn-seed0", output=str(tmp_path), lambda_source="train"))
+    # cbnn before the method axes: today's cbnn-paper axes, λ from the training error, no temperature
+    old_cbnn = dict(schedule="decay", placement="spread", reweight="samme", combine="lambda", lambda_source="train",
+                    calibrate=False)
+    check_finished_run_matches(TrainConfig(name="cbnn-seed0", output=str(tmp_path), **old_cbnn))
+
+
+def test_budget_sweep_runs_every_method_at_every_budget_and_plots_error_against_budget(tmp_path):
+    assert main(["compare", "--workers", "0", "--epochs", "2,4", "--checkpoints", "2", "--methods", "single,cbnn",
+                 "--seeds", "1", "--report", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["budgets"] == [2, 4] and sorted(summary["tables"]) == ["2", "4"]
+    assert sorted((r["method"], r["epochs"]) for r in summary["runs"]) == [("cbnn", 2), ("cbnn", 4), ("single", 2), ("single", 4)]
+    for run in summary["runs"]:
+        config = json.loads(json.dumps(__import__("yaml").safe_load(open(os.path.join(run["run_dir"], "config.yaml")))))
+        assert config["epochs"] == run["epochs"]
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert sorted((r["epochs"], r["method"]) for r in rows) == [("2", "cbnn"), ("2", "single"), ("4", "cbnn"), ("4", "single")]
+    md = (tmp_path / "results.md").read_text()
+    assert "Error against budget" in md and "val error, 2 ep." in md and "test error, 4 ep." in md
+    with Image.open(tmp_path / "error_vs_budget.png") as im:
+        assert im.format == "PNG" and im.size[0] > 600
+    assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 5
+
+
+def test_a_bad_budget_list_is_one_line_and_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", "--workers", "0", "--epochs", "4,x", "--report", str(tmp_path / "r")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--epochs" in err[0]
+    assert not (tmp_path / "r").exists()

@@ -32,8 +32,8 @@ def test_one_cosine_schedule_over_the_whole_budget_without_restarts():
 def test_methods_differ_only_in_policy():
     cbnn, single, ckpt = (create_method(n, epochs=8, checkpoints=4) for n in ("cbnn", "single", "checkpoint"))
     assert cbnn.boundaries() == single.boundaries() == ckpt.boundaries()
-    assert cbnn.reweights and cbnn.weighted_members
-    assert not ckpt.reweights and not ckpt.weighted_members and all(ckpt.is_member(r) for r in range(4))
+    assert cbnn.reweights and cbnn.combine == "lambda"
+    assert not ckpt.reweights and ckpt.combine == "uniform" and all(ckpt.is_member(r) for r in range(4))
     assert [single.is_member(r) for r in range(4)] == [False, False, False, True]
     with pytest.raises(ConfigError, match="unknown method"):
         create_method("bagging", epochs=8, checkpoints=4)
@@ -52,10 +52,11 @@ def test_snapshot_schedule_is_cyclic_cosine_with_members_at_cycle_ends():
 
 def test_fge_members_at_lr_minima_after_an_ordinary_first_phase():
     m = create_method("fge", epochs=20, checkpoints=4)
-    c = m.c
+    c = m.fge_cycle
     assert c == 2 and m.boundaries() == [14, 16, 18, 20]
+    first_phase = 20 - 4 * c  # FGE's ordinary phase: E - M c epochs
     lrs = [m.lr_factor(t / 100) for t in range(0, 2001)]
-    assert lrs[0] == 1.0 and m.lr_factor(m.first_phase - 1e-9) == pytest.approx(m.lr2, abs=1e-6)
+    assert lrs[0] == 1.0 and m.lr_factor(first_phase - 1e-9) == pytest.approx(m.lr2, abs=1e-6)
     for b in m.boundaries():  # the minimum of each cycle is where the member is taken
         window = [m.lr_factor(b - c + k * c / 50) for k in range(51)]
         assert min(window) == pytest.approx(m.lr_factor(b), abs=1e-9) == pytest.approx(m.lr2)
@@ -70,3 +71,58 @@ def test_swa_schedule_holds_swa_lr_after_75_percent_and_keeps_one_member():
     assert m.lr_factor(0) == 1.0 and m.lr_factor(9) == m.lr_factor(11.5) == m.swa_lr
     assert [m.averages_after_epoch(e) for e in range(12)] == [False] * 9 + [True] * 3
     assert [m.is_member(r) for r in range(4)] == [False, False, False, True] and m.averaged_member
+
+
+def test_tail_placement_trains_plainly_until_the_first_member_then_spreads_the_rest():
+    m = create_method("checkpoint", epochs=96, checkpoints=4, placement="tail", first_member=0.5)
+    assert m.boundaries() == [48, 64, 80, 96]
+    assert create_method("checkpoint", epochs=12, checkpoints=4, placement="tail", first_member=0.75).boundaries() == [9, 10, 11, 12]
+    assert create_method("checkpoint", epochs=12, checkpoints=1, placement="tail").boundaries() == [12]
+    with pytest.raises(ConfigError, match="--first-member"):  # member 1 at epoch 11 leaves 1 epoch for 3 rounds
+        create_method("checkpoint", epochs=12, checkpoints=4, placement="tail", first_member=0.9)
+    with pytest.raises(ConfigError, match="--first-member must be in"):
+        create_method("checkpoint", epochs=12, checkpoints=4, placement="tail", first_member=0)
+
+
+@pytest.mark.parametrize("placement,first", [("spread", None), ("tail", 0.5), ("tail", 0.3)])
+def test_restart_schedule_puts_every_member_at_a_learning_rate_minimum(placement, first):
+    m = create_method("cbnn", epochs=40, checkpoints=4, schedule="restart", placement=placement, first_member=first,
+                      restart_lr=0.5)
+    bounds = [0, *m.boundaries()]
+    for i, (start, end) in enumerate(zip(bounds, bounds[1:])):
+        ts = [start + (end - start) * k / 200 for k in range(200)]
+        lrs = [m.lr_factor(t) for t in ts]
+        assert lrs[0] == pytest.approx(1.0 if i == 0 else 0.5)  # a restart at every round after the first
+        assert all(a > b for a, b in zip(lrs, lrs[1:]))  # annealing within the round
+        assert m.lr_factor(end - 1e-9) == pytest.approx(0.0, abs=1e-6)  # the member sits at the minimum
+    assert m.is_member(0) and m.reweights
+
+
+def test_presets_are_points_of_the_axes_and_explicit_axes_win():
+    snapshot = create_method("snapshot", epochs=12, checkpoints=4)
+    assert (snapshot.schedule, snapshot.placement, snapshot.reweight, snapshot.combine) == ("restart", "spread", "none", "uniform")
+    boosted = create_method("snapshot-boost", epochs=12, checkpoints=4)
+    assert boosted.schedule == "restart" and boosted.reweights and boosted.combine == "lambda"
+    assert [boosted.lr_factor(t) for t in (0, 1.5, 3, 4.5)] == [snapshot.lr_factor(t) for t in (0, 1.5, 3, 4.5)]
+    custom = create_method("cbnn", epochs=12, checkpoints=4, combine="greedy", schedule=None)
+    assert custom.combine == "greedy" and custom.schedule == create_method("cbnn", epochs=12, checkpoints=4).schedule
+    with pytest.raises(ConfigError, match="needs --combine final"):
+        create_method("swa", epochs=12, checkpoints=4, combine="uniform")
+
+
+def test_fge_tail_cycles_follow_a_chosen_placement_too():
+    m = create_method("fge", epochs=40, checkpoints=4, first_member=0.7)
+    assert m.boundaries() == [28, 32, 36, 40] and m.fge_cycle == 4
+    for b in m.boundaries():
+        assert m.lr_factor(b - 1e-9) == pytest.approx(m.lr2, abs=1e-6)
+        assert m.lr_factor(b - 2) == pytest.approx(m.lr1)  # the top of each triangle, mid-round
+
+
+def test_resolved_config_records_every_axis_of_its_preset():
+    from boostray.config import PRESET_KEYS, TrainConfig
+
+    resolved = TrainConfig(method="snapshot", combine="greedy").resolved()
+    assert resolved.schedule == "restart" and resolved.combine == "greedy" and resolved.calibrate is True
+    assert all(getattr(resolved, k) is not None for k in PRESET_KEYS if k != "first_member")
+    paper = TrainConfig(method="cbnn-paper").resolved()
+    assert (paper.lambda_source, paper.calibrate, paper.combine, paper.placement) == ("train", False, "lambda", "spread")
