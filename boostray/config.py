@@ -65,7 +65,6 @@ class TrainConfig:
     gpu: bool = _opt(False, "one GPU per worker (NCCL); otherwise CPU workers (gloo)")
     amp: str | None = _opt(None, "autocast dtype on CUDA: bf16 or fp16", choices=(None, "bf16", "fp16"))
     channels_last: bool = _opt(False, "channels-last memory format (faster convolutions on GPUs)")
-    loader_workers: int = _opt(0, "DataLoader worker processes per Ray Train worker")
     max_failures: int = _opt(0, "worker failures to recover from (Ray FailureConfig); -1 for unlimited")
     seed: int = _opt(0, "seed of the model's initialisation, the sampling order and the augmentation")
     # run
@@ -94,7 +93,6 @@ class TrainConfig:
             ("min-error", self.min_error, 0 < self.min_error < 0.5, "in (0, 0.5)"),
             ("workers", self.workers, self.workers >= 0, ">= 0"),
             ("cpus-per-worker", self.cpus_per_worker, self.cpus_per_worker > 0, "> 0"),
-            ("loader-workers", self.loader_workers, self.loader_workers >= 0, ">= 0"),
             ("max-failures", self.max_failures, self.max_failures >= -1, ">= -1"),
             ("val-fraction", self.val_fraction, 0 < self.val_fraction < 1, "in (0, 1)"),
         ):
@@ -146,6 +144,7 @@ class TrainConfig:
 
 
 FIELD_TYPES = {f.name: f for f in dataclasses.fields(TrainConfig)}
+REMOVED_KEYS = {"loader_workers"}  # batches are gathered in memory now (batches.py): no DataLoader workers
 PRESET_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("preset"))
 
 # What a run was trained with when its saved config.yaml predates an option (or its current default).
@@ -207,6 +206,8 @@ def read_config_file(path: str) -> dict[str, Any]:
     out = {}
     for raw_key, value in data.items():
         key = str(raw_key).replace("-", "_")
+        if key in REMOVED_KEYS:  # written by an older boostray into a saved config.yaml: no effect now
+            continue
         if key not in FIELD_TYPES:
             raise ConfigError(f"unknown key {raw_key!r} in {path}")
         out[key] = _coerce(key, value)

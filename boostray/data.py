@@ -12,7 +12,6 @@ import gzip
 import io
 import os
 import shutil
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -390,37 +389,6 @@ def load_dataset(
 
 
 # ----------------------------------------------------------------------------------- torch adapters
-
-
-class IndexedImages(torch.utils.data.Dataset):
-    """(uint8 image, label, sample index) triples; the index is what the sample weights are keyed on.
-
-    Augmentation (torchvision.transforms.v2 random crop with padding, plus horizontal flip where it
-    preserves the label) runs on the uint8 tensor; normalisation is done per batch on the device.
-    """
-
-    def __init__(self, split: ImageSplit, *, augment: bool, crop_padding: int = 0, hflip: bool = False) -> None:
-        with warnings.catch_warnings():  # arrays from the object store are read-only; nothing writes them
-            warnings.simplefilter("ignore", UserWarning)
-            self.images = torch.from_numpy(np.ascontiguousarray(split.images))
-            self.labels = torch.from_numpy(np.ascontiguousarray(split.labels))
-        self.transform = None
-        if augment:
-            from torchvision.transforms import v2
-
-            steps: list = [v2.RandomCrop(self.images.shape[-1], padding=crop_padding)]
-            if hflip:
-                steps.append(v2.RandomHorizontalFlip())
-            self.transform = v2.Compose(steps)
-
-    def __len__(self) -> int:
-        return self.labels.shape[0]
-
-    def __getitem__(self, i: int):
-        x = self.images[i]
-        if self.transform is not None:
-            x = self.transform(x)
-        return x, self.labels[i], i
 
 
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, DistributedSampler
 
 import ray.train
 import ray.train.torch
@@ -37,7 +36,8 @@ from boostray.collectives import (
 )
 from boostray.combine import crossfit_proba, lambda_from_validation
 from boostray.config import TrainConfig
-from boostray.data import ImageDataset, IndexedImages, normalize
+from boostray.batches import TrainBatches
+from boostray.data import ImageDataset, normalize
 from boostray.metrics import accuracy
 from boostray.methods import Method
 from boostray.models import create_model
@@ -85,14 +85,12 @@ class WorkerContext:
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
         )
-        train_set = IndexedImages(data.train, augment=config.augment, crop_padding=data.crop_padding, hflip=data.hflip)
-        self.sampler = DistributedSampler(train_set, num_replicas=self.world, rank=self.rank, shuffle=True, seed=config.seed)
         self.local_batch = max(1, config.batch_size // self.world)
-        self.loader = DataLoader(
-            train_set, batch_size=self.local_batch, sampler=self.sampler, num_workers=config.loader_workers,
-            pin_memory=self.device.type == "cuda",
+        self.batches = TrainBatches(
+            data.train.images, data.train.labels, batch_size=self.local_batch, device=self.device, seed=config.seed,
+            rank=self.rank, world=self.world, augment=config.augment, crop_padding=data.crop_padding, hflip=data.hflip,
         )
-        self.steps_per_epoch = len(self.loader)
+        self.steps_per_epoch = len(self.batches)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: method.lr_factor(step / self.steps_per_epoch)
         )
@@ -123,32 +121,33 @@ class WorkerContext:
         """One epoch with the weighted loss L = sum_i (n w_i) CE_i / |batch|; optionally record
         on-the-fly correctness (error_source=running)."""
         self.model.train()
-        self.sampler.set_epoch(epoch)
-        _seed_epoch(self.config.seed, epoch, self.rank)
+        _seed_epoch(self.config.seed, epoch, self.rank)  # dropout
         n = weights.numel()
-        loss_sum = correct = seen = 0.0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)  # summed on the device:
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)  # one synchronisation per epoch
+        seen = 0
         rec_idx, rec_ok = [], []
-        for images, labels, idx in self.loader:
-            x, y = self.prepare(images), labels.to(self.device, non_blocking=True)
+        for images, y, idx in self.batches.epoch(epoch):
+            x = self.prepare(images)
             with self.autocast:
                 logits = self.model(x)
                 per_sample = F.cross_entropy(logits.float(), y, reduction="none")
-            loss = (n * weights[idx.to(self.device)] * per_sample).sum() / y.numel()
+            loss = (n * weights[idx] * per_sample).sum() / y.numel()
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
-            ok = logits.argmax(1) == y
-            loss_sum += float(per_sample.detach().sum())
-            correct += float(ok.sum())
+            ok = logits.detach().argmax(1) == y
+            loss_sum += per_sample.detach().sum()
+            correct += ok.sum()
             seen += y.numel()
             if record:
                 rec_idx.append(idx)
-                rec_ok.append(ok.cpu())
-        loss_sum, correct, seen = all_sum([loss_sum, correct, seen])
+                rec_ok.append(ok)
+        loss_sum, correct, seen = all_sum([float(loss_sum), float(correct), seen])
         stats = {"loss": loss_sum / seen, "accuracy": correct / seen, "lr": self.scheduler.get_last_lr()[0]}
-        recorded = (torch.cat(rec_idx), torch.cat(rec_ok)) if record else None
+        recorded = (torch.cat(rec_idx).cpu(), torch.cat(rec_ok).cpu()) if record else None
         return stats, recorded
 
     @torch.no_grad()

@@ -181,6 +181,7 @@ def write_sample_weights(path: str, state: BoostState, data: ImageDataset) -> No
 
 
 def write_run_directory(run_dir: str, state: BoostState, data: ImageDataset, config: TrainConfig, wall_seconds: float) -> dict:
+    config = config.resolved()
     parent = os.path.dirname(run_dir)
     tmp = os.path.join(parent, f".{os.path.basename(run_dir)}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -25,6 +25,8 @@ SEARCHABLE = {
     "lr": float, "weight_decay": float, "eta": float, "checkpoints": int, "error_source": str, "vote": str,
     "min_error": float, "batch_size": int, "epochs": int, "max_weight_ratio": float,
     "lambda_source": str, "ess_min": float, "mix_uniform": float,
+    "method": str, "schedule": str, "placement": str, "first_member": float, "reweight": str, "combine": str,
+    "restart_lr": float, "calibrate": bool,
 }
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice", "grid")
 METRICS = ("val_accuracy", "network_val_accuracy")  # what every trial reports after every round

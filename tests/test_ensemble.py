@@ -14,7 +14,7 @@ from boostray.models import create_model
 SPEC = {"num_classes": 4, "in_channels": 1, "image_size": 8}
 
 
-def make_artifact(path, weights=(0.5, 2.0, 1.0), mode="soft"):
+def make_artifact(path, weights=(0.5, 2.0, 1.0), mode="soft", temperature=None):
     states = []
     for seed in range(len(weights)):
         torch.manual_seed(seed)
@@ -23,7 +23,8 @@ def make_artifact(path, weights=(0.5, 2.0, 1.0), mode="soft"):
         str(path), member_states=states,
         member_info=[{"weight": w, "epoch": i + 1, "round": i + 1, "error": 0.1} for i, w in enumerate(weights)],
         manifest={"method": "cbnn", "model": {"name": "small_cnn", "kwargs": SPEC}, "input_shape": [1, 8, 8],
-                  "normalization": {"scale": 255.0, "mean": [0.3], "std": [0.2]}, "classes": list("abcd"), "vote": mode},
+                  "normalization": {"scale": 255.0, "mean": [0.3], "std": [0.2]}, "classes": list("abcd"), "vote": mode,
+                  **({} if temperature is None else {"temperature": temperature})},
     )
     return states
 
@@ -79,3 +80,34 @@ def test_missing_or_broken_artifacts_are_refused(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="format_version"):
         load_ensemble(str(tmp_path))
+
+
+def test_the_manifest_temperature_calibrates_every_prediction_path_and_keeps_labels(tmp_path):
+    from boostray.boosting import apply_temperature
+    from boostray.inference import MemberStack, cascade_predict
+
+    make_artifact(tmp_path / "plain")
+    make_artifact(tmp_path / "hot", temperature=2.5)
+    plain, hot = load_ensemble(str(tmp_path / "plain")), load_ensemble(str(tmp_path / "hot"))
+    assert plain.temperature == 1.0 and hot.temperature == 2.5
+    x = np.random.default_rng(1).integers(0, 256, (16, 1, 8, 8), dtype=np.uint8)
+    expected = apply_temperature(plain.predict_proba(x), 2.5)
+    np.testing.assert_allclose(hot.predict_proba(x), expected, rtol=1e-6)
+    assert not np.allclose(hot.predict_proba(x), plain.predict_proba(x))
+    np.testing.assert_array_equal(hot.predict(x), plain.predict(x))
+    np.testing.assert_allclose(list(hot.staged_predict_proba(x))[-1], expected, rtol=1e-6)
+    stack = MemberStack(hot, "loop")
+    np.testing.assert_allclose(stack.predict_proba(x), expected, rtol=1e-5, atol=1e-7)
+    cascade = cascade_predict(stack, x)
+    np.testing.assert_array_equal(cascade.proba.argmax(1), expected.argmax(1))
+    full = cascade.members_used == len(hot)  # samples that used every member get the full calibrated vote
+    np.testing.assert_allclose(cascade.proba[full], expected[full], rtol=1e-5, atol=1e-7)
+
+
+def test_a_version_1_manifest_still_loads_without_a_temperature(tmp_path):
+    make_artifact(tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    ens = load_ensemble(str(tmp_path))
+    assert ens.temperature == 1.0 and ens.manifest["format_version"] == 1

@@ -99,3 +99,34 @@ def test_levers_lambda_from_validation_ess_bound_and_uniform_mixing(tmp_path):
     assert metrics["ess"][0] >= 0.9 - 1e-6
     weights = pq.read_table(tmp_path / "lev" / "sample_weights.parquet").column("round_2").to_numpy()
     assert weights.min() >= 0.1 / weights.size * (1 - 1e-5)  # mixing keeps gamma / n for every sample
+
+
+def test_the_run_records_calibration_crossfit_and_every_combination_rule(cbnn_run):
+    metrics = json.loads((cbnn_run / "metrics.json").read_text())
+    manifest = json.loads((cbnn_run / "ensemble" / "manifest.json").read_text())
+    assert manifest["temperature"] == metrics["temperature"] > 0
+    assert manifest["method_axes"]["reweight"] == "samme" and manifest["method_axes"]["member_epochs"] == [2, 4]
+    # the temperature was fitted on validation by NLL: it cannot make validation NLL worse
+    assert metrics["val"]["nll"] <= metrics["val"]["uncalibrated"]["nll"] + 1e-9
+    assert set(metrics["val_crossfit"]) == {"accuracy", "nll", "ece"}
+    assert set(metrics["combinations"]) == {"lambda", "uniform", "greedy", "final"}
+    final = metrics["combinations"]["final"]
+    assert final["weights"] == [0.0, 1.0] and final["test"]["accuracy"] == pytest.approx(metrics["test"]["single_accuracy"])
+    greedy = metrics["combinations"]["greedy"]
+    val_acc = [m["val_accuracy"] for m in metrics["members"]]
+    assert any(w >= 1 for w, a in zip(greedy["weights"], val_acc) if a == max(val_acc))  # starts at the best member
+
+
+def test_summary_puts_the_ensemble_against_its_final_network_on_validation_and_warns_when_worse():
+    from boostray.cli import format_summary
+
+    member = {"epoch": 4, "alpha": 3.0, "error": 0.1, "weight": 1.0, "val_accuracy": 0.9, "test_accuracy": 0.9}
+    metrics = {"members": [member, {**member, "weight": 0.0}], "method": "cbnn", "temperature": 1.2,
+               "val": {"single_accuracy": 0.90}, "val_crossfit": {"accuracy": 0.92},
+               "test": {"accuracy": 0.91, "nll": 0.3, "ece": 0.02, "single_accuracy": 0.9},
+               "train_seconds": 1.0, "wall_seconds": 2.0}
+    text = format_summary("RUN", metrics)
+    assert "validation: ensemble of 1 (cbnn) 0.9200 (cross-fitted), final network alone 0.9000: +2.00 points" in text
+    assert "warning" not in text
+    worse = format_summary("RUN", {**metrics, "val_crossfit": {"accuracy": 0.895}})
+    assert worse.splitlines()[-1].startswith("warning: on validation the ensemble is 0.50 points WORSE")
