@@ -138,15 +138,19 @@ def read_sweep_config(path: str) -> SweepConfig:
     _require(set(config.scheduler) <= {"type", "grace_period", "reduction_factor"}, f"unknown key in scheduler: {sorted(set(config.scheduler) - {'type', 'grace_period', 'reduction_factor'})}")
     _require(set(config.resources) <= {"trial_cpu"}, f"unknown key in resources: {sorted(set(config.resources) - {'trial_cpu'})}")
     # the fixed options must validate with every searched key at each of its reachable values
+    try:
+        TrainConfig(**train).validate()
+    except ConfigError as exc:
+        raise ConfigError(f"train: {exc}") from None
     first = {k: (spec["values"][0] if "values" in spec else SEARCHABLE[k](spec["low"])) for k, spec in config.search_space.items()}
-    TrainConfig(**{**train, **first}).validate()
-    for key, spec in config.search_space.items():
-        reachable = spec["values"] if "values" in spec else [spec["low"], spec["high"] - 1 if spec["type"] == "randint" else spec["high"]]
-        for value in reachable:
-            try:
-                TrainConfig(**{**train, **first, key: SEARCHABLE[key](value) if SEARCHABLE[key] is not str else value}).validate()
-            except ConfigError as exc:
-                raise ConfigError(f"search_space.{key}: value {value!r} is invalid: {exc}") from None
+    for others in ({}, first):  # each key alone over the fixed options, then beside the others' first values
+        for key, spec in config.search_space.items():
+            reachable = spec["values"] if "values" in spec else [spec["low"], spec["high"] - 1 if spec["type"] == "randint" else spec["high"]]
+            for value in reachable:
+                try:
+                    TrainConfig(**{**train, **others, key: SEARCHABLE[key](value) if SEARCHABLE[key] is not str else value}).validate()
+                except ConfigError as exc:
+                    raise ConfigError(f"search_space.{key}: value {value!r} is invalid: {exc}") from None
     return config
 
 

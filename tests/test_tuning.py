@@ -54,6 +54,11 @@ def test_shipped_sweep_configs_validate(path):
     ({"metric": "test_accuracy"}, "metric 'test_accuracy' is not reported"),
     ({"scheduler": {"type": "hyperband"}}, "scheduler.type"),
     ({"num_samples": 0}, "num_samples"),
+    ({"search_space": {"combine": {"type": "choice", "values": ["greedy", "median"]}}}, "search_space.combine"),
+    ({"search_space": {"schedule": {"type": "choice", "values": ["cyclic"]}}}, "search_space.schedule"),
+    ({"search_space": {"first_member": {"type": "uniform", "low": 0.5, "high": 1.5}}}, "search_space.first_member"),
+    ({"search_space": {"placement": {"type": "choice", "values": ["tail"]}},
+      "train.first_member": 0.9, "train.checkpoints": 3}, "--first-member"),
 ])
 def test_bad_sweep_configs_name_the_key(tmp_path, changes, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
@@ -116,3 +121,15 @@ def test_resume_does_not_rerun_finished_trials(sweep):
     again = run_sweep(config, resume=True)
     assert again["trials"] == summary["trials"] and again["best_trial"] == summary["best_trial"]
     assert snapshots() == before  # no trial trained again
+
+
+def test_the_method_axes_can_be_searched(tmp_path):
+    space = {"schedule": {"type": "choice", "values": ["decay", "restart"]},
+             "placement": {"type": "grid", "values": ["spread", "tail"]},
+             "first_member": {"type": "uniform", "low": 0.3, "high": 0.6},
+             "reweight": {"type": "choice", "values": ["none", "samme"]},
+             "combine": {"type": "choice", "values": ["lambda", "uniform", "greedy", "final"]},
+             "restart_lr": {"type": "uniform", "low": 0.2, "high": 1.0},
+             "calibrate": {"type": "choice", "values": [True, False]}}
+    config = read_sweep_config(write(tmp_path, search_space=space, **{"train.epochs": 12}))
+    assert set(config.search_space) == set(space)
