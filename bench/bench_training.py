@@ -60,7 +60,7 @@ def _sync_worker(loop_config: dict) -> dict | None:
     from boostray.boost_state import BoostState
     from boostray.collectives import barrier, combine_correctness
     from boostray.config import TrainConfig
-    from boostray.train_loop import boost_round, sync_weights
+    from boostray.engine import boost_round, sync_weights
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

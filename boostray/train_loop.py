@@ -1,49 +1,26 @@
-"""The Ray Train worker function: one network trained for the whole budget, boosted at each checkpoint.
+"""The Ray Train edge of a boosting run: every rank runs ``train_loop_per_worker``, which builds the
+Ray-free ``Engine`` (engine.py) on Ray Train's device and data-parallel wrapper, restores Ray Train's
+latest checkpoint, and after each round reports the metrics with a checkpoint holding model, optimizer,
+LR schedule and the whole boosting state.
 
-Every rank runs ``train_loop_per_worker``. Per round: train the round's epochs on this rank's shard
-with the weighted loss, then (for re-weighting methods) combine per-sample correctness over the ranks,
-let rank 0 take the boosting step and publish the new weights to the weight store, and have every rank
-read that version; evaluate the checkpoint on the validation and test splits; report metrics and a
-checkpoint holding model, optimizer, LR schedule and the whole boosting state.
-
-Testing hook: with ``BOOSTRAY_TEST_HOLD_AFTER_ROUND=N`` in the driver's environment, every rank stops
-after reporting round N and waits (up to 10 minutes) to be killed, so a fault-tolerance test can kill a
-worker at a known point of training instead of racing it.
+Testing hook: ``hold_after_round: N`` in the loop config (set by a test through run_training) makes
+every rank wait after reporting round N (up to 10 minutes) to be killed, so a fault-tolerance test can
+kill a worker at a known point of training instead of racing it.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import sys
 import tempfile
 import time
-import warnings
-from contextlib import nullcontext
 from typing import Any
-
-import numpy as np
-import torch
-import torch.nn.functional as F
 
 import ray.train
 import ray.train.torch
 
-from boostray.boost_state import BoostState, MemberRecord
-from boostray.boosting import ChanceLevelWarning, boost_step, clamp_error, effective_sample_size
-from boostray.collectives import (
-    all_sum, barrier, combine_correctness, combine_rows, gather_digests, shard_indices, weights_digest,
-)
-from boostray.combine import crossfit_proba, lambda_from_validation
+from boostray.boost_state import BoostState
 from boostray.config import TrainConfig
-from boostray.batches import TrainBatches
-from boostray.data import ImageDataset, normalize
-from boostray.metrics import accuracy
-from boostray.methods import Method
-from boostray.models import create_model
-
-CHECKPOINT_FILE = "state.pt"
-EVAL_BATCH = 512
+from boostray.data import ImageDataset
+from boostray.engine import Engine
 
 
 def _resolve(obj: Any) -> Any:
@@ -53,330 +30,29 @@ def _resolve(obj: Any) -> Any:
     return obj
 
 
-def emit(line: str) -> None:
-    """A progress line from rank 0. Not print(): Ray Train routes print through a logger and tees it."""
-    sys.stdout.write(f"[boostray] {line}\n")
-    sys.stdout.flush()
-
-
-def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
-    """Augmentation and dropout randomness fixed by (seed, epoch, rank): a resumed run replays it."""
-    torch.manual_seed((seed * 1_000_003 + epoch * 7919 + rank) % (2**63))
-
-
-class WorkerContext:
-    """What one rank needs for the whole run: device, model, optimizer, data views."""
-
-    def __init__(self, config: TrainConfig, data: ImageDataset, method: Method) -> None:
-        ctx = ray.train.get_context()
-        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
-        self.config, self.data, self.method = config, data, method
-        self.device = ray.train.torch.get_device()
-        self.mean = torch.tensor(data.mean, device=self.device)
-        self.std = torch.tensor(data.std, device=self.device)
-        c, h, _ = data.input_shape
-        self.model_args = {"name": config.model, "num_classes": data.num_classes, "in_channels": c, "image_size": h}
-        torch.manual_seed(config.seed)  # identical initialisation on every rank (DDP also broadcasts it)
-        net = create_model(**self.model_args)
-        if config.channels_last:
-            net = net.to(memory_format=torch.channels_last)
-        self.model = ray.train.torch.prepare_model(net)
-        self.net = getattr(self.model, "module", self.model)  # unwrapped: what members and evals use
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
-        )
-        self.local_batch = max(1, config.batch_size // self.world)
-        self.batches = TrainBatches(
-            data.train.images, data.train.labels, batch_size=self.local_batch, device=self.device, seed=config.seed,
-            rank=self.rank, world=self.world, augment=config.augment, crop_padding=data.crop_padding, hflip=data.hflip,
-        )
-        self.steps_per_epoch = len(self.batches)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: method.lr_factor(step / self.steps_per_epoch)
-        )
-        self.autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16 if config.amp == "bf16" else torch.float16)
-            if config.amp and self.device.type == "cuda" else nullcontext()
-        )
-        self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16" and self.device.type == "cuda")
-        # SWA's running average: created eagerly (loading never depends on lazily built members) and
-        # saved and restored with every checkpoint, like a stateful training callback.
-        self.averaged = torch.optim.swa_utils.AveragedModel(self.net) if method.averaged_member else None
-
-    def member_module(self) -> torch.nn.Module:
-        """The network a member is taken from: the SWA average (BN statistics recomputed on the whole
-        training set, identically on every rank) or the network itself."""
-        if self.averaged is None:
-            return self.net
-        batches = (self.prepare(torch.from_numpy(self.data.train.images[i:i + EVAL_BATCH]))
-                   for i in range(0, len(self.data.train), EVAL_BATCH))
-        torch.optim.swa_utils.update_bn(batches, self.averaged, device=self.device)
-        return self.averaged.module
-
-    def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        x = normalize(images.to(self.device, non_blocking=True), self.mean, self.std)
-        return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
-
-    def train_epoch(self, epoch: int, weights: torch.Tensor, record: bool) -> tuple[dict, tuple | None]:
-        """One epoch with the weighted loss L = sum_i (n w_i) CE_i / |batch|; optionally record
-        on-the-fly correctness (error_source=running)."""
-        self.model.train()
-        _seed_epoch(self.config.seed, epoch, self.rank)  # dropout
-        n = weights.numel()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)  # summed on the device:
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)  # one synchronisation per epoch
-        seen = 0
-        rec_idx, rec_ok = [], []
-        for images, y, idx in self.batches.epoch(epoch):
-            x = self.prepare(images)
-            with self.autocast:
-                logits = self.model(x)
-                per_sample = F.cross_entropy(logits.float(), y, reduction="none")
-            loss = (n * weights[idx] * per_sample).sum() / y.numel()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            ok = logits.detach().argmax(1) == y
-            loss_sum += per_sample.detach().sum()
-            correct += ok.sum()
-            seen += y.numel()
-            if record:
-                rec_idx.append(idx)
-                rec_ok.append(ok)
-        loss_sum, correct, seen = all_sum([float(loss_sum), float(correct), seen])
-        stats = {"loss": loss_sum / seen, "accuracy": correct / seen, "lr": self.scheduler.get_last_lr()[0]}
-        recorded = (torch.cat(rec_idx).cpu(), torch.cat(rec_ok).cpu()) if record else None
-        return stats, recorded
-
-    @torch.no_grad()
-    def predict_proba(self, images: np.ndarray, module: torch.nn.Module | None = None) -> torch.Tensor:
-        """Softmax outputs of ``module`` (default: the network) on this rank's shard of ``images``, combined."""
-        net = self.net if module is None else module
-        net.eval()
-        n = images.shape[0]
-        index = shard_indices(n, self.rank, self.world)
-        rows = []
-        for start in range(0, index.size, EVAL_BATCH):
-            batch = torch.from_numpy(images[index[start:start + EVAL_BATCH]])
-            with self.autocast:
-                rows.append(torch.softmax(net(self.prepare(batch)).float(), dim=1).cpu())
-        k = self.data.num_classes
-        local = torch.cat(rows) if rows else torch.zeros((0, k))
-        return combine_rows(index, local, n)
-
-    def eval_correctness(self) -> np.ndarray:
-        """c_i on the training set from one eval-mode pass without augmentation (error_source=eval)."""
-        proba = self.predict_proba(self.data.train.images)
-        return proba.argmax(1).numpy() == self.data.train.labels
-
-    # -- checkpointing -------------------------------------------------------------------------------
-    def save(self, directory: str, state: BoostState) -> None:
-        torch.save(
-            {
-                "model": self.net.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "averaged": self.averaged.state_dict() if self.averaged is not None else None,
-                "boost": state.to_saveable(),
-            },
-            os.path.join(directory, CHECKPOINT_FILE),
-        )
-
-    def restore(self, checkpoint: ray.train.Checkpoint) -> BoostState:
-        with checkpoint.as_directory() as directory:
-            saved = torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
-        self.net.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        self.scaler.load_state_dict(saved["scaler"])
-        if self.averaged is not None:
-            self.averaged.load_state_dict(saved["averaged"])
-        return BoostState.from_saveable(saved["boost"])
-
-
-def boost_round(
-    state: BoostState, correct: np.ndarray, num_classes: int, config: TrainConfig, last_round: bool,
-    val_error: float | None = None,
-) -> dict:
-    """Rank 0's part of a round: e_m, lambda_m and the new weights (into ``state``); returns the
-    history entry that the weight store publishes. ``val_error`` is the member's validation error,
-    which lambda_m uses when ``lambda_source`` is ``val``."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ChanceLevelWarning)
-        result = boost_step(
-            state.weights, correct, num_classes, eta=config.eta, min_error=config.min_error,
-            update=not last_round, max_weight_ratio=config.max_weight_ratio, ess_min=config.ess_min,
-            gamma=config.mix_uniform, alpha_error=val_error if config.lambda_source == "val" else None,
-        )
-    for w in caught:
-        emit(f"warning: {w.message}")
-    state.weights = result.weights
-    return {"round": state.rounds_done + 1, "error": result.error, "raw_error": result.raw_error,
-            "alpha": result.alpha, "eta": result.eta}
-
-
-def sync_weights(store: Any, rank: int, version: int, state: BoostState, entry: dict | None = None) -> tuple[np.ndarray, list]:
-    """Rank 0 publishes ``state.weights`` as ``version`` with the (e_m, lambda_m) history, plus this
-    round's ``entry``; after a barrier every rank reads that version back from the store. Returns the
-    weights and every rank's digest of them; ranks that disagree stop the run."""
-    if rank == 0:
-        store.publish(version, state.weights, state.history() + ([entry] if entry else []))
-    barrier()
-    weights = store.fetch(version)
-    digests = gather_digests(weights_digest(weights))
-    if any(d != digests[0] for d in digests):
-        raise RuntimeError(f"ranks hold different sample weights after sync of version {version}: {digests}")
-    return weights, digests
-
-
-HOLD_ENV = "BOOSTRAY_TEST_HOLD_AFTER_ROUND"
-
-
-def hold_if_asked(hold_after: int | None, round_done: int) -> None:
-    """The testing hook of the module docstring: wait here to be killed, once round N is reported."""
-    if hold_after == round_done:
-        time.sleep(600)
-
-
 def train_loop_per_worker(loop_config: dict) -> dict | None:
     config = TrainConfig(**loop_config["config"]).resolved()
     data: ImageDataset = _resolve(loop_config["data"])
-    store = loop_config["store"]
-    method = config.build_method()
-    w = WorkerContext(config, data, method)
-    n, k = len(data.train), data.num_classes
-
+    ctx = ray.train.get_context()
+    engine = Engine(config, data, store=loop_config["store"], rank=ctx.get_world_rank(), world=ctx.get_world_size(),
+                    device=ray.train.torch.get_device(), wrap_model=ray.train.torch.prepare_model)
     checkpoint = ray.train.get_checkpoint()
-    state = w.restore(checkpoint) if checkpoint else BoostState.initial(n)
     if checkpoint:
-        state.resumed_at_rounds.append(state.rounds_done)
-        if w.rank == 0:
-            emit(f"resuming from the checkpoint of round {state.rounds_done}/{config.checkpoints}")
-    synced, digests = sync_weights(store, w.rank, state.rounds_done, state)
-    state.weights = np.array(synced)  # a copy: the object store hands out read-only views
-    weights = torch.as_tensor(state.weights, dtype=torch.float32, device=w.device)
-    boundaries = method.boundaries()
-    start_epoch = boundaries[state.rounds_done - 1] if state.rounds_done else 0
-    loop_started, first_epoch = time.perf_counter(), start_epoch
-    seconds_before = state.train_seconds
-
-    for r in range(state.rounds_done, config.checkpoints):
-        round_start = time.perf_counter()
-        end_epoch = boundaries[r]
-        recorded = None
-        for epoch in range(start_epoch, end_epoch):
-            record = method.reweights and config.error_source == "running" and epoch == end_epoch - 1
-            stats, rec = w.train_epoch(epoch, weights, record)
-            if method.averages_after_epoch(epoch):
-                w.averaged.update_parameters(w.net)
-            recorded = rec if rec is not None else recorded
-            session = time.perf_counter() - loop_started
-            elapsed, done = seconds_before + session, epoch + 1
-            eta_s = session / (done - first_epoch) * (config.epochs - done)
-            stats.update(epoch=done, round=r + 1, elapsed=elapsed)
-            state.epoch_log.append(stats)
-            if w.rank == 0:
-                emit(
-                    f"epoch {done}/{config.epochs} round {r + 1}/{config.checkpoints} "
-                    f"loss {stats['loss']:.4f} acc {stats['accuracy']:.4f} lr {stats['lr']:.4g} "
-                    f"elapsed {elapsed:.1f}s eta {eta_s:.1f}s"
-                )
-        start_epoch = end_epoch
-        last = r == config.checkpoints - 1
-
-        error = raw_error = eta = math.nan
-        alpha = 1.0
-        val_p, record_seconds = None, 0.0
-        state.weights_history.append(np.asarray(state.weights, dtype=np.float32))
-        if method.reweights:
-            if config.error_source == "running":
-                correct = combine_correctness(recorded[0], recorded[1], n)
-            else:
-                correct = w.eval_correctness()
-            train_acc = float(correct.mean())
-            val_error = None
-            if config.lambda_source == "val":
-                # The validation pass that every round of every method makes for the record, moved
-                # before the update: same cost for all methods, so it stays out of train_seconds.
-                eval_started = time.perf_counter()
-                val_p = w.predict_proba(data.val.images).numpy()
-                val_error = 1.0 - accuracy(val_p, data.val.labels)
-                record_seconds = time.perf_counter() - eval_started
-            entry = boost_round(state, correct, k, config, last, val_error) if w.rank == 0 else None
-            synced, digests = sync_weights(store, w.rank, r + 1, state, entry)
-            state.weights = np.array(synced)
-            entry = store.history()[-1]  # every rank takes e_m and lambda_m from the store
-            error, raw_error, alpha, eta = entry["error"], entry["raw_error"], entry["alpha"], entry["eta"]
-            weights = torch.as_tensor(state.weights, dtype=torch.float32, device=w.device)
-        else:
-            train_acc = state.epoch_log[-1]["accuracy"]
-        state.ess.append(effective_sample_size(state.weights))
-        state.train_seconds += time.perf_counter() - round_start - record_seconds
-
-        # Evaluation for the record (not part of train_seconds: every method pays it alike).
-        member_net = w.member_module() if method.is_member(r) else w.net
-        if val_p is None or member_net is not w.net:
-            val_p = w.predict_proba(data.val.images, member_net).numpy()
-        test_p = w.predict_proba(data.test.images, member_net).numpy()
-        state.last_val_proba, state.last_test_proba = val_p, test_p
-        if method.is_member(r):
-            if not method.reweights:  # lambda_m from the validation error: what combine=lambda weighs by
-                error = clamp_error(1.0 - accuracy(val_p, data.val.labels), k, config.min_error)
-                alpha = float(lambda_from_validation(val_p[None], data.val.labels, k, config.min_error)[0])
-            state.members.append(MemberRecord(
-                round=r + 1, epoch=end_epoch, alpha=alpha, error=error, raw_error=raw_error,
-                train_accuracy=train_acc, val_accuracy=accuracy(val_p, data.val.labels),
-                test_accuracy=accuracy(test_p, data.test.labels), eta=eta,
-            ))
-            state.member_states.append({kk: v.detach().cpu().clone() for kk, v in member_net.state_dict().items()})
-            state.val_proba.append(val_p)
-            state.test_proba.append(test_p)
-        state.rounds_done = r + 1
-        state.rank_digests.append(digests)  # one per rank, equal by construction (checked in sync_weights)
-        metrics = round_metrics(state, data, config)
-        if w.rank == 0:
-            emit(
-                f"round {r + 1}/{config.checkpoints}: member val acc {accuracy(val_p, data.val.labels):.4f} "
-                f"ensemble val acc {metrics['val_accuracy']:.4f}"
-                + (f" e={error:.4f} lambda={alpha:.3f} eta={eta:.3g} ess={state.ess[-1]:.3f}" if method.reweights else "")
-            )
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if w.rank == 0:
-                w.save(tmp, state)
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"round_{r + 1:04d}")
-        hold_if_asked(loop_config.get("hold_after_round"), r + 1)
-    return state.to_portable() if w.rank == 0 else None
-
-
-def round_metrics(state: BoostState, data: ImageDataset, config: TrainConfig) -> dict:
-    """What each round reports. The ensemble-so-far validation accuracy, what Tune selects on, is
-    cross-fitted (combine.crossfit_proba): a rule that fits on validation data is not scored on it."""
-    if state.members:
-        val_acc = accuracy(ensemble_val_proba(state, data, config), data.val.labels)
+        with checkpoint.as_directory() as directory:
+            state = engine.restore(directory)
     else:
-        val_acc = accuracy(state.last_val_proba, data.val.labels)
-    out = {
-        "round": state.rounds_done,
-        "val_accuracy": val_acc,
-        "network_val_accuracy": accuracy(state.last_val_proba, data.val.labels),
-        "members": len(state.members),
-        "ess": state.ess[-1],
-        "train_seconds": state.train_seconds,
-    }
-    if state.members and not math.isnan(state.members[-1].error):
-        out.update(error=state.members[-1].error, alpha=state.members[-1].alpha)
-    return out
+        state = BoostState.initial(len(data.train))
+    hold_after = loop_config.get("hold_after_round")
 
+    def report(metrics: dict, state: BoostState) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            saved = None
+            if engine.rank == 0:
+                engine.save(tmp, state)
+                saved = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=saved, checkpoint_dir_name=f"round_{state.rounds_done:04d}")
+        if hold_after == state.rounds_done:
+            time.sleep(600)
 
-def ensemble_val_proba(state: BoostState, data: ImageDataset, config: TrainConfig) -> np.ndarray:
-    """Out-of-fold validation probabilities of the members so far under the run's combination rule
-    (accuracy only: the temperature, which cannot change it, is left out)."""
-    lambda_from_val = not config.build_method().reweights or config.lambda_source == "val"
-    alphas = None if lambda_from_val else np.array([m.alpha for m in state.members])
-    return crossfit_proba(config.combine, np.stack(state.val_proba), data.val.labels, num_classes=data.num_classes,
-                          alphas=alphas, mode=config.vote, calibrate=False)
+    state = engine.run(state, report)
+    return state.to_portable() if engine.rank == 0 else None

@@ -59,17 +59,25 @@ def torch_config_for_cluster():
     return None
 
 
-def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list | None = None) -> BoostState:
-    """Run the train loop on Ray Train (or in-process for workers=0) and return rank 0's final state.
-    ``data`` may already be in the object store (a sweep puts it once for all trials)."""
+def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list | None = None, *,
+                 hold_after_round: int | None = None) -> BoostState:
+    """Run the train loop and return rank 0's final state: on Ray Train, or for workers=0 without Ray
+    in this process (unless Tune ``callbacks`` need Ray Train's local mode). ``data`` may already be in
+    the object store (a sweep puts it once for all trials). ``hold_after_round``: a testing hook, see
+    train_loop.py."""
+    config = config.resolved()
+    if config.workers == 0 and not callbacks:
+        from boostray.engine import train_in_process
+
+        return train_in_process(config, data)
+
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from boostray.train_loop import HOLD_ENV, train_loop_per_worker
+    from boostray.train_loop import train_loop_per_worker
     from boostray.weight_store import LocalWeightStore, RayWeightStore
 
-    config = config.resolved()
     _, _, storage = resolve_paths(config)
     local = config.workers == 0
     # Ray Train gives a worker group 60 s to start; a loaded machine or an autoscaling cluster needs more.
@@ -79,10 +87,10 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
         data_ref = data
     else:
         data_ref = ray.put(data)
-    hold = int(os.environ[HOLD_ENV]) if os.environ.get(HOLD_ENV) else None  # a testing hook (train_loop)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config.to_dict(), "data": data_ref, "store": store, "hold_after_round": hold},
+        train_loop_config={"config": config.to_dict(), "data": data_ref, "store": store,
+                           "hold_after_round": hold_after_round},
         torch_config=None if local else torch_config_for_cluster(),
         scaling_config=ScalingConfig(
             num_workers=config.workers, use_gpu=config.gpu,
@@ -224,8 +232,9 @@ def write_run_directory(run_dir: str, state: BoostState, data: ImageDataset, con
     return metrics
 
 
-def train(config: TrainConfig) -> tuple[str, dict]:
-    """Validate, train and write the run directory; returns (run directory, metrics)."""
+def train(config: TrainConfig, *, hold_after_round: int | None = None) -> tuple[str, dict]:
+    """Validate, train and write the run directory; returns (run directory, metrics).
+    ``hold_after_round``: a testing hook, see train_loop.py."""
     started = time.perf_counter()
     config = replace(config)
     config.validate()
@@ -237,8 +246,8 @@ def train(config: TrainConfig) -> tuple[str, dict]:
         raise ConfigError(f"run {config.name!r} already finished in {run_dir}; pick another --name")
     data = load_training_data(config)  # bad data fails here, before Ray or any file
     os.makedirs(output, exist_ok=True)
-    # workers=0 is Ray Train's local mode: in-process, no Ray instance needed
+    # workers=0 trains in this process without Ray
     with ray_session(config.address) if config.workers else contextlib.nullcontext():
-        state = run_training(config, data)
+        state = run_training(config, data, hold_after_round=hold_after_round)
     metrics = write_run_directory(run_dir, state, data, config, time.perf_counter() - started)
     return run_dir, metrics

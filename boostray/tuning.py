@@ -202,7 +202,7 @@ def export_trial(checkpoint_path: str, config: TrainConfig, data, run_dir: str) 
     import torch
 
     from boostray.boost_state import BoostState
-    from boostray.train_loop import CHECKPOINT_FILE
+    from boostray.engine import CHECKPOINT_FILE
     from boostray.trainer import write_run_directory
 
     saved = torch.load(os.path.join(checkpoint_path, CHECKPOINT_FILE), map_location="cpu", weights_only=True)

@@ -79,7 +79,7 @@ def test_swa_member_has_bn_statistics_recomputed_on_the_training_data(report):
     member = load_ensemble(run_dir).members[0]
     data = load_dataset("digits")
     x = normalize(torch.from_numpy(data.train.images), torch.tensor(data.mean), torch.tensor(data.std))
-    from boostray.train_loop import EVAL_BATCH
+    from boostray.engine import EVAL_BATCH
 
     with torch.no_grad():  # the layer feeding the first BatchNorm, batch by batch as update_bn saw it
         batch_means = [member[0](x[i:i + EVAL_BATCH]).mean(dim=(0, 2, 3)) for i in range(0, len(x), EVAL_BATCH)]

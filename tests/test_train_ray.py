@@ -92,14 +92,13 @@ def test_worker_killed_mid_run_resumes_to_the_same_ensemble(ddp_run, ray_cluster
     assert a.equals(b)
 
 
-def test_resumed_swa_run_equals_an_uninterrupted_one(ray_cluster, tmp_path, monkeypatch):
+def test_resumed_swa_run_equals_an_uninterrupted_one(ray_cluster, tmp_path):
     """A baseline whose state goes beyond the network: SWA's running average must survive a lost worker.
     The worker holds after round 3 (epoch 6 of 8, averaging under way) until the test kills it."""
     import torch
     from ray.util.state import list_actors
 
     from boostray import load_ensemble
-    from boostray.train_loop import HOLD_ENV
 
     def swa_config(**kw) -> TrainConfig:
         return TrainConfig(method="swa", workers=1, epochs=8, checkpoints=4, seed=2, output=str(tmp_path),
@@ -108,9 +107,8 @@ def test_resumed_swa_run_equals_an_uninterrupted_one(ray_cluster, tmp_path, monk
     reference_dir, reference = train(swa_config())
     faulty = swa_config(max_failures=1)
     storage = os.path.join(str(tmp_path), ".ray", faulty.name)
-    monkeypatch.setenv(HOLD_ENV, "3")
     outcome = {}
-    thread = threading.Thread(target=lambda: outcome.update(result=train(faulty)))
+    thread = threading.Thread(target=lambda: outcome.update(result=train(faulty, hold_after_round=3)))
     thread.start()
     wait_for(registered(storage, "round_0003"), thread)
     workers = list_actors(address=ray_cluster, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
@@ -166,5 +164,5 @@ def test_main_job_starts_its_own_ray_on_loopback_only(tmp_path):
     assert listeners, "found no Ray listeners to check"
     assert [l for l in listeners if not is_loopback(l[1])] == []
     out = "".join(lines)
-    assert "single network (final checkpoint) test accuracy" in out and "ensemble of 3 (cbnn)" in out
+    assert "validation: ensemble of" in out and "final network alone" in out
     assert os.path.isfile(tmp_path / "boostray_runs" / "main" / "ensemble" / "manifest.json")

@@ -1,0 +1,382 @@
+"""One rank's boosting run without Ray: train a round, pass over the training set for correctness,
+take the boosting step, capture the member, evaluate. Needs only PyTorch.
+
+``Engine`` holds what one rank needs for the whole run (model, optimizer, LR schedule, batches);
+``Engine.run`` trains every remaining round and calls ``on_round(metrics, state)`` after each, which is
+where an edge reports and checkpoints (train_loop.py does it with Ray Train; ``train_in_process`` keeps
+everything in this process). Ranks agree through torch.distributed collectives (collectives.py, a no-op
+for one process) and a weight store (weight_store.py: Ray's object store, or an in-process twin).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from boostray.batches import TrainBatches
+from boostray.boost_state import BoostState, MemberRecord
+from boostray.boosting import ChanceLevelWarning, boost_step, clamp_error, effective_sample_size
+from boostray.collectives import (
+    all_sum, barrier, combine_correctness, combine_rows, gather_digests, shard_indices, weights_digest,
+)
+from boostray.combine import crossfit_proba, lambda_from_validation
+from boostray.config import TrainConfig
+from boostray.data import ImageDataset, normalize
+from boostray.metrics import accuracy
+from boostray.models import create_model
+from boostray.weight_store import LocalWeightStore
+
+CHECKPOINT_FILE = "state.pt"
+EVAL_BATCH = 1024
+
+
+def emit(line: str) -> None:
+    """A progress line from rank 0. Not print(): Ray Train routes print through a logger and tees it."""
+    sys.stdout.write(f"[boostray] {line}\n")
+    sys.stdout.flush()
+
+
+def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Dropout randomness fixed by (seed, epoch, rank): a resumed run replays it."""
+    torch.manual_seed((seed * 1_000_003 + epoch * 7919 + rank) % (2**63))
+
+
+@dataclass
+class RoundOutcome:
+    """What a round's end decided about its member: lambda_m and the error behind it, the shrinkage."""
+
+    error: float = math.nan
+    raw_error: float = math.nan
+    alpha: float = 1.0
+    eta: float = math.nan
+    train_accuracy: float = math.nan
+    val_proba: np.ndarray | None = None  # the network's, when the boosting step already needed it
+    record_seconds: float = 0.0  # evaluation for the record inside the round: kept out of train_seconds
+    digests: list | None = None  # every rank's digest of the weights it read back (None: not re-synced)
+
+
+class Engine:
+    """What one rank needs for the whole run: device, model, optimizer, LR schedule, batches.
+    ``wrap_model`` wraps the network for data-parallel training (Ray Train's prepare_model)."""
+
+    def __init__(self, config: TrainConfig, data: ImageDataset, *, store: Any, rank: int = 0, world: int = 1,
+                 device: torch.device | None = None,
+                 wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None) -> None:
+        self.config, self.data, self.store = config, data, store
+        self.method = config.build_method()
+        self.rank, self.world = rank, world
+        self.device = device or torch.device("cpu")
+        self.mean = torch.tensor(data.mean, device=self.device)
+        self.std = torch.tensor(data.std, device=self.device)
+        c, h, _ = data.input_shape
+        torch.manual_seed(config.seed)  # identical initialisation on every rank (DDP also broadcasts it)
+        net = create_model(config.model, num_classes=data.num_classes, in_channels=c, image_size=h)
+        if config.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        net = net.to(self.device)
+        self.model = wrap_model(net) if wrap_model else net
+        self.net = getattr(self.model, "module", self.model)  # unwrapped: what members and evals use
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
+        )
+        self.batches = TrainBatches(
+            data.train.images, data.train.labels, batch_size=max(1, config.batch_size // world), device=self.device,
+            seed=config.seed, rank=rank, world=world, augment=config.augment, crop_padding=data.crop_padding,
+            hflip=data.hflip,
+        )
+        self.steps_per_epoch = len(self.batches)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: self.method.lr_factor(step / self.steps_per_epoch)
+        )
+        self.autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16 if config.amp == "bf16" else torch.float16)
+            if config.amp and self.device.type == "cuda" else nullcontext()
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16" and self.device.type == "cuda")
+        # SWA's running average: created eagerly (loading never depends on lazily built members) and
+        # saved and restored with every checkpoint, like a stateful training callback.
+        self.averaged = torch.optim.swa_utils.AveragedModel(self.net) if self.method.averaged_member else None
+
+    # -- passes over data ---------------------------------------------------------------------------
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        x = normalize(images.to(self.device, non_blocking=True), self.mean, self.std)
+        return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
+
+    def train_epoch(self, epoch: int, weights: torch.Tensor, record: bool) -> tuple[dict, tuple | None]:
+        """One epoch with the weighted loss L = sum_i (n w_i) CE_i / |batch|; optionally record
+        on-the-fly correctness (error_source=running)."""
+        self.model.train()
+        _seed_epoch(self.config.seed, epoch, self.rank)
+        n = weights.numel()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)  # summed on the device:
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)  # one synchronisation per epoch
+        seen = 0
+        rec_idx, rec_ok = [], []
+        for images, y, idx in self.batches.epoch(epoch):
+            x = self.prepare(images)
+            with self.autocast:
+                logits = self.model(x)
+                per_sample = F.cross_entropy(logits.float(), y, reduction="none")
+            loss = (n * weights[idx] * per_sample).sum() / y.numel()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            ok = logits.detach().argmax(1) == y
+            loss_sum += per_sample.detach().sum()
+            correct += ok.sum()
+            seen += y.numel()
+            if record:
+                rec_idx.append(idx)
+                rec_ok.append(ok)
+        loss_sum, correct, seen = all_sum([float(loss_sum), float(correct), seen])
+        stats = {"loss": loss_sum / seen, "accuracy": correct / seen, "lr": self.scheduler.get_last_lr()[0]}
+        recorded = (torch.cat(rec_idx).cpu(), torch.cat(rec_ok).cpu()) if record else None
+        return stats, recorded
+
+    def predict_proba(self, images: np.ndarray, module: torch.nn.Module | None = None) -> torch.Tensor:
+        """Softmax outputs of ``module`` (default: the network) on this rank's shard of ``images``, combined."""
+        net = self.net if module is None else module
+        net.eval()
+        n = images.shape[0]
+        index = shard_indices(n, self.rank, self.world)
+        rows = []
+        with torch.inference_mode():
+            for start in range(0, index.size, EVAL_BATCH):
+                batch = torch.from_numpy(images[index[start:start + EVAL_BATCH]])
+                with self.autocast:
+                    rows.append(torch.softmax(net(self.prepare(batch)).float(), dim=1).cpu())
+        local = torch.cat(rows) if rows else torch.zeros((0, self.data.num_classes))
+        return combine_rows(index, local.clone(), n)  # clone: a normal tensor, not an inference one
+
+    def eval_correctness(self) -> np.ndarray:
+        """c_i on the training set from one eval-mode pass without augmentation (error_source=eval)."""
+        proba = self.predict_proba(self.data.train.images)
+        return proba.argmax(1).numpy() == self.data.train.labels
+
+    def member_module(self) -> torch.nn.Module:
+        """The network a member is taken from: the SWA average (BN statistics recomputed on the whole
+        training set, identically on every rank) or the network itself."""
+        if self.averaged is None:
+            return self.net
+        batches = (self.prepare(torch.from_numpy(self.data.train.images[i:i + EVAL_BATCH]))
+                   for i in range(0, len(self.data.train), EVAL_BATCH))
+        torch.optim.swa_utils.update_bn(batches, self.averaged, device=self.device)
+        return self.averaged.module
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def save(self, directory: str, state: BoostState) -> None:
+        torch.save(
+            {
+                "model": self.net.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "averaged": self.averaged.state_dict() if self.averaged is not None else None,
+                "boost": state.to_saveable(),
+            },
+            os.path.join(directory, CHECKPOINT_FILE),
+        )
+
+    def restore(self, directory: str) -> BoostState:
+        saved = torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+        self.net.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        if self.averaged is not None:
+            self.averaged.load_state_dict(saved["averaged"])
+        state = BoostState.from_saveable(saved["boost"])
+        state.resumed_at_rounds.append(state.rounds_done)
+        if self.rank == 0:
+            emit(f"resuming from the checkpoint of round {state.rounds_done}/{self.config.checkpoints}")
+        return state
+
+    # -- rounds -------------------------------------------------------------------------------------
+    def train_round(self, state: BoostState, r: int, weights: torch.Tensor, clock: dict) -> tuple | None:
+        """The epochs of round ``r`` (0-based), with a progress line each; returns the last epoch's
+        on-the-fly correctness when error_source is running."""
+        config, method = self.config, self.method
+        bounds = method.boundaries()
+        start, end = (bounds[r - 1] if r else 0), bounds[r]
+        recorded = None
+        for epoch in range(start, end):
+            record = method.reweights and config.error_source == "running" and epoch == end - 1
+            stats, rec = self.train_epoch(epoch, weights, record)
+            if method.averages_after_epoch(epoch):
+                self.averaged.update_parameters(self.net)
+            recorded = rec if rec is not None else recorded
+            session = time.perf_counter() - clock["started"]
+            elapsed, done = clock["seconds_before"] + session, epoch + 1
+            eta_s = session / (done - clock["first_epoch"]) * (config.epochs - done)
+            stats.update(epoch=done, round=r + 1, elapsed=elapsed)
+            state.epoch_log.append(stats)
+            if self.rank == 0:
+                emit(f"epoch {done}/{config.epochs} round {r + 1}/{config.checkpoints} "
+                     f"loss {stats['loss']:.4f} acc {stats['accuracy']:.4f} lr {stats['lr']:.4g} "
+                     f"elapsed {elapsed:.1f}s eta {eta_s:.1f}s")
+        return recorded
+
+    def boost(self, state: BoostState, r: int, recorded: tuple | None) -> RoundOutcome:
+        """Round ``r``'s boosting step on every rank: correctness combined over the ranks, rank 0's
+        SAMME step published through the store, every rank reading it back."""
+        config, data = self.config, self.data
+        n, k = len(data.train), data.num_classes
+        out = RoundOutcome()
+        correct = combine_correctness(recorded[0], recorded[1], n) if config.error_source == "running" else self.eval_correctness()
+        out.train_accuracy = float(correct.mean())
+        val_error = None
+        if config.lambda_source == "val":
+            # The validation pass that every round of every method makes for the record, moved before
+            # the update: the same cost for all methods, so it stays out of train_seconds.
+            started = time.perf_counter()
+            out.val_proba = self.predict_proba(data.val.images).numpy()
+            val_error = 1.0 - accuracy(out.val_proba, data.val.labels)
+            out.record_seconds = time.perf_counter() - started
+        last = r == config.checkpoints - 1
+        entry = boost_round(state, correct, k, config, last, val_error) if self.rank == 0 else None
+        synced, out.digests = sync_weights(self.store, self.rank, r + 1, state, entry)
+        state.weights = np.array(synced)
+        entry = self.store.history()[-1]  # every rank takes e_m and lambda_m from the store
+        out.error, out.raw_error, out.alpha, out.eta = entry["error"], entry["raw_error"], entry["alpha"], entry["eta"]
+        return out
+
+    def capture(self, state: BoostState, r: int, out: RoundOutcome) -> np.ndarray:
+        """Evaluate the round's network (or SWA average) for the record and, if it is a member
+        candidate, keep it with lambda_m; returns its validation probabilities."""
+        data, method, k = self.data, self.method, self.data.num_classes
+        member_net = self.member_module() if method.is_member(r) else self.net
+        val_p = out.val_proba
+        if val_p is None or member_net is not self.net:
+            val_p = self.predict_proba(data.val.images, member_net).numpy()
+        test_p = self.predict_proba(data.test.images, member_net).numpy()
+        state.last_val_proba, state.last_test_proba = val_p, test_p
+        if method.is_member(r):
+            if not method.reweights:  # lambda_m from the validation error: what combine=lambda weighs by
+                out.error = clamp_error(1.0 - accuracy(val_p, data.val.labels), k, self.config.min_error)
+                out.alpha = float(lambda_from_validation(val_p[None], data.val.labels, k, self.config.min_error)[0])
+            state.members.append(MemberRecord(
+                round=r + 1, epoch=method.boundaries()[r], alpha=out.alpha, error=out.error, raw_error=out.raw_error,
+                train_accuracy=out.train_accuracy, val_accuracy=accuracy(val_p, data.val.labels),
+                test_accuracy=accuracy(test_p, data.test.labels), eta=out.eta,
+            ))
+            state.member_states.append({kk: v.detach().cpu().clone() for kk, v in member_net.state_dict().items()})
+            state.val_proba.append(val_p)
+            state.test_proba.append(test_p)
+        return val_p
+
+    def run(self, state: BoostState, on_round: Callable[[dict, BoostState], None]) -> BoostState:
+        """Train every round left in ``state`` (fresh, or restored from a checkpoint)."""
+        config, method = self.config, self.method
+        synced, digests = sync_weights(self.store, self.rank, state.rounds_done, state)
+        state.weights = np.array(synced)  # a copy: the object store hands out read-only views
+        bounds = method.boundaries()
+        clock = {"started": time.perf_counter(), "first_epoch": bounds[state.rounds_done - 1] if state.rounds_done else 0,
+                 "seconds_before": state.train_seconds}
+        for r in range(state.rounds_done, config.checkpoints):
+            round_start = time.perf_counter()
+            weights = torch.as_tensor(state.weights, dtype=torch.float32, device=self.device)
+            recorded = self.train_round(state, r, weights, clock)
+            state.weights_history.append(np.asarray(state.weights, dtype=np.float32))
+            if method.reweights:
+                out = self.boost(state, r, recorded)
+                digests = out.digests
+            else:
+                out = RoundOutcome(train_accuracy=state.epoch_log[-1]["accuracy"])
+            state.ess.append(effective_sample_size(state.weights))
+            state.train_seconds += time.perf_counter() - round_start - out.record_seconds
+            val_p = self.capture(state, r, out)  # evaluation for the record: not part of train_seconds
+            state.rounds_done = r + 1
+            state.rank_digests.append(digests)  # one per rank, equal by construction (checked in sync_weights)
+            metrics = round_metrics(state, self.data, config)
+            if self.rank == 0:
+                emit(f"round {r + 1}/{config.checkpoints}: member val acc {accuracy(val_p, self.data.val.labels):.4f} "
+                     f"ensemble val acc {metrics['val_accuracy']:.4f}"
+                     + (f" e={out.error:.4f} lambda={out.alpha:.3f} eta={out.eta:.3g} ess={state.ess[-1]:.3f}"
+                        if method.reweights else ""))
+            on_round(metrics, state)
+        return state
+
+
+def boost_round(
+    state: BoostState, correct: np.ndarray, num_classes: int, config: TrainConfig, last_round: bool,
+    val_error: float | None = None,
+) -> dict:
+    """Rank 0's part of a round: e_m, lambda_m and the new weights (into ``state``); returns the
+    history entry that the weight store publishes. ``val_error`` is the member's validation error,
+    which lambda_m uses when ``lambda_source`` is ``val``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ChanceLevelWarning)
+        result = boost_step(
+            state.weights, correct, num_classes, eta=config.eta, min_error=config.min_error,
+            update=not last_round, max_weight_ratio=config.max_weight_ratio, ess_min=config.ess_min,
+            gamma=config.mix_uniform, alpha_error=val_error if config.lambda_source == "val" else None,
+        )
+    for w in caught:
+        emit(f"warning: {w.message}")
+    state.weights = result.weights
+    return {"round": state.rounds_done + 1, "error": result.error, "raw_error": result.raw_error,
+            "alpha": result.alpha, "eta": result.eta}
+
+
+def sync_weights(store: Any, rank: int, version: int, state: BoostState, entry: dict | None = None) -> tuple[np.ndarray, list]:
+    """Rank 0 publishes ``state.weights`` as ``version`` with the (e_m, lambda_m) history, plus this
+    round's ``entry``; after a barrier every rank reads that version back from the store. Returns the
+    weights and every rank's digest of them; ranks that disagree stop the run."""
+    if rank == 0:
+        store.publish(version, state.weights, state.history() + ([entry] if entry else []))
+    barrier()
+    weights = store.fetch(version)
+    digests = gather_digests(weights_digest(weights))
+    if any(d != digests[0] for d in digests):
+        raise RuntimeError(f"ranks hold different sample weights after sync of version {version}: {digests}")
+    return weights, digests
+
+
+def round_metrics(state: BoostState, data: ImageDataset, config: TrainConfig) -> dict:
+    """What each round reports. The ensemble-so-far validation accuracy, what Tune selects on, is
+    cross-fitted (combine.crossfit_proba): a rule that fits on validation data is not scored on it."""
+    if state.members:
+        val_acc = accuracy(ensemble_val_proba(state, data, config), data.val.labels)
+    else:
+        val_acc = accuracy(state.last_val_proba, data.val.labels)
+    out = {
+        "round": state.rounds_done,
+        "epoch": config.build_method().boundaries()[state.rounds_done - 1],
+        "val_accuracy": val_acc,
+        "network_val_accuracy": accuracy(state.last_val_proba, data.val.labels),
+        "members": len(state.members),
+        "ess": state.ess[-1],
+        "train_seconds": state.train_seconds,
+    }
+    if state.members and not math.isnan(state.members[-1].error):
+        out.update(error=state.members[-1].error, alpha=state.members[-1].alpha)
+    return out
+
+
+def ensemble_val_proba(state: BoostState, data: ImageDataset, config: TrainConfig) -> np.ndarray:
+    """Out-of-fold validation probabilities of the members so far under the run's combination rule
+    (accuracy only: the temperature, which cannot change it, is left out)."""
+    lambda_from_val = not config.build_method().reweights or config.lambda_source == "val"
+    alphas = None if lambda_from_val else np.array([m.alpha for m in state.members])
+    return crossfit_proba(config.combine, np.stack(state.val_proba), data.val.labels, num_classes=data.num_classes,
+                          alphas=alphas, mode=config.vote, calibrate=False)
+
+
+def train_in_process(config: TrainConfig, data: ImageDataset, device: str | torch.device = "cpu",
+                     on_round: Callable[[dict, BoostState], None] | None = None) -> BoostState:
+    """A whole run in this process, without Ray: one rank, an in-process weight store."""
+    config = config.resolved()
+    engine = Engine(config, data, store=LocalWeightStore(), device=torch.device(device))
+    return engine.run(BoostState.initial(len(data.train)), on_round or (lambda metrics, state: None))
