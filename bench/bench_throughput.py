@@ -1,0 +1,159 @@
+"""Training throughput of boostray's loop against a bare PyTorch loop; prints one JSON object.
+
+For each case (small_cnn on 8x8 grey digits, small_cnn on 28x28 grey Fashion-MNIST, resnet20 on 32x32
+RGB): training images/s of
+  - bare      : the physical limit here: the same model, batch size, threads and batched augmentation,
+                plain mean cross-entropy, nothing else (no weights, no bookkeeping);
+  - boostray  : Engine.train_epoch, the loop every boostray run uses (weighted loss, device-side sums);
+and the input path alone (no model):
+  - per_sample: the path before batches.py: a per-sample torchvision RandomCrop/flip Dataset collated
+                by a DataLoader;
+  - batched   : batches.TrainBatches, one gather and one crop/flip per batch.
+With CUDA, also each member's forward looped against vmap-stacked members (inference.MemberStack).
+32x32 RGB data is random pixels (CIFAR cannot be downloaded here; throughput does not depend on content).
+
+Usage: python bench/bench_throughput.py [--epochs N] [--threads T] [--device cpu|cuda] [--json-out F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from boostray.batches import TrainBatches  # noqa: E402
+from boostray.config import TrainConfig  # noqa: E402
+from boostray.data import ImageDataset, ImageSplit, load_dataset, normalize  # noqa: E402
+from boostray.engine import Engine  # noqa: E402
+from boostray.models import create_model  # noqa: E402
+from boostray.weight_store import LocalWeightStore  # noqa: E402
+
+
+def random_rgb(n: int = 5000, size: int = 32, classes: int = 10) -> ImageDataset:
+    rng = np.random.default_rng(0)
+    split = lambda m: ImageSplit(rng.integers(0, 256, (m, 3, size, size), dtype=np.uint8), rng.integers(0, classes, m))
+    return ImageDataset("random-rgb", split(n), split(500), split(500), [str(c) for c in range(classes)], True,
+                        [0.5] * 3, [0.25] * 3)
+
+
+def per_sample_loader(data: ImageDataset, batch_size: int):
+    """The input path before batches.py, rebuilt here for comparison."""
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision.transforms import v2
+
+    steps = [v2.RandomCrop(data.input_shape[-1], padding=data.crop_padding)] + ([v2.RandomHorizontalFlip()] if data.hflip else [])
+    transform = v2.Compose(steps)
+    images, labels = torch.from_numpy(data.train.images), torch.from_numpy(data.train.labels)
+
+    class Indexed(Dataset):
+        def __len__(self):
+            return len(labels)
+
+        def __getitem__(self, i):
+            return transform(images[i]), labels[i], i
+
+    return DataLoader(Indexed(), batch_size=batch_size, shuffle=True)
+
+
+def images_per_second(fn, images: int, repeat: int) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    return images / best
+
+
+def bench_case(name: str, data: ImageDataset, model: str, batch_size: int, device: torch.device, repeat: int) -> dict:
+    n = len(data.train)
+    out: dict = {"case": name, "model": model, "images": n, "batch_size": batch_size, "input_shape": list(data.input_shape)}
+    loader = per_sample_loader(data, batch_size)
+    out["input_per_sample"] = images_per_second(lambda: [None for _ in loader], n, repeat)
+    batches = TrainBatches(data.train.images, data.train.labels, batch_size=batch_size, device=device, seed=0,
+                           crop_padding=data.crop_padding, hflip=data.hflip)
+    out["input_batched"] = images_per_second(lambda: [None for _ in batches.epoch(0)], n, repeat)
+    out["input_speedup"] = out["input_batched"] / out["input_per_sample"]
+
+    c, h, _ = data.input_shape
+    torch.manual_seed(0)
+    net = create_model(model, num_classes=data.num_classes, in_channels=c, image_size=h).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    mean, std = torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device)
+
+    def bare_epoch():
+        net.train()
+        for x, y, _ in batches.epoch(1):
+            loss = F.cross_entropy(net(normalize(x, mean, std)), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    out["bare"] = images_per_second(bare_epoch, n, repeat)
+    config = TrainConfig(model=model, batch_size=batch_size, epochs=4, checkpoints=1, method="cbnn").resolved()
+    engine = Engine(config, data, store=LocalWeightStore(), device=device)
+    weights = torch.full((n,), 1.0 / n, device=device)
+    out["boostray"] = images_per_second(lambda: engine.train_epoch(1, weights, record=False), n, repeat)
+    out["boostray_over_bare"] = out["boostray"] / out["bare"]
+    return out
+
+
+def bench_stacked(device: torch.device) -> dict:
+    """All members' forward on CUDA: one vmap-stacked call against a loop over members."""
+    from boostray.ensemble import Ensemble
+    from boostray.inference import MemberStack
+
+    kwargs = {"num_classes": 10, "in_channels": 3, "image_size": 32}
+    members = [create_model("resnet20", **kwargs).eval() for _ in range(4)]
+    manifest = {"members": [{"weight": 1.0}] * 4, "vote": "soft", "classes": [str(c) for c in range(10)],
+                "input_shape": [3, 32, 32], "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}}
+    ens = Ensemble(manifest, members).to(device)
+    out = {}
+    for mode in ("stacked", "loop"):
+        stack = MemberStack(ens, mode)
+        for batch in (1, 256):
+            x = torch.randint(0, 256, (batch, 3, 32, 32), device=device).float()
+            out[f"{mode}_batch{batch}_images_per_s"] = images_per_second(lambda: stack.member_proba(x), batch, 20)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3, help="timed epochs per figure; the best counts (default 3)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: one Ray worker's CPU)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--fashion-mnist-subset", type=int, default=4000, help="training images of the 28x28 case")
+    parser.add_argument("--json-out", help="also write the JSON here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cases = [("digits 8x8 grey", load_dataset("digits"), "small_cnn", 64)]
+    try:
+        cases.append(("fashion-mnist 28x28 grey", load_dataset("fashion-mnist", train_subset=args.fashion_mnist_subset),
+                      "small_cnn", 64))
+    except Exception as exc:  # the Debian package is missing: say so, bench the rest
+        print(f"skipping fashion-mnist: {exc}", file=sys.stderr)
+    cases.append(("random 32x32 RGB", random_rgb(2000 if device.type == "cpu" else 20000), "resnet20", 128))
+    result = {"device": str(device), "threads": args.threads, "torch": torch.__version__,
+              "cases": [bench_case(name, data, model, bs, device, args.repeat) for name, data, model, bs in cases]}
+    if device.type == "cuda":
+        result["member_forward"] = bench_stacked(device)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
