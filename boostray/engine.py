@@ -83,9 +83,9 @@ class Engine:
         net = create_model(config.model, num_classes=data.num_classes, in_channels=c, image_size=h)
         if config.channels_last:
             net = net.to(memory_format=torch.channels_last)
-        net = net.to(self.device)
-        self.model = wrap_model(net) if wrap_model else net
-        self.net = getattr(self.model, "module", self.model)  # unwrapped: what members and evals use
+        self.net = net.to(self.device)  # the plain network: what members, evals and checkpoints use
+        trained = torch.compile(self.net) if config.compile else self.net  # shares the network's parameters
+        self.model = wrap_model(trained) if wrap_model else trained
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
         )

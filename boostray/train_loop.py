@@ -16,6 +16,7 @@ from typing import Any
 
 import ray.train
 import ray.train.torch
+import torch
 
 from boostray.boost_state import BoostState
 from boostray.config import TrainConfig
@@ -32,10 +33,13 @@ def _resolve(obj: Any) -> Any:
 
 def train_loop_per_worker(loop_config: dict) -> dict | None:
     config = TrainConfig(**loop_config["config"]).resolved()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":  # as many intra-op threads as CPUs reserved: Ray sets no OMP_NUM_THREADS here,
+        torch.set_num_threads(max(1, int(config.cpus_per_worker)))  # and two workers x all cores oversubscribe
     data: ImageDataset = _resolve(loop_config["data"])
     ctx = ray.train.get_context()
     engine = Engine(config, data, store=loop_config["store"], rank=ctx.get_world_rank(), world=ctx.get_world_size(),
-                    device=ray.train.torch.get_device(), wrap_model=ray.train.torch.prepare_model)
+                    device=device, wrap_model=ray.train.torch.prepare_model)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as directory:

@@ -56,3 +56,15 @@ def test_the_core_runs_where_ray_cannot_be_imported(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1].startswith("members 2 ess 0.")
+
+
+def test_compiled_training_keeps_plain_member_state_dicts(digits):
+    """--compile trains through torch.compile; members and checkpoints stay the plain network's."""
+    from boostray.models import create_model
+
+    state = train_in_process(TrainConfig(epochs=3, checkpoints=1, method="single", compile=True), digits)
+    member = state.member_states[0]
+    assert not any(k.startswith("_orig_mod") for k in member)
+    net = create_model("small_cnn", num_classes=10, in_channels=1, image_size=8)
+    net.load_state_dict(member)  # loads into the registry's model as is
+    assert state.members[0].val_accuracy > 0.8
