@@ -16,13 +16,26 @@ import torch
 class MemberRecord:
     round: int  # 1-based round whose end produced this checkpoint
     epoch: int  # epochs trained when it was taken
-    alpha: float  # lambda_m (uniform methods: 1.0)
+    lambda_: float  # lambda_m (uniform methods: 1.0)
     error: float  # e_m behind lambda_m, clamped: weighted training error, or validation error (lambda_source=val); NaN for uniform methods
     raw_error: float  # weighted training error, unclamped
     train_accuracy: float
     val_accuracy: float
     test_accuracy: float
     eta: float = float("nan")  # shrinkage of the update after this member (below --eta when --ess-min bounds it)
+
+    def to_json(self) -> dict:
+        """As metrics.json and checkpoints write it: lambda_m under the key "lambda"."""
+        out = asdict(self)
+        out["lambda"] = out.pop("lambda_")
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict) -> "MemberRecord":
+        """Also reads checkpoints written before the rename, which called lambda_m "alpha"."""
+        data = dict(data)
+        lam = data.pop("lambda", data.pop("alpha", data.pop("lambda_", None)))
+        return cls(lambda_=lam, **data)
 
 
 @dataclass
@@ -48,7 +61,7 @@ class BoostState:
 
     def history(self) -> list[dict]:
         """(e_m, lambda_m) per member: what the weight store publishes beside the weights."""
-        return [{"round": m.round, "error": m.error, "raw_error": m.raw_error, "alpha": m.alpha, "eta": m.eta}
+        return [{"round": m.round, "error": m.error, "raw_error": m.raw_error, "lambda": m.lambda_, "eta": m.eta}
                 for m in self.members]
 
     def to_portable(self) -> dict:
@@ -67,7 +80,7 @@ class BoostState:
         for f in fields(self):
             v = getattr(self, f.name)
             if f.name == "members":
-                v = [asdict(m) for m in v]
+                v = [m.to_json() for m in v]
             elif isinstance(v, np.ndarray):
                 v = torch.from_numpy(np.ascontiguousarray(v))
             elif isinstance(v, list) and v and isinstance(v[0], np.ndarray):
@@ -83,7 +96,7 @@ class BoostState:
                 continue
             v = data[f.name]
             if f.name == "members":
-                v = [MemberRecord(**m) for m in v]
+                v = [MemberRecord.from_json(m) for m in v]
             elif isinstance(v, torch.Tensor):
                 v = v.numpy()
             elif f.name == "member_states":

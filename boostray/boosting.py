@@ -28,7 +28,7 @@ class BoostResult:
 
     error: float  # weighted training error e_m after clamping
     raw_error: float  # weighted training error before clamping
-    alpha: float  # checkpoint weight lambda_m (0 for a chance-level checkpoint)
+    lambda_: float  # checkpoint weight lambda_m (0 for a chance-level checkpoint)
     weights: np.ndarray  # sample weights for the next round, summing to 1
     chance_level: bool
     eta: float = DEFAULT_ETA  # the shrinkage actually applied (lower than asked when ess_min bounds it; NaN: no update)
@@ -89,19 +89,19 @@ def _reweighted(weights: np.ndarray, wrong: np.ndarray, factor: float) -> np.nda
 
 
 def ess_bounded_eta(
-    weights: np.ndarray, correct: np.ndarray, alpha: float, eta_max: float, ess_min: float, *, steps: int = 40
+    weights: np.ndarray, correct: np.ndarray, lam: float, eta_max: float, ess_min: float, *, steps: int = 40
 ) -> float:
     """The largest eta <= eta_max whose update keeps the effective sample size >= ess_min.
 
     Adaptive shrinkage: it bounds how far one round can move the loss surface. The ESS after the update
-    is a ratio of quadratics in the factor exp(eta * alpha); bisection finds the boundary. When even
+    is a ratio of quadratics in the factor exp(eta * lam); bisection finds the boundary. When even
     eta = 0 is below ess_min (the weights are already that concentrated) the answer is 0: no update.
     """
     w = np.asarray(weights, dtype=np.float64)
     wrong = ~np.asarray(correct, dtype=bool)
 
     def ok(eta: float) -> bool:
-        return effective_sample_size(_reweighted(w, wrong, math.exp(eta * alpha))) >= ess_min
+        return effective_sample_size(_reweighted(w, wrong, math.exp(eta * lam))) >= ess_min
 
     if ok(eta_max):
         return float(eta_max)
@@ -133,12 +133,12 @@ def boost_step(
     max_weight_ratio: float | None = None,
     ess_min: float | None = None,
     gamma: float = 0.0,
-    alpha_error: float | None = None,
+    lambda_error: float | None = None,
 ) -> BoostResult:
     """One SAMME round: error, checkpoint weight, and (unless ``update`` is False) the new weights.
 
     ``update=False`` is the last round (m == M): lambda_M is needed, new weights are not.
-    ``alpha_error`` replaces the weighted training error in lambda_m (e.g. the validation error:
+    ``lambda_error`` replaces the weighted training error in lambda_m (e.g. the validation error:
     honest member weights once the training error nears 0). ``ess_min`` lowers eta for this round so
     the effective sample size stays >= ess_min; ``gamma`` mixes the new weights with uniform.
     """
@@ -151,27 +151,27 @@ def boost_step(
     if w.shape != c.shape:
         raise ValueError(f"weights {w.shape} and correctness {c.shape} differ in shape")
     raw = weighted_error(w, c)
-    decisive = raw if alpha_error is None else float(alpha_error)  # the error lambda_m is computed from
+    decisive = raw if lambda_error is None else float(lambda_error)  # the error lambda_m is computed from
     if decisive >= 1.0 - 1.0 / num_classes:
         warnings.warn(
-            f"checkpoint {'weighted' if alpha_error is None else 'validation'} error {decisive:.4f} >= "
+            f"checkpoint {'weighted' if lambda_error is None else 'validation'} error {decisive:.4f} >= "
             f"1 - 1/K = {1 - 1 / num_classes:.4f}: no better than chance, weight 0 and sample weights unchanged",
             ChanceLevelWarning,
             stacklevel=2,
         )
-        return BoostResult(error=decisive, raw_error=raw, alpha=0.0, weights=w / w.sum(), chance_level=True, eta=0.0)
+        return BoostResult(error=decisive, raw_error=raw, lambda_=0.0, weights=w / w.sum(), chance_level=True, eta=0.0)
     err = clamp_error(decisive, num_classes, min_error)
-    alpha = checkpoint_weight(err, num_classes)
+    lam = checkpoint_weight(err, num_classes)
     new = w / w.sum()
     if update:
         if ess_min is not None:
-            eta = ess_bounded_eta(w, c, alpha, eta, ess_min)
-        new = _reweighted(w, ~c, math.exp(eta * alpha))
+            eta = ess_bounded_eta(w, c, lam, eta, ess_min)
+        new = _reweighted(w, ~c, math.exp(eta * lam))
         if gamma:
             new = mix_with_uniform(new, gamma)
         if max_weight_ratio is not None:
             new = cap_weight_ratio(new, max_weight_ratio)
-    return BoostResult(error=err, raw_error=raw, alpha=alpha, weights=new, chance_level=False, eta=eta if update else math.nan)
+    return BoostResult(error=err, raw_error=raw, lambda_=lam, weights=new, chance_level=False, eta=eta if update else math.nan)
 
 
 def samme_r_step(
@@ -198,14 +198,14 @@ def samme_r_scores(log_proba: np.ndarray) -> np.ndarray:
     return (k - 1) * (lp - lp.mean(axis=-1, keepdims=True))
 
 
-def vote(member_proba: np.ndarray, alphas: np.ndarray, mode: str = "soft") -> np.ndarray:
+def vote(member_proba: np.ndarray, lambdas: np.ndarray, mode: str = "soft") -> np.ndarray:
     """Combine members' class probabilities (M, n, K) into ensemble scores (n, K) summing to 1.
 
     ``soft``: sum_m lambda_m p_m / sum lambda; ``hard``: the same over one-hot argmax votes;
     ``samme_r``: softmax of the summed SAMME.R scores (argmax equals the SAMME.R decision).
     """
     p = np.asarray(member_proba, dtype=np.float64)
-    a = np.asarray(alphas, dtype=np.float64)
+    a = np.asarray(lambdas, dtype=np.float64)
     if p.ndim != 3 or p.shape[0] != a.shape[0]:
         raise ValueError(f"expected (M, n, K) probabilities for {a.shape[0]} members, got {p.shape}")
     if mode == "samme_r":

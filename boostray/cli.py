@@ -80,7 +80,7 @@ def format_summary(run_dir: str, metrics: dict) -> str:
              f"{'member':>6} {'epoch':>5} {'lambda':>8} {'error':>8} {'weight':>7} {'val acc':>8} {'test acc':>8}"]
     for i, m in enumerate(metrics["members"]):
         err = "-" if m["error"] is None or m["error"] != m["error"] else f"{m['error']:.4f}"
-        lines.append(f"{i + 1:>6} {m['epoch']:>5} {m['alpha']:>8.3f} {err:>8} {m['weight']:>7.3g} "
+        lines.append(f"{i + 1:>6} {m['epoch']:>5} {m['lambda']:>8.3f} {err:>8} {m['weight']:>7.3g} "
                      f"{m['val_accuracy']:>8.4f} {m['test_accuracy']:>8.4f}")
     val, test, crossfit = metrics["val"], metrics["test"], metrics["val_crossfit"]
     used = sum(1 for m in metrics["members"] if m["weight"] > 0)

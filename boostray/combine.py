@@ -68,16 +68,16 @@ def greedy_selection(member_proba: np.ndarray, labels: np.ndarray, mode: str = "
 
 
 def fit_weights(rule: str, member_proba: np.ndarray, labels: np.ndarray, *, num_classes: int,
-                alphas: np.ndarray | None = None, mode: str = "soft") -> np.ndarray:
+                lambdas: np.ndarray | None = None, mode: str = "soft") -> np.ndarray:
     """Member weights under ``rule`` fitted on (member_proba, labels), a validation split.
-    ``alphas``: lambda_m from training (None: from each member's error on ``labels``)."""
+    ``lambdas``: lambda_m from training (None: from each member's error on ``labels``)."""
     m = member_proba.shape[0]
     if rule == "uniform":
         return np.ones(m)
     if rule == "final":
         return np.eye(m)[-1]
     if rule == "lambda":
-        return np.asarray(alphas, dtype=np.float64) if alphas is not None else lambda_from_validation(member_proba, labels, num_classes)
+        return np.asarray(lambdas, dtype=np.float64) if lambdas is not None else lambda_from_validation(member_proba, labels, num_classes)
     if rule == "greedy":
         return greedy_selection(member_proba, labels, mode).astype(np.float64)
     raise ValueError(f"unknown combination rule {rule!r}")
@@ -123,10 +123,10 @@ class Combination:
 
 
 def fit_combination(rule: str, member_proba: np.ndarray, labels: np.ndarray, *, num_classes: int,
-                    alphas: np.ndarray | None = None, mode: str = "soft", calibrate: bool = True) -> Combination:
+                    lambdas: np.ndarray | None = None, mode: str = "soft", calibrate: bool = True) -> Combination:
     """Weights under ``rule``, then (if ``calibrate``) the temperature of the weighted vote, both on
     (member_proba, labels)."""
-    weights = fit_weights(rule, member_proba, labels, num_classes=num_classes, alphas=alphas, mode=mode)
+    weights = fit_weights(rule, member_proba, labels, num_classes=num_classes, lambdas=lambdas, mode=mode)
     temperature = fit_temperature(vote(member_proba, weights, mode), labels) if calibrate else 1.0
     return Combination(weights, temperature)
 
@@ -138,17 +138,17 @@ def crossfit_halves(n: int, seed: int = CROSSFIT_SEED) -> tuple[np.ndarray, np.n
 
 
 def crossfit_proba(rule: str, member_proba: np.ndarray, labels: np.ndarray, *, num_classes: int,
-                   alphas: np.ndarray | None = None, mode: str = "soft", calibrate: bool = True) -> np.ndarray:
+                   lambdas: np.ndarray | None = None, mode: str = "soft", calibrate: bool = True) -> np.ndarray:
     """Out-of-fold ensemble probabilities on the validation split: each half predicted by the
     combination fitted on the other half."""
     labels = np.asarray(labels)
     out = np.empty(member_proba.shape[1:], dtype=np.float64)
     if labels.size < 2:  # nothing to hold out: fall back to in-sample
-        return fit_combination(rule, member_proba, labels, num_classes=num_classes, alphas=alphas, mode=mode,
+        return fit_combination(rule, member_proba, labels, num_classes=num_classes, lambdas=lambdas, mode=mode,
                                calibrate=calibrate).predict_proba(member_proba, mode)
     a, b = crossfit_halves(labels.size)
     for fit, score in ((a, b), (b, a)):
-        comb = fit_combination(rule, member_proba[:, fit], labels[fit], num_classes=num_classes, alphas=alphas,
+        comb = fit_combination(rule, member_proba[:, fit], labels[fit], num_classes=num_classes, lambdas=lambdas,
                                mode=mode, calibrate=calibrate)
         out[score] = comb.predict_proba(member_proba[:, score], mode)
     return out

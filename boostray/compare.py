@@ -335,7 +335,7 @@ def make_plots(out_dir: str, base: TrainConfig, specs: list[MethodSpec], results
         fig, ax1 = plt.subplots(figsize=(6, 4))
         members = first.metrics["members"]
         rounds = [m["round"] for m in members]
-        ax1.plot(rounds, [m["alpha"] for m in members], "o-", color="tab:blue")
+        ax1.plot(rounds, [m["lambda"] for m in members], "o-", color="tab:blue")
         ax1.set(xlabel="round", ylabel="lambda_m", title=f"{first.spec.label} (seed {first.seed}): checkpoint weight and ESS")
         ax2 = ax1.twinx()
         ess = first.metrics["ess"]

@@ -57,7 +57,7 @@ class RoundOutcome:
 
     error: float = math.nan
     raw_error: float = math.nan
-    alpha: float = 1.0
+    lambda_: float = 1.0
     eta: float = math.nan
     train_accuracy: float = math.nan
     val_proba: np.ndarray | None = None  # the network's, when the boosting step already needed it
@@ -249,7 +249,7 @@ class Engine:
         synced, out.digests = sync_weights(self.store, self.rank, r + 1, state, entry)
         state.weights = np.array(synced)
         entry = self.store.history()[-1]  # every rank takes e_m and lambda_m from the store
-        out.error, out.raw_error, out.alpha, out.eta = entry["error"], entry["raw_error"], entry["alpha"], entry["eta"]
+        out.error, out.raw_error, out.lambda_, out.eta = entry["error"], entry["raw_error"], entry["lambda"], entry["eta"]
         return out
 
     def capture(self, state: BoostState, r: int, out: RoundOutcome) -> np.ndarray:
@@ -265,9 +265,9 @@ class Engine:
         if method.is_member(r):
             if not method.reweights:  # lambda_m from the validation error: what combine=lambda weighs by
                 out.error = clamp_error(1.0 - accuracy(val_p, data.val.labels), k, self.config.min_error)
-                out.alpha = float(lambda_from_validation(val_p[None], data.val.labels, k, self.config.min_error)[0])
+                out.lambda_ = float(lambda_from_validation(val_p[None], data.val.labels, k, self.config.min_error)[0])
             state.members.append(MemberRecord(
-                round=r + 1, epoch=method.boundaries()[r], alpha=out.alpha, error=out.error, raw_error=out.raw_error,
+                round=r + 1, epoch=method.boundaries()[r], lambda_=out.lambda_, error=out.error, raw_error=out.raw_error,
                 train_accuracy=out.train_accuracy, val_accuracy=accuracy(val_p, data.val.labels),
                 test_accuracy=accuracy(test_p, data.test.labels), eta=out.eta,
             ))
@@ -303,7 +303,7 @@ class Engine:
             if self.rank == 0:
                 emit(f"round {r + 1}/{config.checkpoints}: member val acc {accuracy(val_p, self.data.val.labels):.4f} "
                      f"ensemble val acc {metrics['val_accuracy']:.4f}"
-                     + (f" e={out.error:.4f} lambda={out.alpha:.3f} eta={out.eta:.3g} ess={state.ess[-1]:.3f}"
+                     + (f" e={out.error:.4f} lambda={out.lambda_:.3f} eta={out.eta:.3g} ess={state.ess[-1]:.3f}"
                         if method.reweights else ""))
             on_round(metrics, state)
         return state
@@ -321,13 +321,13 @@ def boost_round(
         result = boost_step(
             state.weights, correct, num_classes, eta=config.eta, min_error=config.min_error,
             update=not last_round, max_weight_ratio=config.max_weight_ratio, ess_min=config.ess_min,
-            gamma=config.mix_uniform, alpha_error=val_error if config.lambda_source == "val" else None,
+            gamma=config.mix_uniform, lambda_error=val_error if config.lambda_source == "val" else None,
         )
     for w in caught:
         emit(f"warning: {w.message}")
     state.weights = result.weights
     return {"round": state.rounds_done + 1, "error": result.error, "raw_error": result.raw_error,
-            "alpha": result.alpha, "eta": result.eta}
+            "lambda": result.lambda_, "eta": result.eta}
 
 
 def sync_weights(store: Any, rank: int, version: int, state: BoostState, entry: dict | None = None) -> tuple[np.ndarray, list]:
@@ -361,7 +361,7 @@ def round_metrics(state: BoostState, data: ImageDataset, config: TrainConfig) ->
         "train_seconds": state.train_seconds,
     }
     if state.members and not math.isnan(state.members[-1].error):
-        out.update(error=state.members[-1].error, alpha=state.members[-1].alpha)
+        out.update(error=state.members[-1].error, lambda_=state.members[-1].lambda_)
     return out
 
 
@@ -369,9 +369,9 @@ def ensemble_val_proba(state: BoostState, data: ImageDataset, config: TrainConfi
     """Out-of-fold validation probabilities of the members so far under the run's combination rule
     (accuracy only: the temperature, which cannot change it, is left out)."""
     lambda_from_val = not config.build_method().reweights or config.lambda_source == "val"
-    alphas = None if lambda_from_val else np.array([m.alpha for m in state.members])
+    lambdas = None if lambda_from_val else np.array([m.lambda_ for m in state.members])
     return crossfit_proba(config.combine, np.stack(state.val_proba), data.val.labels, num_classes=data.num_classes,
-                          alphas=alphas, mode=config.vote, calibrate=False)
+                          lambdas=lambdas, mode=config.vote, calibrate=False)
 
 
 def train_in_process(config: TrainConfig, data: ImageDataset, device: str | torch.device = "cpu",

@@ -59,9 +59,9 @@ def pairwise_disagreement(member_proba: np.ndarray) -> float:
     return float(np.mean(total))
 
 
-def staged_accuracy(member_proba: np.ndarray, alphas: np.ndarray, labels: np.ndarray, mode: str) -> list[float]:
+def staged_accuracy(member_proba: np.ndarray, lambdas: np.ndarray, labels: np.ndarray, mode: str) -> list[float]:
     """Ensemble accuracy using the first 1..M members."""
-    return [accuracy(vote(member_proba[: k + 1], alphas[: k + 1], mode), labels) for k in range(len(alphas))]
+    return [accuracy(vote(member_proba[: k + 1], lambdas[: k + 1], mode), labels) for k in range(len(lambdas))]
 
 
 def ensemble_report(

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -112,27 +112,27 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
 
 def combine_members(state: BoostState, data: ImageDataset, config: TrainConfig) -> Combination:
     """The deployed combination: the run's rule and temperature, fitted on the whole validation split."""
-    alphas = np.array([m.alpha for m in state.members])
+    lambdas = np.array([m.lambda_ for m in state.members])
     return fit_combination(config.combine, np.stack(state.val_proba), data.val.labels, num_classes=data.num_classes,
-                           alphas=alphas, mode=config.vote, calibrate=config.calibrate)
+                           lambdas=lambdas, mode=config.vote, calibrate=config.calibrate)
 
 
 def crossfit_alphas(state: BoostState, config: TrainConfig) -> np.ndarray | None:
     """lambda_m for cross-fitting: the training ones when they came from the weighted training error,
     None (refit on each half) when they came from validation data."""
     if config.build_method().reweights and config.lambda_source == "train":
-        return np.array([m.alpha for m in state.members])
+        return np.array([m.lambda_ for m in state.members])
     return None
 
 
 def rule_figures(rule: str, state: BoostState, data: ImageDataset, config: TrainConfig) -> dict:
     """One combination rule over this run's members: cross-fitted validation and test figures."""
     val_p, test_p = np.stack(state.val_proba), np.stack(state.test_proba)
-    alphas = np.array([m.alpha for m in state.members])
-    fitted = fit_combination(rule, val_p, data.val.labels, num_classes=data.num_classes, alphas=alphas,
+    lambdas = np.array([m.lambda_ for m in state.members])
+    fitted = fit_combination(rule, val_p, data.val.labels, num_classes=data.num_classes, lambdas=lambdas,
                              mode=config.vote, calibrate=config.calibrate)
     oof = crossfit_proba(rule, val_p, data.val.labels, num_classes=data.num_classes,
-                         alphas=crossfit_alphas(state, config), mode=config.vote, calibrate=config.calibrate)
+                         lambdas=crossfit_alphas(state, config), mode=config.vote, calibrate=config.calibrate)
     return {"weights": fitted.weights.tolist(), "temperature": fitted.temperature,
             "val_crossfit": scores(oof, data.val.labels),
             "test": scores(fitted.predict_proba(test_p, config.vote), data.test.labels)}
@@ -155,7 +155,7 @@ def build_metrics(state: BoostState, data: ImageDataset, config: TrainConfig, co
         report["single_accuracy"] = accuracy(single, split.labels)  # the final network alone
         splits[name] = report
     rule = rule_figures(config.combine, state, data, config)
-    members = [{**asdict(m), "weight": float(w)} for m, w in zip(state.members, combination.weights)]
+    members = [{**m.to_json(), "weight": float(w)} for m, w in zip(state.members, combination.weights)]
     return {
         "method": config.method,
         "method_axes": config.build_method().describe(),
@@ -202,7 +202,7 @@ def write_run_directory(run_dir: str, state: BoostState, data: ImageDataset, con
             os.path.join(tmp, "ensemble"),
             member_states=[state.member_states[i] for i in kept],
             member_info=[
-                {"weight": float(combination.weights[i]), "lambda": m.alpha, "epoch": m.epoch, "round": m.round,
+                {"weight": float(combination.weights[i]), "lambda": m.lambda_, "epoch": m.epoch, "round": m.round,
                  "error": None if np.isnan(m.error) else m.error}
                 for i, m in ((i, state.members[i]) for i in kept)
             ],

@@ -69,7 +69,7 @@ def test_matches_sklearn_adaboost_samme(eta):
     for m, p in enumerate(preds):
         np.testing.assert_allclose(w, FixedPredictions.SEEN_WEIGHTS[m], rtol=1e-12)
         res = boost_step(w, p == y, K, eta=eta)
-        assert res.alpha == pytest.approx(ada.estimator_weights_[m] / eta, rel=1e-12)
+        assert res.lambda_ == pytest.approx(ada.estimator_weights_[m] / eta, rel=1e-12)
         assert res.error == pytest.approx(ada.estimator_errors_[m], rel=1e-12)
         w = res.weights
 
@@ -89,7 +89,7 @@ def test_zero_error_is_clamped_to_a_finite_weight():
     res = boost_step(uniform_weights(N), np.ones(N, bool), K, min_error=1e-4)
     assert res.raw_error == 0.0
     assert res.error == 1e-4
-    assert res.alpha == pytest.approx(math.log((1 - 1e-4) / 1e-4) + math.log(K - 1))
+    assert res.lambda_ == pytest.approx(math.log((1 - 1e-4) / 1e-4) + math.log(K - 1))
     assert np.isfinite(res.weights).all()
 
 
@@ -100,7 +100,7 @@ def test_chance_level_checkpoint_gets_zero_weight_and_leaves_weights_alone():
     w /= w.sum()
     with pytest.warns(ChanceLevelWarning):
         res = boost_step(w, correct, K)
-    assert res.alpha == 0.0 and res.chance_level
+    assert res.lambda_ == 0.0 and res.chance_level
     np.testing.assert_allclose(res.weights, w, rtol=1e-12)
 
 
@@ -115,17 +115,17 @@ def test_last_round_computes_lambda_without_updating():
     y, preds = fixed_rounds()
     w = uniform_weights(N)
     res = boost_step(w, preds[0] == y, K, update=False)
-    assert res.alpha > 0
+    assert res.lambda_ > 0
     np.testing.assert_allclose(res.weights, w, rtol=1e-12)
 
 
 def test_soft_and_hard_votes_differ_where_they_should():
     # member 0 is confident in class 0, members 1 and 2 mildly prefer class 1
     p = np.array([[[0.95, 0.05]], [[0.45, 0.55]], [[0.45, 0.55]]])
-    alphas = np.ones(3)
-    assert vote(p, alphas, "soft").argmax() == 0
-    assert vote(p, alphas, "hard").argmax() == 1
-    np.testing.assert_allclose(vote(p, alphas, "hard"), [[1 / 3, 2 / 3]])
+    lambdas = np.ones(3)
+    assert vote(p, lambdas, "soft").argmax() == 0
+    assert vote(p, lambdas, "hard").argmax() == 1
+    np.testing.assert_allclose(vote(p, lambdas, "hard"), [[1 / 3, 2 / 3]])
     # lambda weighting: a heavy member 0 wins the hard vote too
     assert vote(p, np.array([3.0, 1.0, 1.0]), "hard").argmax() == 0
     np.testing.assert_allclose(vote(p, np.array([2.0, 1.0, 1.0]), "soft"), [[(1.9 + 0.9) / 4, (0.1 + 1.1) / 4]])
@@ -169,7 +169,7 @@ def test_ess_bounded_eta_is_the_largest_eta_that_keeps_the_ess():
     w, correct = uniform_weights(500), rng.random(500) > 0.1
     unbounded = boost_step(w, correct, 10, eta=1.0)
     assert effective_sample_size(unbounded.weights) < 0.6
-    eta = ess_bounded_eta(w, correct, unbounded.alpha, 1.0, 0.6)
+    eta = ess_bounded_eta(w, correct, unbounded.lambda_, 1.0, 0.6)
     assert 0 < eta < 1
     res = boost_step(w, correct, 10, eta=1.0, ess_min=0.6)
     assert res.eta == pytest.approx(eta)
@@ -202,12 +202,12 @@ def test_mixing_with_uniform_bounds_every_weight_from_below():
 
 def test_lambda_from_an_outside_error_replaces_the_weighted_training_error():
     w, correct = uniform_weights(100), np.arange(100) > 0  # 1 % training error
-    res = boost_step(w, correct, 10, alpha_error=0.2)
-    assert res.alpha == pytest.approx(checkpoint_weight(0.2, 10)) and res.error == pytest.approx(0.2)
+    res = boost_step(w, correct, 10, lambda_error=0.2)
+    assert res.lambda_ == pytest.approx(checkpoint_weight(0.2, 10)) and res.error == pytest.approx(0.2)
     assert res.raw_error == pytest.approx(0.01)
     # the update uses that lambda: the one misclassified sample grows by exp(eta * lambda)
-    assert res.weights[0] / res.weights[1] == pytest.approx(math.exp(0.3 * res.alpha))
+    assert res.weights[0] / res.weights[1] == pytest.approx(math.exp(0.3 * res.lambda_))
     with pytest.warns(ChanceLevelWarning):
-        chance = boost_step(w, correct, 10, alpha_error=0.95)
-    assert chance.alpha == 0.0 and chance.chance_level
+        chance = boost_step(w, correct, 10, lambda_error=0.95)
+    assert chance.lambda_ == 0.0 and chance.chance_level
     np.testing.assert_allclose(chance.weights, w)

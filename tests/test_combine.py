@@ -53,8 +53,8 @@ def test_fit_weights_rules():
     proba, labels = noisy_members(rng, m=3, skill=(0.9, 0.6, 0.8))
     assert fit_weights("uniform", proba, labels, num_classes=5).tolist() == [1, 1, 1]
     assert fit_weights("final", proba, labels, num_classes=5).tolist() == [0, 0, 1]
-    alphas = np.array([3.0, 2.0, 1.0])
-    assert fit_weights("lambda", proba, labels, num_classes=5, alphas=alphas).tolist() == alphas.tolist()
+    lambdas = np.array([3.0, 2.0, 1.0])
+    assert fit_weights("lambda", proba, labels, num_classes=5, lambdas=lambdas).tolist() == lambdas.tolist()
     from_val = fit_weights("lambda", proba, labels, num_classes=5)
     expected = [checkpoint_weight(clamp_error(1 - accuracy(p, labels), 5), 5) for p in proba]
     np.testing.assert_allclose(from_val, expected)

@@ -68,3 +68,13 @@ def test_compiled_training_keeps_plain_member_state_dicts(digits):
     net = create_model("small_cnn", num_classes=10, in_channels=1, image_size=8)
     net.load_state_dict(member)  # loads into the registry's model as is
     assert state.members[0].val_accuracy > 0.8
+
+
+def test_boost_state_reads_members_saved_when_lambda_was_called_alpha():
+    from boostray.boost_state import BoostState, MemberRecord
+
+    old = {"round": 1, "epoch": 3, "alpha": 2.5, "error": 0.1, "raw_error": 0.1, "train_accuracy": 0.9,
+           "val_accuracy": 0.9, "test_accuracy": 0.9}
+    state = BoostState.from_saveable({"rounds_done": 1, "members": [old]})
+    assert state.members == [MemberRecord(lambda_=2.5, **{k: v for k, v in old.items() if k != "alpha"})]
+    assert state.to_saveable()["members"][0]["lambda"] == 2.5

@@ -30,7 +30,7 @@ def test_run_directory_holds_artifact_metrics_weights_and_config(cbnn_run, capsy
     assert all(m["weight"] > 0 and len(m["sha256"]) == 64 for m in manifest["members"])
 
     metrics = json.loads((cbnn_run / "metrics.json").read_text())
-    assert [m["alpha"] for m in metrics["members"]] == [m["weight"] for m in manifest["members"]]
+    assert [m["lambda"] for m in metrics["members"]] == [m["weight"] for m in manifest["members"]]
     for key in ("accuracy", "nll", "ece", "staged_accuracy", "disagreement", "single_accuracy", "balanced_accuracy"):
         assert key in metrics["test"]
     assert len(metrics["ess"]) == 2 and 0 < metrics["ess"][0] < 1  # round 1 re-weighted the samples
@@ -93,7 +93,7 @@ def test_levers_lambda_from_validation_ess_bound_and_uniform_mixing(tmp_path):
 
     for m in metrics["members"]:  # lambda_m from the member's validation error, not the training error
         assert m["error"] == pytest.approx(clamp_error(1 - m["val_accuracy"], 10))
-        assert m["alpha"] == pytest.approx(checkpoint_weight(m["error"], 10))
+        assert m["lambda"] == pytest.approx(checkpoint_weight(m["error"], 10))
     first = metrics["members"][0]
     assert 0 < first["eta"] < 1  # eta = 1 would drop the ESS far below 0.9 on digits: the bound bit
     assert metrics["ess"][0] >= 0.9 - 1e-6
@@ -120,7 +120,7 @@ def test_the_run_records_calibration_crossfit_and_every_combination_rule(cbnn_ru
 def test_summary_puts_the_ensemble_against_its_final_network_on_validation_and_warns_when_worse():
     from boostray.cli import format_summary
 
-    member = {"epoch": 4, "alpha": 3.0, "error": 0.1, "weight": 1.0, "val_accuracy": 0.9, "test_accuracy": 0.9}
+    member = {"epoch": 4, "lambda": 3.0, "error": 0.1, "weight": 1.0, "val_accuracy": 0.9, "test_accuracy": 0.9}
     metrics = {"members": [member, {**member, "weight": 0.0}], "method": "cbnn", "temperature": 1.2,
                "val": {"single_accuracy": 0.90}, "val_crossfit": {"accuracy": 0.92},
                "test": {"accuracy": 0.91, "nll": 0.3, "ece": 0.02, "single_accuracy": 0.9},

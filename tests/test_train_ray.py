@@ -63,7 +63,7 @@ def test_two_workers_hold_identical_weights_every_round(ddp_run):
     assert digests[0][0] != digests[1][0]  # round 1 re-weighted the samples
     assert digests[2][0][1] == pytest.approx(digests[1][0][1])  # the last round computes lambda_M only
     assert [m["epoch"] for m in metrics["members"]] == [2, 4, 6]
-    assert all(m["alpha"] > 0 for m in metrics["members"])
+    assert all(m["lambda"] > 0 for m in metrics["members"])
     assert metrics["test"]["accuracy"] > 0.9
 
 
@@ -85,7 +85,7 @@ def test_worker_killed_mid_run_resumes_to_the_same_ensemble(ddp_run, ray_cluster
     assert "result" in outcome, "the run did not recover from the killed worker"
     _, metrics = outcome["result"]
     assert len(metrics["members"]) == 3
-    assert [m["alpha"] for m in metrics["members"]] == [m["alpha"] for m in reference["members"]]
+    assert [m["lambda"] for m in metrics["members"]] == [m["lambda"] for m in reference["members"]]
     assert metrics["rank_weight_digests"] == reference["rank_weight_digests"]
     a = pq.read_table(os.path.join(outcome["result"][0], "sample_weights.parquet")).to_pandas()
     b = pq.read_table(os.path.join(reference_dir, "sample_weights.parquet")).to_pandas()
