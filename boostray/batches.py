@@ -10,6 +10,7 @@ drawn from a generator seeded by (seed, epoch, rank), so a resumed run replays i
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Iterator
 
 import numpy as np
@@ -54,8 +55,10 @@ class TrainBatches:
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, device: torch.device,
                  seed: int, rank: int = 0, world: int = 1, augment: bool = True, crop_padding: int = 0,
                  hflip: bool = False) -> None:
-        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-        self.labels = torch.from_numpy(np.ascontiguousarray(labels)).to(device)
+        with warnings.catch_warnings():  # arrays from the object store are read-only; nothing writes them
+            warnings.simplefilter("ignore", UserWarning)
+            self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+            self.labels = torch.from_numpy(np.ascontiguousarray(labels)).to(device)
         self.n, self.batch_size, self.device = int(labels.shape[0]), batch_size, device
         self.seed, self.rank, self.world = seed, rank, world
         self.augment, self.crop_padding, self.hflip = augment, crop_padding, hflip
