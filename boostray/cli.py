@@ -195,7 +195,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from boostray.errors import require_extra
     from boostray.inspect_run import hardest_samples, write_inspection
+
+    require_extra("matplotlib", "report", "boostray inspect (its PNG grid)")
 
     rows, images = hardest_samples(args.run_dir, args.top)
     csv_path, png_path = write_inspection(rows, images, args.output or os.path.join(args.run_dir, "inspect"))
@@ -209,7 +212,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from boostray.compare import parse_methods, run_comparison
+    from boostray.errors import require_extra
     from boostray.runtime import ray_session
+
+    require_extra("matplotlib", "report", "boostray compare (its report's plots)")  # before any run trains
 
     specs = parse_methods(args.methods)
     budgets = getattr(args, "epochs", None)

@@ -15,3 +15,11 @@ class DataError(BoostrayError):
 
 class ArtifactError(BoostrayError):
     """A run directory or ensemble artifact is incomplete or does not match its manifest."""
+
+
+def require_extra(module: str, extra: str, what: str) -> None:
+    """Fail before any work starts when an optional dependency is missing, naming the extra to install."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"{what} needs {module}, which is not installed: pip install 'boostray[{extra}]'")

@@ -73,6 +73,8 @@ class Method:
     swa_start_fraction: float = 0.75
 
     def __post_init__(self) -> None:
+        if not 1 <= self.checkpoints <= self.epochs:
+            raise ConfigError(f"--checkpoints must be between 1 and --epochs ({self.epochs}), got {self.checkpoints}")
         for key, value, allowed in (("schedule", self.schedule, SCHEDULES), ("placement", self.placement, PLACEMENTS),
                                     ("reweight", self.reweight, REWEIGHTINGS), ("combine", self.combine, COMBINATIONS)):
             if value not in allowed:

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -25,6 +26,11 @@ def run_cli(capsys, args, output):
     (["--checkpoints", "0"], "--checkpoints must be between 1 and --epochs"),
     (["--epochs", "3", "--checkpoints", "4"], "--checkpoints must be between 1 and --epochs (3)"),
     (["--eta", "1.5"], "--eta must be in (0, 1]"),
+    (["--method", "fge", "--checkpoints", "0"], "--checkpoints must be between 1 and --epochs"),
+    (["--method", "fge", "--checkpoints", "-1"], "--checkpoints must be between 1 and --epochs"),
+    (["--method", "fge", "--epochs", "4", "--checkpoints", "4"], "fge needs --epochs > checkpoints x cycle epochs"),
+    (["--placement", "tail", "--first-member", "0.95"], "--first-member puts member 1 at epoch 11"),
+    (["--schedule", "swa", "--method", "cbnn"], "--schedule swa makes one averaged network"),
     (["--dataset", "parquet", "--data-dir", "/nonexistent/folder"], "does not exist"),
     (["--dataset", "fashion-mnist", "--data-dir", "/tmp"], "apt-get install dataset-fashion-mnist"),
 ])
@@ -97,3 +103,20 @@ def test_real_process_exit_code_and_single_line():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["boostray: error: --checkpoints must be between 1 and --epochs (12), got 99"]
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_compare_without_the_report_extra_stops_before_training(tmp_path):
+    """matplotlib missing: one line naming the extra, exit 2, no run trained, nothing written."""
+    script = textwrap.dedent(f"""
+        import importlib.util, sys
+        found = importlib.util.find_spec
+        importlib.util.find_spec = lambda name, *a: None if name.split(".")[0] == "matplotlib" else found(name, *a)
+        from boostray.cli import main
+        sys.exit(main(["compare", "--workers", "0", "--epochs", "2", "--checkpoints", "1", "--methods", "single",
+                       "--seeds", "1", "--report", {str(tmp_path / "report")!r}]))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    err = out.stderr.strip().splitlines()
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert len(err) == 1 and "pip install 'boostray[report]'" in err[0]
+    assert not (tmp_path / "report").exists()
