@@ -137,6 +137,16 @@ def read_sweep_config(path: str) -> SweepConfig:
     _require(kind in ("asha", "fifo"), f"scheduler.type must be asha or fifo, got {kind!r}")
     _require(set(config.scheduler) <= {"type", "grace_period", "reduction_factor"}, f"unknown key in scheduler: {sorted(set(config.scheduler) - {'type', 'grace_period', 'reduction_factor'})}")
     _require(set(config.resources) <= {"trial_cpu"}, f"unknown key in resources: {sorted(set(config.resources) - {'trial_cpu'})}")
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
+    is_number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    grace, factor = config.scheduler.get("grace_period", 1), config.scheduler.get("reduction_factor", 2)
+    _require(is_int(grace) and grace >= 1, f"scheduler.grace_period must be an integer >= 1 (epochs), got {grace!r}")
+    _require(is_number(factor) and factor > 1, f"scheduler.reduction_factor must be a number > 1, got {factor!r}")
+    seed = config.search.get("seed")
+    _require(seed is None or is_int(seed), f"search.seed must be an integer, got {seed!r}")
+    _require(isinstance(config.output, str) and config.output, f"output must be a folder path, got {config.output!r}")
+    trial_cpu = config.resources.get("trial_cpu", 0.1)
+    _require(is_number(trial_cpu) and trial_cpu >= 0, f"resources.trial_cpu must be a number >= 0, got {trial_cpu!r}")
     # the fixed options must validate with every searched key at each of its reachable values
     try:
         TrainConfig(**train).validate()
@@ -227,7 +237,7 @@ def run_sweep(config: SweepConfig, *, resume: bool = False) -> dict:
     data_ref = ray.put(data)
     os.makedirs(os.path.join(sweep_dir, "trials"), exist_ok=True)
     probe = TrainConfig(**config.train)
-    max_rounds = max([probe.checkpoints] + [int(v) for v in _values(config.search_space.get("checkpoints"))])
+    max_epochs = max([probe.epochs] + [int(v) for v in _values(config.search_space.get("epochs"))])
     trainable = tune.with_resources(
         tune.with_parameters(trial_fn, data_box=[data_ref], fixed=config.train, sweep_dir=sweep_dir),
         {"CPU": float(config.resources.get("trial_cpu", 0.1))},
@@ -237,18 +247,21 @@ def run_sweep(config: SweepConfig, *, resume: bool = False) -> dict:
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True)
     else:
         if config.scheduler.get("type", "asha") == "asha":
-            scheduler = ASHAScheduler(
-                time_attr="training_iteration", max_t=max_rounds,
+            scheduler = ASHAScheduler(  # on epochs: trials that search checkpoints are compared at equal training
+                time_attr="epoch", max_t=max_epochs,
                 grace_period=int(config.scheduler.get("grace_period", 1)),
                 reduction_factor=float(config.scheduler.get("reduction_factor", 2)),
             )
         else:
             scheduler = FIFOScheduler()
-        search_alg = None
         if config.search.get("algorithm") == "optuna":
             from ray.tune.search.optuna import OptunaSearch
 
             search_alg = OptunaSearch(seed=config.search.get("seed"))
+        else:  # random and grid: the searcher's own random state, not the global one
+            from ray.tune.search import BasicVariantGenerator
+
+            search_alg = BasicVariantGenerator(random_state=config.search.get("seed"))
         tuner = tune.Tuner(
             trainable,
             param_space={k: _domain(v) for k, v in config.search_space.items()},
@@ -259,12 +272,6 @@ def run_sweep(config: SweepConfig, *, resume: bool = False) -> dict:
             ),
             run_config=tune.RunConfig(name=config.name, storage_path=os.path.join(sweep_dir, "tune"), verbose=1),
         )
-        if config.search.get("seed") is not None and search_alg is None:
-            import numpy as np
-            import random
-
-            random.seed(config.search["seed"])
-            np.random.seed(config.search["seed"])
     results = tuner.fit()
     return summarize(config, results, data, time.perf_counter() - started)
 
