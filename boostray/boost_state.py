@@ -38,6 +38,9 @@ class MemberRecord:
         return cls(lambda_=lam, **data)
 
 
+MEMBER_PAYLOAD = ("member_states", "val_proba", "test_proba")  # per member, the bulk of a run's state
+
+
 @dataclass
 class BoostState:
     rounds_done: int = 0
@@ -75,9 +78,13 @@ class BoostState:
         out["member_states"] = [{k: v.numpy() for k, v in sd.items()} for sd in self.member_states]
         return out
 
-    def to_saveable(self) -> dict:
+    def to_saveable(self, members: bool = True) -> dict:
+        """Tensors and plain Python, for torch.save. ``members=False`` leaves out the members' state dicts
+        and probabilities, which a checkpoint writes once each, beside it (member_payload)."""
         out = {}
         for f in fields(self):
+            if not members and f.name in MEMBER_PAYLOAD:
+                continue
             v = getattr(self, f.name)
             if f.name == "members":
                 v = [m.to_json() for m in v]
@@ -106,3 +113,13 @@ class BoostState:
                 v = [t.numpy() for t in v]
             kwargs[f.name] = v
         return cls(**kwargs)
+
+    def member_payload(self, i: int) -> dict:
+        """Member i's state dict and probabilities, saved once per member beside the checkpoints."""
+        return {"state_dict": self.member_states[i], "val_proba": torch.from_numpy(self.val_proba[i]),
+                "test_proba": torch.from_numpy(self.test_proba[i])}
+
+    def add_member_payload(self, payload: dict) -> None:
+        self.member_states.append(payload["state_dict"])
+        self.val_proba.append(payload["val_proba"].numpy())
+        self.test_proba.append(payload["test_proba"].numpy())

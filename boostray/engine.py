@@ -176,7 +176,9 @@ class Engine:
         return self.averaged.module
 
     # -- checkpoints --------------------------------------------------------------------------------
-    def save(self, directory: str, state: BoostState) -> None:
+    def save(self, directory: str, state: BoostState, members_dir: str | None = None) -> None:
+        """A checkpoint in ``directory``. With ``members_dir`` the members are written there once each
+        (round_NNNN.pt) instead of into every checkpoint, so a checkpoint's size does not grow with M."""
         torch.save(
             {
                 "model": self.net.state_dict(),
@@ -184,12 +186,20 @@ class Engine:
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "averaged": self.averaged.state_dict() if self.averaged is not None else None,
-                "boost": state.to_saveable(),
+                "boost": state.to_saveable(members=members_dir is None),
             },
             os.path.join(directory, CHECKPOINT_FILE),
         )
+        if members_dir is not None:
+            os.makedirs(members_dir, exist_ok=True)
+            for i, member in enumerate(state.members):
+                path = member_file(members_dir, member.round)
+                if not os.path.exists(path):  # written once; a rerun of the round writes it again first
+                    tmp = f"{path}.partial-{os.getpid()}"
+                    torch.save(state.member_payload(i), tmp)
+                    os.replace(tmp, path)
 
-    def restore(self, directory: str) -> BoostState:
+    def restore(self, directory: str, members_dir: str | None = None) -> BoostState:
         saved = torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
         self.net.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
@@ -197,7 +207,7 @@ class Engine:
         self.scaler.load_state_dict(saved["scaler"])
         if self.averaged is not None:
             self.averaged.load_state_dict(saved["averaged"])
-        state = BoostState.from_saveable(saved["boost"])
+        state = load_boost_state(saved["boost"], members_dir)
         state.resumed_at_rounds.append(state.rounds_done)
         if self.rank == 0:
             emit(f"resuming from the checkpoint of round {state.rounds_done}/{self.config.checkpoints}")
@@ -307,6 +317,25 @@ class Engine:
                         if method.reweights else ""))
             on_round(metrics, state)
         return state
+
+
+def member_file(members_dir: str, round_number: int) -> str:
+    return os.path.join(members_dir, f"round_{round_number:04d}.pt")
+
+
+def load_boost_state(saved: dict, members_dir: str | None = None) -> BoostState:
+    """A checkpoint's boosting state, with the members it lists read from ``members_dir`` when the
+    checkpoint does not carry them itself (older checkpoints do)."""
+    state = BoostState.from_saveable(saved)
+    if state.members and not state.member_states:
+        if members_dir is None:
+            raise RuntimeError("this checkpoint keeps its members beside it; say where (members_dir)")
+        for member in state.members:
+            path = member_file(members_dir, member.round)
+            if not os.path.exists(path):
+                raise RuntimeError(f"member of round {member.round} is missing: {path}")
+            state.add_member_payload(torch.load(path, map_location="cpu", weights_only=True))
+    return state
 
 
 def boost_round(

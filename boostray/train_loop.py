@@ -41,9 +41,10 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     engine = Engine(config, data, store=loop_config["store"], rank=ctx.get_world_rank(), world=ctx.get_world_size(),
                     device=device, wrap_model=ray.train.torch.prepare_model)
     checkpoint = ray.train.get_checkpoint()
+    members_dir = loop_config.get("members_dir")  # members are saved once each, beside the checkpoints
     if checkpoint:
         with checkpoint.as_directory() as directory:
-            state = engine.restore(directory)
+            state = engine.restore(directory, members_dir)
     else:
         state = BoostState.initial(len(data.train))
     hold_after = loop_config.get("hold_after_round")
@@ -52,7 +53,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         with tempfile.TemporaryDirectory() as tmp:
             saved = None
             if engine.rank == 0:
-                engine.save(tmp, state)
+                engine.save(tmp, state, members_dir)
                 saved = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=saved, checkpoint_dir_name=f"round_{state.rounds_done:04d}")
         if hold_after == state.rounds_done:

@@ -29,6 +29,9 @@ from boostray.metrics import accuracy, ensemble_report, expected_calibration_err
 from boostray.runtime import ray_session
 
 
+MEMBERS_FOLDER = "members"  # beside Ray Train's checkpoints of a run: each member's state, written once
+
+
 def default_run_name(config: TrainConfig) -> str:
     return f"{config.method}-{config.dataset}-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -90,6 +93,7 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "data": data_ref, "store": store,
+                           "members_dir": os.path.join(storage, config.name, MEMBERS_FOLDER),
                            "hold_after_round": hold_after_round},
         torch_config=None if local else torch_config_for_cluster(),
         scaling_config=ScalingConfig(

@@ -211,12 +211,12 @@ def export_trial(checkpoint_path: str, config: TrainConfig, data, run_dir: str) 
     """A trial's run directory, built from its last checkpoint (which holds the whole boosting state)."""
     import torch
 
-    from boostray.boost_state import BoostState
-    from boostray.engine import CHECKPOINT_FILE
-    from boostray.trainer import write_run_directory
+    from boostray.engine import CHECKPOINT_FILE, load_boost_state
+    from boostray.trainer import MEMBERS_FOLDER, write_run_directory
 
     saved = torch.load(os.path.join(checkpoint_path, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
-    state = BoostState.from_saveable(saved["boost"])
+    members_dir = os.path.join(os.path.dirname(os.path.normpath(checkpoint_path)), MEMBERS_FOLDER)
+    state = load_boost_state(saved["boost"], members_dir)
     return write_run_directory(run_dir, state, data, config, state.train_seconds)
 
 

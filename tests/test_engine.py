@@ -1,11 +1,13 @@
 """The Ray-free core: a whole boosting run in one process with PyTorch alone."""
 
+import os
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
+import torch
 
 from boostray.config import TrainConfig
 from boostray.data import load_dataset
@@ -78,3 +80,36 @@ def test_boost_state_reads_members_saved_when_lambda_was_called_alpha():
     state = BoostState.from_saveable({"rounds_done": 1, "members": [old]})
     assert state.members == [MemberRecord(lambda_=2.5, **{k: v for k, v in old.items() if k != "alpha"})]
     assert state.to_saveable()["members"][0]["lambda"] == 2.5
+
+
+def test_checkpoints_keep_members_beside_them_and_resume_bit_identically(digits, tmp_path):
+    """A checkpoint's size does not grow with the members; restoring round 2's and training on gives the
+    same members as the uninterrupted run."""
+    from boostray.boost_state import BoostState
+    from boostray.engine import Engine
+    from boostray.weight_store import LocalWeightStore
+
+    config = TrainConfig(epochs=8, checkpoints=4, method="cbnn-paper", seed=1).resolved()
+    members_dir = str(tmp_path / "members")
+    engine = Engine(config, digits, store=LocalWeightStore())
+
+    def save(metrics, state):
+        directory = tmp_path / f"round_{state.rounds_done}"
+        directory.mkdir()
+        engine.save(str(directory), state, members_dir)
+
+    reference = engine.run(BoostState.initial(len(digits.train)), save)
+    sizes = [(tmp_path / f"round_{r}" / "state.pt").stat().st_size for r in range(1, 5)]
+    member_size = (tmp_path / "members" / "round_0001.pt").stat().st_size
+    assert sorted(os.listdir(members_dir)) == [f"round_{r:04d}.pt" for r in range(1, 5)]
+    assert sizes[3] - sizes[1] < member_size / 4  # two more members, far less than one member's bytes
+
+    resumed = Engine(config, digits, store=LocalWeightStore())
+    state = resumed.restore(str(tmp_path / "round_2"), members_dir)
+    assert state.rounds_done == 2 and len(state.member_states) == 2
+    final = resumed.run(state, lambda metrics, state: None)
+    assert [m.lambda_ for m in final.members] == [m.lambda_ for m in reference.members]
+    np.testing.assert_array_equal(final.weights, reference.weights)
+    for a, b in zip(final.member_states, reference.member_states):
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
