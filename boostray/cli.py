@@ -7,23 +7,26 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import sys
+import typing
 from typing import Sequence
 
+from boostray.config import FIELDS, TrainConfig, read_config_file
 from boostray.errors import BoostrayError
 
 EXIT_USAGE = 2
 
 
-def _field_type(annotation: str):
-    if annotation.startswith("int"):
-        return int
-    if annotation.startswith("float"):
-        return float
-    return str
+def _flag_type(annotation) -> tuple[type, list | None]:
+    """argparse type and choices of an option's annotation (int, float, str, bool, Literal, X | None)."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        return type(args[0]), list(args)
+    if args and type(None) in args:  # X | None
+        return _flag_type(next(a for a in args if a is not type(None)))
+    return annotation, None
 
 
 def budget_list(text: str) -> list[int]:
@@ -40,37 +43,28 @@ def budget_list(text: str) -> list[int]:
 def add_train_options(parser: argparse.ArgumentParser, budgets: bool = False) -> None:
     """One flag per TrainConfig field; defaults are SUPPRESSed so that only given flags override --config.
     ``budgets``: --epochs takes a comma-separated list (compare's budget sweep)."""
-    from boostray.config import TrainConfig
 
     parser.add_argument("--config", metavar="FILE", help="YAML file whose keys mirror these options (flags win over it)")
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default
-        help_text = f.metadata["help"] + ("" if f.metadata.get("preset") else f" (default: {default})")
-        if f.metadata.get("preset"):
-            help_text += " [preset-dependent: see --method]"
-        annotation = str(f.type)
-        if budgets and f.name == "epochs":
+    for name, field in FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        preset = (field.json_schema_extra or {}).get("preset")
+        help_text = field.description + (" [preset-dependent: see --method]" if preset else f" (default: {field.default})")
+        kind, choices = _flag_type(field.annotation)
+        if budgets and name == "epochs":
             parser.add_argument(flag, type=budget_list, default=argparse.SUPPRESS, metavar="E[,E...]",
                                 help=f"{help_text}; a comma-separated list runs every method at every budget")
-            continue
-        if annotation.startswith("bool"):
+        elif kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
-            continue
-        choices = [c for c in f.metadata.get("choices", ()) if c is not None] or None
-        parser.add_argument(
-            flag, type=_field_type(annotation), choices=choices, default=argparse.SUPPRESS,
-            metavar=f.name.upper() if not choices else None, help=help_text,
-        )
+        else:
+            parser.add_argument(flag, type=kind, choices=choices, default=argparse.SUPPRESS,
+                                metavar=None if choices else name.upper(), help=help_text)
 
 
-def config_from_args(args: argparse.Namespace):
-    from boostray.config import TrainConfig, read_config_file
-
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults < the --config YAML < the flags given; checked as a whole."""
     values = read_config_file(args.config) if getattr(args, "config", None) else {}
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    values.update({k: v for k, v in vars(args).items() if k in names})
-    return TrainConfig(**values).validate()
+    values.update({k: v for k, v in vars(args).items() if k in FIELDS})
+    return TrainConfig(**values)
 
 
 def format_summary(run_dir: str, metrics: dict) -> str:

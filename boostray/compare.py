@@ -15,11 +15,12 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
+import yaml
 
-from boostray.config import FIELD_TYPES, TrainConfig, _coerce, saved_options
+from boostray.config import FIELDS, TrainConfig, coerce_option, saved_options
 from boostray.errors import ConfigError
 
 
@@ -38,11 +39,12 @@ def parse_methods(text: str) -> list[MethodSpec]:
         for pair in [p for p in rest.split("+") if p]:
             key, eq, value = pair.partition("=")
             key = key.strip().replace("-", "_")
-            if not eq or key not in FIELD_TYPES or key in ("method", "seed", "name", "output", "address"):
+            if not eq or key not in FIELDS or key in ("method", "seed", "name", "output", "address"):
                 raise ConfigError(f"--methods: bad override {pair!r} in {item!r} (use method:key=value+key=value)")
-            import yaml
-
-            overrides[key] = _coerce(key, yaml.safe_load(value))
+            try:
+                overrides[key] = coerce_option(key, yaml.safe_load(value))
+            except ConfigError as exc:
+                raise ConfigError(f"--methods: {item!r}: {exc}") from None
         specs.append(MethodSpec(item, name, overrides))
     if not specs:
         raise ConfigError("--methods is empty")
@@ -77,9 +79,8 @@ def run_configs(base: TrainConfig, specs: list[MethodSpec], seeds: int, out_dir:
         for spec in specs:
             for seed in range(seeds):
                 safe = spec.label.replace(":", "-").replace("=", "").replace("+", "-")
-                config = replace(base, **spec.overrides, method=spec.method, seed=base.seed + seed, epochs=epochs,
-                                 name=f"{safe}-e{epochs}-seed{base.seed + seed}", output=os.path.join(out_dir, "runs"))
-                config.validate()
+                config = base.replace(**spec.overrides, method=spec.method, seed=base.seed + seed, epochs=epochs,
+                                      name=f"{safe}-e{epochs}-seed{base.seed + seed}", output=os.path.join(out_dir, "runs"))
                 check_finished_run_matches(config)
                 runs.append(PlannedRun(spec, epochs, seed, config))
     return runs
@@ -88,7 +89,6 @@ def run_configs(base: TrainConfig, specs: list[MethodSpec], seeds: int, out_dir:
 def check_finished_run_matches(config: TrainConfig) -> None:
     """A finished run is reused only if it was trained with the same options: the defaults may have
     changed since, and a stale run must not pass for the current one."""
-    import yaml
 
     run_dir = os.path.join(config.output, config.name)
     saved_path = os.path.join(run_dir, "config.yaml")
@@ -322,7 +322,7 @@ def make_plots(out_dir: str, base: TrainConfig, specs: list[MethodSpec], results
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for spec in specs:
-        method = replace(base, **spec.overrides, method=spec.method, epochs=top).resolved().build_method()
+        method = base.replace(**spec.overrides, method=spec.method, epochs=top).resolved().build_method()
         t = np.linspace(0, top, 400, endpoint=False)
         ax.plot(t, [base.lr * method.lr_factor(x) for x in t], label=spec.label)
     ax.set(xlabel="epoch", ylabel="learning rate", title=f"LR schedule of each method ({top} epochs)")

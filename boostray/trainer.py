@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import time
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -240,9 +239,7 @@ def train(config: TrainConfig, *, hold_after_round: int | None = None) -> tuple[
     """Validate, train and write the run directory; returns (run directory, metrics).
     ``hold_after_round``: a testing hook, see train_loop.py."""
     started = time.perf_counter()
-    config = replace(config)
-    config.validate()
-    config = config.resolved()  # what the run is trained with, saved and compared
+    config = config.resolved()  # what the run is trained with, saved and compared (a copy)
     if config.name is None:
         config.name = default_run_name(config)
     output, run_dir, _ = resolve_paths(config)

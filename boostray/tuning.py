@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from boostray.config import FIELD_TYPES, TrainConfig, _coerce, load_yaml_mapping
+from boostray.config import FIELDS, TrainConfig, coerce_option, load_yaml_mapping
 from boostray.errors import ConfigError
 
 SEARCHABLE = {
@@ -82,7 +82,7 @@ def _check_domain(key: str, spec: Any) -> None:
         samples = spec["values"]
     for value in samples:  # every reachable value must be a valid option value
         try:
-            _coerce(key, SEARCHABLE[key](value) if SEARCHABLE[key] is not str else value)
+            coerce_option(key, SEARCHABLE[key](value) if SEARCHABLE[key] is not str else value)
         except (ConfigError, ValueError, TypeError) as exc:
             raise ConfigError(f"{where}: value {value!r} is not valid for {key}: {exc}") from None
 
@@ -100,9 +100,9 @@ def read_sweep_config(path: str) -> SweepConfig:
     train = {}
     for key, value in raw["train"].items():
         norm = str(key).replace("-", "_")
-        _require(norm in FIELD_TYPES and norm not in ("name", "output", "address"), f"unknown key 'train.{key}'")
+        _require(norm in FIELDS and norm not in ("name", "output", "address"), f"unknown key 'train.{key}'")
         try:
-            train[norm] = _coerce(norm, value)
+            train[norm] = coerce_option(norm, value)
         except ConfigError as exc:
             raise ConfigError(f"train.{key}: {exc}") from None
     _require(isinstance(raw["search_space"], dict) and raw["search_space"], "search_space must be a non-empty mapping")
