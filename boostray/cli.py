@@ -13,7 +13,7 @@ import sys
 import typing
 from typing import Sequence
 
-from boostray.config import FIELDS, TrainConfig, read_config_file
+from boostray.config import FIELDS, ServeOptions, TrainConfig, read_config_file
 from boostray.errors import BoostrayError
 
 EXIT_USAGE = 2
@@ -40,24 +40,34 @@ def budget_list(text: str) -> list[int]:
     return sorted(values)
 
 
-def add_train_options(parser: argparse.ArgumentParser, budgets: bool = False) -> None:
-    """One flag per TrainConfig field; defaults are SUPPRESSed so that only given flags override --config.
-    ``budgets``: --epochs takes a comma-separated list (compare's budget sweep)."""
-
-    parser.add_argument("--config", metavar="FILE", help="YAML file whose keys mirror these options (flags win over it)")
-    for name, field in FIELDS.items():
+def add_model_options(parser: argparse.ArgumentParser, fields: dict, *, skip: tuple[str, ...] = (),
+                      suppress: bool = False, budgets: bool = False) -> None:
+    """One flag per field of a config model, with its type, choices and help. ``suppress``: absent flags
+    leave no attribute, so that only given flags override a --config file."""
+    for name, field in fields.items():
+        if name in skip:
+            continue
         flag = "--" + name.replace("_", "-")
         preset = (field.json_schema_extra or {}).get("preset")
-        help_text = field.description + (" [preset-dependent: see --method]" if preset else f" (default: {field.default})")
+        help_text = field.description + (" [preset-dependent: see --method]" if preset else
+                                         "" if field.default is None else f" (default: {field.default})")
+        default = argparse.SUPPRESS if suppress else field.default
         kind, choices = _flag_type(field.annotation)
         if budgets and name == "epochs":
-            parser.add_argument(flag, type=budget_list, default=argparse.SUPPRESS, metavar="E[,E...]",
+            parser.add_argument(flag, type=budget_list, default=default, metavar="E[,E...]",
                                 help=f"{help_text}; a comma-separated list runs every method at every budget")
         elif kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         else:
-            parser.add_argument(flag, type=kind, choices=choices, default=argparse.SUPPRESS,
+            parser.add_argument(flag, type=kind, choices=choices, default=default,
                                 metavar=None if choices else name.upper(), help=help_text)
+
+
+def add_train_options(parser: argparse.ArgumentParser, budgets: bool = False) -> None:
+    """--config FILE and one flag per TrainConfig field. ``budgets``: --epochs takes a comma-separated
+    list (compare's budget sweep)."""
+    parser.add_argument("--config", metavar="FILE", help="YAML file whose keys mirror these options (flags win over it)")
+    add_model_options(parser, FIELDS, suppress=True, budgets=budgets)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -127,15 +137,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from boostray.runtime import ray_session
     from boostray.serving import build_app
 
-    options = {k: getattr(args, k) for k in (
-        "run_dir", "model_name", "replicas", "autoscale", "cpus_per_replica", "gpus_per_replica",
-        "max_batch_size", "batch_wait_ms", "max_instances", "max_body_bytes", "cascade", "forward")}
-    application = build_app(options)  # validates before Ray starts
+    options = ServeOptions(**{k: v for k, v in vars(args).items() if k in ServeOptions.model_fields})
+    application = build_app(options)  # checks the run directory before Ray starts
     with ray_session(args.address):
         serve.start(http_options={"host": args.host, "port": args.port})
         try:
             serve.run(application, name="boostray", route_prefix="/")
-            name = options["model_name"] or _run_name(args.run_dir)
+            name = options.model_name or _run_name(args.run_dir)
             print(f"serving {name!r} at http://{args.host}:{args.port}/v1/models/{name}:predict "
                   f"(docs: /docs); Ctrl-C stops", flush=True)
             threading.Event().wait()  # until Ctrl-C
@@ -274,20 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="POST /v1/models/NAME:predict {\"instances\": [...]} -> {\"predictions\": [...]}; "
                         "GET /v1/models/NAME, GET /healthz, OpenAPI docs at /docs.")
     sv.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'boostray train'")
-    sv.add_argument("--replicas", type=int, default=1, help="fixed number of replicas (default: 1)")
-    sv.add_argument("--autoscale", metavar="MIN:MAX", help="autoscale between MIN and MAX replicas instead")
-    sv.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs per replica (default: 0, CPU)")
-    sv.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs per replica (default: 1)")
-    sv.add_argument("--max-batch-size", type=int, default=32, help="requests batched into one forward (default: 32)")
-    sv.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (default: 5)")
-    sv.add_argument("--max-instances", type=int, default=256, help="instances allowed per request (default: 256)")
-    sv.add_argument("--max-body-bytes", type=int, default=16 << 20, help="request body limit; larger gets 413 (default: 16 MiB)")
-    sv.add_argument("--cascade", action="store_true", help="stop evaluating members once the answer cannot change")
-    sv.add_argument("--forward", choices=("auto", "stacked", "loop"), default="auto",
-                    help="all-members forward: vmap-stacked or a loop (auto: stacked on GPU, loop on CPU)")
+    add_model_options(sv, ServeOptions.model_fields, skip=("run_dir",))
     sv.add_argument("--host", default="127.0.0.1", help="HTTP host (default: 127.0.0.1)")
     sv.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000)")
-    sv.add_argument("--model-name", help="the NAME in the URL (default: the run's name)")
     sv.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
     sv.set_defaults(func=cmd_serve)
 

@@ -37,6 +37,10 @@ def describe_error(exc: ValidationError, key: str | None = None) -> str:
     kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
     if kind == "extra_forbidden":
         return f"unknown option {name}"
+    if kind == "string_pattern_mismatch":
+        return f"{name} must match {ctx.get('pattern')}, got {got!r}"
+    if kind == "missing":
+        return f"{name} is required"
     if kind in _BOUND:
         bound = next(iter(ctx.values()))
         return f"{name} must be {_BOUND[kind]} {bound:g}, got {got!r}"
@@ -178,6 +182,49 @@ class TrainConfig(BaseModel):
         data = {k: v for k, v in self.to_dict().items() if k != "name"}
         with open(path, "w") as f:
             yaml.safe_dump(data, f, sort_keys=False)
+
+
+class ServeOptions(BaseModel):
+    """Options of ``boostray serve`` and the typed argument of Serve's application builder
+    (``serve run boostray.serving:build_app run_dir=...``, pipelines/serve_config.yaml). Not strict:
+    ``serve run``'s key=value arguments arrive as text ("2" must become 2)."""
+
+    model_config = ConfigDict(strict=False, extra="forbid", protected_namespaces=())
+
+    run_dir: str = Field(description="a run directory written by 'boostray train'")
+    model_name: str | None = _opt(None, "the NAME in the URL (default: the run's name)")
+    replicas: int = _opt(1, "fixed number of replicas", ge=1)
+    autoscale: str | None = _opt(None, "autoscale between MIN and MAX replicas instead, as MIN:MAX",
+                                 pattern=r"^[0-9]+:[0-9]+$")
+    cpus_per_replica: float = _opt(1.0, "CPUs per replica", gt=0)
+    gpus_per_replica: float = _opt(0.0, "GPUs per replica (0: CPU)", ge=0)
+    max_batch_size: int = _opt(32, "requests batched into one forward", ge=1)
+    batch_wait_ms: float = _opt(5.0, "how long a batch waits to fill, in ms", ge=0)
+    max_instances: int = _opt(256, "instances allowed per request", ge=1)
+    max_body_bytes: int = _opt(16 << 20, "request body limit in bytes; larger gets 413", ge=1)
+    cascade: bool = _opt(False, "stop evaluating members once the answer cannot change")
+    forward: Literal["auto", "stacked", "loop"] = _opt(
+        "auto", "all-members forward: vmap-stacked or a loop (auto: stacked on GPU, loop on CPU)")
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(describe_error(exc)) from None
+
+    @model_validator(mode="after")
+    def _check_autoscale(self) -> "ServeOptions":
+        if self.autoscale is not None:
+            low, high = (int(v) for v in self.autoscale.split(":"))
+            if low > high or high < 1:
+                raise ConfigError(f"--autoscale needs MIN <= MAX and MAX >= 1, got {self.autoscale!r}")
+        return self
+
+    def autoscale_range(self) -> tuple[int, int] | None:
+        if self.autoscale is None:
+            return None
+        low, high = (int(v) for v in self.autoscale.split(":"))
+        return low, high
 
 
 FIELDS = TrainConfig.model_fields

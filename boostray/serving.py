@@ -9,7 +9,6 @@ Endpoints: POST /v1/models/<name>:predict, GET /v1/models/<name>, GET /healthz, 
 # No "from __future__ import annotations": FastAPI must see real types through Serve's ingress wrapper.
 import json
 import os
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -17,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
+from boostray.config import ServeOptions
 from boostray.inference import (
     MemberStack,
     RequestError,
@@ -25,22 +25,6 @@ from boostray.inference import (
     parse_instances,
     parse_top_k,
 )
-
-
-@dataclass
-class ServeOptions:
-    run_dir: str
-    model_name: str | None = None  # default: the run's name
-    replicas: int = 1
-    autoscale: str | None = None  # "MIN:MAX"
-    cpus_per_replica: float = 1.0
-    gpus_per_replica: float = 0.0
-    max_batch_size: int = 32
-    batch_wait_ms: float = 5.0
-    max_instances: int = 256
-    max_body_bytes: int = 16 << 20
-    cascade: bool = False
-    forward: str = "auto"  # stacked | loop | auto (stacked on CUDA, loop on CPU: measured)
 
 
 app = FastAPI(
@@ -138,28 +122,15 @@ class EnsembleServer:
         return {"status": "ok", "model": self.name, "members": len(self.ensemble)}
 
 
-def parse_autoscale(spec: str) -> tuple[int, int]:
-    from boostray.errors import ConfigError
-
-    try:
-        low, high = (int(v) for v in spec.split(":"))
-    except ValueError:
-        raise ConfigError(f"--autoscale must be MIN:MAX, got {spec!r}") from None
-    if not 0 <= low <= high or high < 1:
-        raise ConfigError(f"--autoscale needs 0 <= MIN <= MAX and MAX >= 1, got {spec!r}")
-    return low, high
-
-
-def build_app(args: dict[str, Any]) -> serve.Application:
-    """Application builder: ``serve run boostray.serving:build_app run_dir=PATH`` or a Serve config."""
+def build_app(options: ServeOptions) -> serve.Application:
+    """Application builder: ``serve run boostray.serving:build_app run_dir=PATH`` or a Serve config; Serve
+    checks the arguments against ServeOptions. A plain dict (from Python) is checked the same way."""
     from boostray.ensemble import read_manifest
-    from boostray.errors import ConfigError
 
-    options = ServeOptions(**args)
-    options.run_dir = os.path.abspath(os.path.expanduser(options.run_dir))  # replicas may start elsewhere
+    if not isinstance(options, ServeOptions):
+        options = ServeOptions(**options)
+    options = options.model_copy(update={"run_dir": os.path.abspath(os.path.expanduser(options.run_dir))})
     read_manifest(options.run_dir)  # fail here, in the driver, for a path that holds no ensemble
-    if options.max_batch_size < 1 or options.max_instances < 1 or options.batch_wait_ms < 0:
-        raise ConfigError("--max-batch-size and --max-instances must be >= 1, --batch-wait-ms >= 0")
     actor = {"num_cpus": options.cpus_per_replica}
     if options.gpus_per_replica:
         actor["num_gpus"] = options.gpus_per_replica
@@ -168,11 +139,10 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         # @serve.batch never batches more than max_ongoing_requests: keep room for a full batch.
         "max_ongoing_requests": max(2 * options.max_batch_size, 8),
     }
-    if options.autoscale:
-        low, high = parse_autoscale(options.autoscale)
+    if (bounds := options.autoscale_range()) is not None:
         deployment_options["autoscaling_config"] = {
-            "min_replicas": low, "max_replicas": high, "target_ongoing_requests": options.max_batch_size,
+            "min_replicas": bounds[0], "max_replicas": bounds[1], "target_ongoing_requests": options.max_batch_size,
         }
     else:
         deployment_options["num_replicas"] = options.replicas
-    return EnsembleServer.options(**deployment_options).bind(asdict(options))
+    return EnsembleServer.options(**deployment_options).bind(options.model_dump())

@@ -121,3 +121,29 @@ def test_compare_without_the_report_extra_stops_before_training(tmp_path):
     assert out.returncode == 2, out.stderr[-2000:]
     assert len(err) == 1 and "pip install 'boostray[report]'" in err[0]
     assert not (tmp_path / "report").exists()
+
+
+def test_serve_options_are_the_typed_argument_of_the_application_builder():
+    """`serve run boostray.serving:build_app run_dir=... replicas=2` hands Serve text: ServeOptions is
+    what Serve validates it into (the builder's annotation), and bad values name the option."""
+    import inspect
+
+    from boostray.config import ServeOptions
+    from boostray.errors import ConfigError
+    from boostray.serving import build_app
+
+    (param,) = inspect.signature(build_app).parameters.values()
+    assert param.annotation is ServeOptions
+    options = ServeOptions.model_validate({"run_dir": "r", "replicas": "2", "cascade": "true", "autoscale": "1:3"})
+    assert (options.replicas, options.cascade, options.autoscale_range()) == (2, True, (1, 3))
+    for bad, message in (({"replicas": 0}, "--replicas must be >= 1"), ({"autoscale": "3:1"}, "--autoscale needs MIN <= MAX"),
+                         ({"autoscale": "x"}, "--autoscale must match"), ({"forward": "gpu"}, "--forward must be one of"),
+                         ({"max_batch": 3}, "unknown option --max-batch")):
+        with pytest.raises(ConfigError, match=message):
+            ServeOptions(run_dir="r", **bad)
+
+
+def test_serve_refuses_bad_options_before_ray_starts(capsys, tmp_path):
+    make_artifact(tmp_path / "run" / "ensemble")
+    code, err = run_cli(capsys, ["serve", str(tmp_path / "run"), "--autoscale", "4:2"], None)
+    assert code == 2 and err == ["boostray: error: --autoscale needs MIN <= MAX and MAX >= 1, got '4:2'"]
