@@ -181,10 +181,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from boostray.tuning import read_sweep_config, run_sweep
 
     config = read_sweep_config(args.config)  # every key checked before Ray starts
-    if args.name:
-        config.name = args.name
-    if args.output:
-        config.output = args.output
+    config = config.with_options(**{k: v for k in ("name", "output") if (v := getattr(args, k))})
     with ray_session(args.address):
         summary = run_sweep(config, resume=args.resume)
     print(f"sweep {summary['sweep']}: {summary['trials']} trials, {summary['stopped_early']} stopped early by the scheduler")

@@ -29,14 +29,23 @@ _KIND = {"int_type": "an integer", "float_type": "a number", "bool_type": "true 
 _BOUND = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 
 
-def describe_error(exc: ValidationError, key: str | None = None) -> str:
-    """The first validation error as one line naming the option: ``--eta must be <= 1, got 1.5``."""
+def describe_error(exc: ValidationError, key: str | None = None, path_style: bool = False) -> str:
+    """The first validation error as one line naming the option: ``--eta must be <= 1, got 1.5``, or with
+    ``path_style`` the YAML key path: ``scheduler.grace_period must be >= 1, got 0``."""
     err = exc.errors()[0]
-    key = key or (".".join(str(part) for part in err["loc"]) if err["loc"] else "value")
-    name = "--" + key.replace("_", "-")
+    tags = {"loguniform", "uniform", "randint", "choice", "grid"}  # a discriminated union's branch, not a key
+    parts = [str(p) for p in err["loc"] if not (path_style and p in tags)]
+    key = key or (".".join(parts) if parts else "value")
+    name = key if path_style else "--" + key.replace("_", "-")
     kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
     if kind == "extra_forbidden":
-        return f"unknown option {name}"
+        return f"unknown key {name!r}" if path_style else f"unknown option {name}"
+    if kind == "value_error":
+        return f"{name}: {ctx.get('error')}"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        return f"{name}.type must be one of {ctx.get('expected_tags', 'loguniform, uniform, randint, choice, grid')}"
+    if kind == "too_short":
+        return f"{name} must not be empty"
     if kind == "string_pattern_mismatch":
         return f"{name} must match {ctx.get('pattern')}, got {got!r}"
     if kind == "missing":
@@ -48,6 +57,10 @@ def describe_error(exc: ValidationError, key: str | None = None) -> str:
         return f"{name} must be one of {ctx.get('expected')}, got {got!r}"
     if kind in _KIND:
         return f"{name} must be {_KIND[kind]}, got {got!r}"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"{name} must be a mapping, got {got!r}"
+    if kind == "list_type":
+        return f"{name} must be a list, got {got!r}"
     return f"{name}: {err['msg']}"
 
 

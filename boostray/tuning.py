@@ -15,11 +15,12 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from boostray.config import FIELDS, TrainConfig, coerce_option, load_yaml_mapping
-from boostray.errors import ConfigError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from boostray.config import FIELDS, TrainConfig, coerce_option, describe_error, load_yaml_mapping
+from boostray.errors import ConfigError, require_extra
 
 SEARCHABLE = {
     "lr": float, "weight_decay": float, "eta": float, "checkpoints": int, "error_source": str, "vote": str,
@@ -28,155 +29,157 @@ SEARCHABLE = {
     "method": str, "schedule": str, "placement": str, "first_member": float, "reweight": str, "combine": str,
     "restart_lr": float, "calibrate": bool,
 }
-DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice", "grid")
 METRICS = ("val_accuracy", "network_val_accuracy")  # what every trial reports after every round
-TOP_KEYS = {"name", "output", "train", "search_space", "search", "scheduler", "num_samples",
-            "max_concurrent_trials", "metric", "mode", "time_budget_s", "resources"}
 
 
-@dataclass
-class SweepConfig:
-    name: str
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class RangeDomain(_Strict):
+    """A continuous or integer range of one option: ``{type: loguniform, low: 0.001, high: 0.1}``."""
+
+    type: Literal["loguniform", "uniform", "randint"]
+    low: int | float
+    high: int | float
+
+    @model_validator(mode="after")
+    def _check(self) -> "RangeDomain":
+        if not self.low < self.high:
+            raise ValueError(f"empty or inverted range [{self.low}, {self.high}]")
+        if self.type == "loguniform" and self.low <= 0:
+            raise ValueError(f"loguniform needs low > 0, got {self.low}")
+        if self.type == "randint" and not (isinstance(self.low, int) and isinstance(self.high, int)):
+            raise ValueError("randint bounds must be integers")
+        return self
+
+    def reachable(self) -> list:
+        return [self.low, self.high - 1 if self.type == "randint" else self.high]
+
+
+class ValuesDomain(_Strict):
+    """Listed values of one option: ``{type: choice, values: [eval, running]}`` (grid: every one)."""
+
+    type: Literal["choice", "grid"]
+    values: list[Any] = Field(min_length=1)
+
+    def reachable(self) -> list:
+        return self.values
+
+
+Domain = Annotated[RangeDomain | ValuesDomain, Field(discriminator="type")]
+
+
+class SearchOptions(_Strict):
+    algorithm: Literal["random", "grid", "optuna"] = "random"
+    seed: int | None = 0
+
+
+class SchedulerOptions(_Strict):
+    type: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1)  # epochs
+    reduction_factor: int | float = Field(2, gt=1)
+
+
+class TrialResources(_Strict):
+    trial_cpu: int | float = Field(0.1, ge=0)  # the Tune function's own CPU, beside its Ray Train workers
+
+
+class SweepConfig(_Strict):
+    """A sweep YAML (see tune_configs/): fixed train options, the search space, searcher and scheduler."""
+
+    name: str = Field(pattern=r"^[^/.][^/]*$")
     train: dict[str, Any]
-    search_space: dict[str, dict[str, Any]]
-    output: str = os.path.join("~", "boostray_runs")
-    search: dict[str, Any] = field(default_factory=lambda: {"algorithm": "random", "seed": 0})
-    scheduler: dict[str, Any] = field(default_factory=lambda: {"type": "asha", "grace_period": 1, "reduction_factor": 2})
-    num_samples: int = 4
-    max_concurrent_trials: int = 1
-    metric: str = "val_accuracy"
-    mode: str = "max"
-    time_budget_s: float | None = None
-    resources: dict[str, float] = field(default_factory=lambda: {"trial_cpu": 0.1})
+    search_space: dict[str, Domain] = Field(min_length=1)
+    output: str = Field(os.path.join("~", "boostray_runs"), min_length=1)
+    search: SearchOptions = SearchOptions()
+    scheduler: SchedulerOptions = SchedulerOptions()
+    num_samples: int = Field(4, ge=1)
+    max_concurrent_trials: int = Field(1, ge=1)
+    metric: Literal[METRICS] = "val_accuracy"
+    mode: Literal["max", "min"] = "max"
+    time_budget_s: int | float | None = Field(None, gt=0)
+    resources: TrialResources = TrialResources()
+
+    def with_options(self, **changes: Any) -> "SweepConfig":
+        """A checked copy with ``changes`` (the CLI's --name and --output)."""
+        try:
+            return SweepConfig(**{**self.model_dump(), **changes})
+        except ValidationError as exc:
+            raise ConfigError(describe_error(exc, path_style=True)) from None
 
     @property
     def sweep_dir(self) -> str:
         return os.path.join(os.path.abspath(os.path.expanduser(self.output)), self.name)
 
+    @field_validator("train", mode="before")
+    @classmethod
+    def _train_options(cls, train: Any) -> dict[str, Any]:
+        if not isinstance(train, dict):
+            raise ConfigError("train must be a mapping of boostray train options")
+        out = {}
+        for key, value in train.items():
+            norm = str(key).replace("-", "_")
+            if norm not in FIELDS or norm in ("name", "output", "address"):
+                raise ConfigError(f"unknown key 'train.{key}'")
+            try:
+                out[norm] = coerce_option(norm, value)
+            except ConfigError as exc:
+                raise ConfigError(f"train.{key}: {exc}") from None
+        return out
 
-def _require(cond: bool, message: str) -> None:
-    if not cond:
-        raise ConfigError(message)
-
-
-def _check_domain(key: str, spec: Any) -> None:
-    where = f"search_space.{key}"
-    _require(key in SEARCHABLE, f"{where}: {key!r} cannot be searched (searchable: {', '.join(sorted(SEARCHABLE))})")
-    _require(isinstance(spec, dict) and "type" in spec, f"{where} must be a mapping with a 'type'")
-    kind = spec["type"]
-    _require(kind in DISTRIBUTIONS, f"{where}.type must be one of {DISTRIBUTIONS}, got {kind!r}")
-    if kind in ("loguniform", "uniform", "randint"):
-        _require(set(spec) == {"type", "low", "high"}, f"{where}: {kind} takes exactly 'low' and 'high'")
-        low, high = spec["low"], spec["high"]
-        for bound, value in (("low", low), ("high", high)):
-            _require(isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}.{bound} must be a number, got {value!r}")
-        _require(low < high, f"{where}: empty or inverted range [{low}, {high}]")
-        if kind == "loguniform":
-            _require(low > 0, f"{where}: loguniform needs low > 0, got {low}")
-        if kind == "randint":
-            _require(isinstance(low, int) and isinstance(high, int), f"{where}: randint bounds must be integers")
-        samples = [low, high - 1 if kind == "randint" else high]
-    else:
-        _require(set(spec) == {"type", "values"}, f"{where}: {kind} takes exactly 'values'")
-        _require(isinstance(spec["values"], list) and spec["values"], f"{where}.values must be a non-empty list")
-        samples = spec["values"]
-    for value in samples:  # every reachable value must be a valid option value
+    @model_validator(mode="after")
+    def _check_together(self) -> "SweepConfig":
+        for key in self.search_space:
+            if key not in SEARCHABLE:
+                raise ConfigError(f"search_space.{key}: {key!r} cannot be searched (searchable: {', '.join(sorted(SEARCHABLE))})")
+        if self.search.algorithm == "optuna":
+            require_extra("optuna", "optuna", "search.algorithm optuna")
+            if any(d.type == "grid" for d in self.search_space.values()):
+                raise ConfigError("search_space: grid values cannot be used with optuna")
         try:
-            coerce_option(key, SEARCHABLE[key](value) if SEARCHABLE[key] is not str else value)
-        except (ConfigError, ValueError, TypeError) as exc:
-            raise ConfigError(f"{where}: value {value!r} is not valid for {key}: {exc}") from None
+            TrainConfig(**self.train)
+        except ConfigError as exc:
+            raise ConfigError(f"train: {exc}") from None
+        # every reachable value must be valid: alone over the fixed options, then beside the others' first values
+        first = {k: _as(k, d.reachable()[0]) for k, d in self.search_space.items()}
+        for others in ({}, first):
+            for key, domain in self.search_space.items():
+                for value in domain.reachable():
+                    try:
+                        TrainConfig(**{**self.train, **others, key: coerce_option(key, _as(key, value))})
+                    except ConfigError as exc:
+                        raise ConfigError(f"search_space.{key}: value {value!r} is invalid: {exc}") from None
+        return self
+
+
+def _as(key: str, value: Any) -> Any:
+    """A searched value in its option's type (a uniform draw of an int option is rounded by Tune's int cast)."""
+    kind = SEARCHABLE[key]
+    return kind(value) if kind in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
 def read_sweep_config(path: str) -> SweepConfig:
     """Parse and validate a sweep YAML; every error names its key."""
     raw = load_yaml_mapping(path, "sweep config")
-    unknown = sorted(set(raw) - TOP_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown key {unknown[0]!r} in {path} (keys: {', '.join(sorted(TOP_KEYS))})")
-    for key in ("name", "train", "search_space"):
-        _require(key in raw, f"{path} lacks {key!r}")
-    _require(isinstance(raw["name"], str) and raw["name"] and "/" not in raw["name"], "name must be a plain folder name")
-    _require(isinstance(raw["train"], dict), "train must be a mapping of boostray train options")
-    train = {}
-    for key, value in raw["train"].items():
-        norm = str(key).replace("-", "_")
-        _require(norm in FIELDS and norm not in ("name", "output", "address"), f"unknown key 'train.{key}'")
-        try:
-            train[norm] = coerce_option(norm, value)
-        except ConfigError as exc:
-            raise ConfigError(f"train.{key}: {exc}") from None
-    _require(isinstance(raw["search_space"], dict) and raw["search_space"], "search_space must be a non-empty mapping")
-    for key, spec in raw["search_space"].items():
-        _check_domain(key, spec)
-    config = SweepConfig(name=raw["name"], train=train, search_space=raw["search_space"])
-    for key in ("output", "num_samples", "max_concurrent_trials", "metric", "mode", "time_budget_s"):
-        if key in raw:
-            setattr(config, key, raw[key])
-    for key in ("search", "scheduler", "resources"):
-        if key in raw:
-            _require(isinstance(raw[key], dict), f"{key} must be a mapping")
-            setattr(config, key, {**getattr(config, key), **raw[key]} if key != "search" else raw[key])
-    _require(isinstance(config.num_samples, int) and config.num_samples >= 1, "num_samples must be an integer >= 1")
-    _require(isinstance(config.max_concurrent_trials, int) and config.max_concurrent_trials >= 1,
-             "max_concurrent_trials must be an integer >= 1")
-    _require(config.metric in METRICS, f"metric {config.metric!r} is not reported by trials (reported: {', '.join(METRICS)})")
-    _require(config.mode in ("max", "min"), f"mode must be max or min, got {config.mode!r}")
-    _require(config.time_budget_s is None or (isinstance(config.time_budget_s, (int, float)) and config.time_budget_s > 0),
-             "time_budget_s must be a positive number")
-    algorithm = config.search.get("algorithm", "random")
-    _require(algorithm in ("random", "grid", "optuna"), f"search.algorithm must be random, grid or optuna, got {algorithm!r}")
-    _require(set(config.search) <= {"algorithm", "seed"}, f"unknown key in search: {sorted(set(config.search) - {'algorithm', 'seed'})}")
-    if algorithm == "optuna":
-        try:
-            import optuna  # noqa: F401
-        except ImportError:
-            raise ConfigError("search.algorithm optuna needs the optuna extra: pip install 'boostray[optuna]'") from None
-    has_grid = any(s["type"] == "grid" for s in config.search_space.values())
-    _require(not (has_grid and algorithm == "optuna"), "search_space: grid values cannot be used with optuna")
-    kind = config.scheduler.get("type", "asha")
-    _require(kind in ("asha", "fifo"), f"scheduler.type must be asha or fifo, got {kind!r}")
-    _require(set(config.scheduler) <= {"type", "grace_period", "reduction_factor"}, f"unknown key in scheduler: {sorted(set(config.scheduler) - {'type', 'grace_period', 'reduction_factor'})}")
-    _require(set(config.resources) <= {"trial_cpu"}, f"unknown key in resources: {sorted(set(config.resources) - {'trial_cpu'})}")
-    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
-    is_number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-    grace, factor = config.scheduler.get("grace_period", 1), config.scheduler.get("reduction_factor", 2)
-    _require(is_int(grace) and grace >= 1, f"scheduler.grace_period must be an integer >= 1 (epochs), got {grace!r}")
-    _require(is_number(factor) and factor > 1, f"scheduler.reduction_factor must be a number > 1, got {factor!r}")
-    seed = config.search.get("seed")
-    _require(seed is None or is_int(seed), f"search.seed must be an integer, got {seed!r}")
-    _require(isinstance(config.output, str) and config.output, f"output must be a folder path, got {config.output!r}")
-    trial_cpu = config.resources.get("trial_cpu", 0.1)
-    _require(is_number(trial_cpu) and trial_cpu >= 0, f"resources.trial_cpu must be a number >= 0, got {trial_cpu!r}")
-    # the fixed options must validate with every searched key at each of its reachable values
     try:
-        TrainConfig(**train).validate()
-    except ConfigError as exc:
-        raise ConfigError(f"train: {exc}") from None
-    first = {k: (spec["values"][0] if "values" in spec else SEARCHABLE[k](spec["low"])) for k, spec in config.search_space.items()}
-    for others in ({}, first):  # each key alone over the fixed options, then beside the others' first values
-        for key, spec in config.search_space.items():
-            reachable = spec["values"] if "values" in spec else [spec["low"], spec["high"] - 1 if spec["type"] == "randint" else spec["high"]]
-            for value in reachable:
-                try:
-                    TrainConfig(**{**train, **others, key: SEARCHABLE[key](value) if SEARCHABLE[key] is not str else value}).validate()
-                except ConfigError as exc:
-                    raise ConfigError(f"search_space.{key}: value {value!r} is invalid: {exc}") from None
-    return config
+        return SweepConfig(**raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {describe_error(exc, path_style=True)}") from None
 
 
-def _domain(spec: dict):
+def _domain(spec: RangeDomain | ValuesDomain):
     from ray import tune
 
-    kind = spec["type"]
-    if kind == "loguniform":
-        return tune.loguniform(spec["low"], spec["high"])
-    if kind == "uniform":
-        return tune.uniform(spec["low"], spec["high"])
-    if kind == "randint":
-        return tune.randint(spec["low"], spec["high"])
-    if kind == "choice":
-        return tune.choice(spec["values"])
-    return tune.grid_search(spec["values"])
+    if spec.type == "loguniform":
+        return tune.loguniform(spec.low, spec.high)
+    if spec.type == "uniform":
+        return tune.uniform(spec.low, spec.high)
+    if spec.type == "randint":
+        return tune.randint(spec.low, spec.high)
+    if spec.type == "choice":
+        return tune.choice(spec.values)
+    return tune.grid_search(spec.values)
 
 
 def check_resources(config: SweepConfig) -> None:
@@ -185,7 +188,7 @@ def check_resources(config: SweepConfig) -> None:
 
     probe = TrainConfig(**config.train)
     total = ray.cluster_resources()
-    need_cpu = probe.workers * probe.cpus_per_worker + float(config.resources.get("trial_cpu", 0.1))
+    need_cpu = probe.workers * probe.cpus_per_worker + float(config.resources.trial_cpu)
     if need_cpu > total.get("CPU", 0):
         raise ConfigError(f"a trial needs {need_cpu:g} CPUs (workers x cpus_per_worker + trial_cpu); the cluster has {total.get('CPU', 0):g}")
     if probe.gpu and probe.workers > total.get("GPU", 0):
@@ -237,31 +240,32 @@ def run_sweep(config: SweepConfig, *, resume: bool = False) -> dict:
     data_ref = ray.put(data)
     os.makedirs(os.path.join(sweep_dir, "trials"), exist_ok=True)
     probe = TrainConfig(**config.train)
-    max_epochs = max([probe.epochs] + [int(v) for v in _values(config.search_space.get("epochs"))])
+    epochs = config.search_space.get("epochs")
+    max_epochs = max([probe.epochs] + ([int(v) for v in epochs.reachable()] if epochs else []))
     trainable = tune.with_resources(
         tune.with_parameters(trial_fn, data_box=[data_ref], fixed=config.train, sweep_dir=sweep_dir),
-        {"CPU": float(config.resources.get("trial_cpu", 0.1))},
+        {"CPU": float(config.resources.trial_cpu)},
     )
     experiment_path = os.path.join(sweep_dir, "tune", config.name)
     if resume and tune.Tuner.can_restore(experiment_path):
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True)
     else:
-        if config.scheduler.get("type", "asha") == "asha":
+        if config.scheduler.type == "asha":
             scheduler = ASHAScheduler(  # on epochs: trials that search checkpoints are compared at equal training
                 time_attr="epoch", max_t=max_epochs,
-                grace_period=int(config.scheduler.get("grace_period", 1)),
-                reduction_factor=float(config.scheduler.get("reduction_factor", 2)),
+                grace_period=config.scheduler.grace_period,
+                reduction_factor=float(config.scheduler.reduction_factor),
             )
         else:
             scheduler = FIFOScheduler()
-        if config.search.get("algorithm") == "optuna":
+        if config.search.algorithm == "optuna":
             from ray.tune.search.optuna import OptunaSearch
 
-            search_alg = OptunaSearch(seed=config.search.get("seed"))
+            search_alg = OptunaSearch(seed=config.search.seed)
         else:  # random and grid: the searcher's own random state, not the global one
             from ray.tune.search import BasicVariantGenerator
 
-            search_alg = BasicVariantGenerator(random_state=config.search.get("seed"))
+            search_alg = BasicVariantGenerator(random_state=config.search.seed)
         tuner = tune.Tuner(
             trainable,
             param_space={k: _domain(v) for k, v in config.search_space.items()},
@@ -274,14 +278,6 @@ def run_sweep(config: SweepConfig, *, resume: bool = False) -> dict:
         )
     results = tuner.fit()
     return summarize(config, results, data, time.perf_counter() - started)
-
-
-def _values(spec: dict | None) -> list:
-    if spec is None:
-        return []
-    if "values" in spec:
-        return spec["values"]
-    return [spec["high"]]
 
 
 def summarize(config: SweepConfig, results, data, wall_seconds: float) -> dict:

@@ -48,17 +48,17 @@ def test_shipped_sweep_configs_validate(path):
     ({"search_space": {"lr": {"type": "loguniform", "low": 0.1, "high": 0.01}}}, "inverted range"),
     ({"search_space": {"lr": {"type": "uniform", "low": 0.1, "high": 0.1}}}, "empty or inverted"),
     ({"search_space": {"lr": {"type": "loguniform", "low": 0, "high": 0.1}}}, "low > 0"),
-    ({"search_space": {"eta": {"type": "choice", "values": []}}}, "non-empty list"),
+    ({"search_space": {"eta": {"type": "choice", "values": []}}}, "search_space.eta.values must not be empty"),
     ({"search_space": {"eta": {"type": "choice", "values": [0.5, 2.0]}}}, "search_space.eta"),
     ({"search_space": {"model": {"type": "choice", "values": ["small_cnn"]}}}, "cannot be searched"),
-    ({"metric": "test_accuracy"}, "metric 'test_accuracy' is not reported"),
+    ({"metric": "test_accuracy"}, "metric must be one of 'val_accuracy' or 'network_val_accuracy', got 'test_accuracy'"),
     ({"scheduler": {"type": "hyperband"}}, "scheduler.type"),
     ({"num_samples": 0}, "num_samples"),
     ({"search_space": {"combine": {"type": "choice", "values": ["greedy", "median"]}}}, "search_space.combine"),
     ({"scheduler.grace_period": "one"}, "scheduler.grace_period must be an integer"),
-    ({"scheduler.reduction_factor": 1}, "scheduler.reduction_factor must be a number > 1"),
+    ({"scheduler.reduction_factor": 1}, "scheduler.reduction_factor must be > 1, got 1"),
     ({"search": {"algorithm": "random", "seed": "zero"}}, "search.seed must be an integer"),
-    ({"output": 3}, "output must be a folder path"),
+    ({"output": 3}, "output must be text, got 3"),
     ({"search_space": {"schedule": {"type": "choice", "values": ["cyclic"]}}}, "search_space.schedule"),
     ({"search_space": {"first_member": {"type": "uniform", "low": 0.5, "high": 1.5}}}, "search_space.first_member"),
     ({"search_space": {"placement": {"type": "choice", "values": ["tail"]}},
@@ -72,7 +72,7 @@ def test_bad_sweep_configs_name_the_key(tmp_path, changes, message):
 def test_cli_rejects_bad_sweep_before_starting_ray(tmp_path, capsys):
     assert main(["tune", write(tmp_path, metric="loss")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "metric 'loss'" in err[0]
+    assert len(err) == 1 and err[0].endswith("metric must be one of 'val_accuracy' or 'network_val_accuracy', got 'loss'")
 
 
 @pytest.mark.ray
@@ -137,3 +137,9 @@ def test_the_method_axes_can_be_searched(tmp_path):
              "calibrate": {"type": "choice", "values": [True, False]}}
     config = read_sweep_config(write(tmp_path, search_space=space, **{"train.epochs": 12}))
     assert set(config.search_space) == set(space)
+
+
+def test_cli_name_and_output_overrides_are_checked(tmp_path, capsys):
+    assert main(["tune", write(tmp_path), "--name", "../escape"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("boostray: error: name must match")
