@@ -13,7 +13,7 @@ import sys
 import typing
 from typing import Sequence
 
-from boostray.config import FIELDS, ServeOptions, TrainConfig, read_config_file
+from boostray.config import FIELDS, PredictOptions, ServeOptions, TrainConfig, read_config_file
 from boostray.errors import BoostrayError
 
 EXIT_USAGE = 2
@@ -165,13 +165,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from boostray.batch_predict import check_predict_inputs, predict_parquet
     from boostray.runtime import ray_session
 
-    check_predict_inputs(args.run_dir, args.input, args.output, args.id_column, args.image_column)
+    options = PredictOptions(**{k: v for k, v in vars(args).items() if k in PredictOptions.model_fields})
+    check_predict_inputs(args.run_dir, args.input, args.output, options.id_column, options.image_column)
     with ray_session(args.address):
-        rows = predict_parquet(
-            args.run_dir, args.input, args.output, id_column=args.id_column, image_column=args.image_column,
-            batch_size=args.batch_size, actors=args.actors, gpu=args.gpu, cascade=args.cascade,
-            cpus_per_actor=args.cpus_per_actor,
-        )
+        rows = predict_parquet(args.run_dir, args.input, args.output, **options.model_dump())
     print(f"wrote {rows} predictions to {args.output}")
     return 0
 
@@ -291,13 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'boostray train'")
     pr.add_argument("--input", required=True, help="Parquet file or folder with an id and an image column")
     pr.add_argument("--output", required=True, help="Parquet folder to write (must not exist)")
-    pr.add_argument("--id-column", default="id", help="column carried over to identify rows (default: id)")
-    pr.add_argument("--image-column", default="image", help="image struct {bytes} or numeric list (default: image)")
-    pr.add_argument("--batch-size", type=int, default=256, help="rows per batch (default: 256)")
-    pr.add_argument("--actors", type=int, default=1, help="predictor actors (default: 1)")
-    pr.add_argument("--gpu", action="store_true", help="one GPU per actor")
-    pr.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (default: 1)")
-    pr.add_argument("--cascade", action="store_true", help="cascade evaluation (same labels, fewer member passes)")
+    add_model_options(pr, PredictOptions.model_fields)
     pr.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
     pr.set_defaults(func=cmd_predict)
 

@@ -240,6 +240,26 @@ class ServeOptions(BaseModel):
         return low, high
 
 
+class PredictOptions(BaseModel):
+    """Options of ``boostray predict`` (Ray Data batch inference over Parquet)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", protected_namespaces=())
+
+    batch_size: int = _opt(256, "rows per batch", ge=1)
+    actors: int = _opt(1, "predictor actors", ge=1)
+    cpus_per_actor: float = _opt(1.0, "CPUs reserved per actor", gt=0)
+    gpu: bool = _opt(False, "one GPU per actor")
+    cascade: bool = _opt(False, "cascade evaluation (same labels, fewer member passes)")
+    id_column: str = _opt("id", "column carried over to identify rows", min_length=1)
+    image_column: str = _opt("image", "image struct {bytes} or numeric list", min_length=1)
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(describe_error(exc)) from None
+
+
 FIELDS = TrainConfig.model_fields
 REMOVED_KEYS = {"loader_workers"}  # batches are gathered in memory now (batches.py): no DataLoader workers
 PRESET_KEYS = tuple(k for k, f in FIELDS.items() if (f.json_schema_extra or {}).get("preset"))
