@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from boostray.runtime import loopback_environment  # noqa: E402
+from boostray.distributed.runtime import loopback_environment  # noqa: E402
 
 loopback_environment()
 
@@ -40,8 +40,8 @@ def _free_port() -> int:
 def bench_forward(run_dir: str, images: np.ndarray, repeats: int = 5) -> dict:
     import torch
 
-    from boostray.ensemble import load_ensemble
-    from boostray.inference import MemberStack
+    from boostray.core.ensemble import load_ensemble
+    from boostray.core.inference import MemberStack
 
     ens = load_ensemble(run_dir)
     out = {"members": len(ens)}
@@ -73,8 +73,8 @@ def bench_forward(run_dir: str, images: np.ndarray, repeats: int = 5) -> dict:
 
 
 def bench_cascade(run_dir: str, images: np.ndarray, labels: np.ndarray) -> dict:
-    from boostray.ensemble import load_ensemble
-    from boostray.inference import MemberStack, cascade_predict
+    from boostray.core.ensemble import load_ensemble
+    from boostray.core.inference import MemberStack, cascade_predict
 
     ens = load_ensemble(run_dir)
     stack = MemberStack(ens)
@@ -125,8 +125,8 @@ def _load(url: str, payloads: list[bytes], clients: int, per_client: int) -> dic
 def bench_http(run_dir: str, images: np.ndarray, requests_per_level: int) -> dict:
     from ray import serve
 
-    from boostray.runtime import ray_session
-    from boostray.serving import build_app
+    from boostray.distributed.runtime import ray_session
+    from boostray.apps.serving import build_app
 
     payloads = [json.dumps({"instances": images[i:i + 1].tolist()}).encode() for i in range(min(len(images), 64))]
     out = {"instances_per_request": 1, "replicas": 1}
@@ -149,8 +149,8 @@ def bench_predict(run_dir: str, images: np.ndarray, rows: int) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from boostray.batch_predict import predict_parquet
-    from boostray.runtime import ray_session
+    from boostray.apps.batch_predict import predict_parquet
+    from boostray.distributed.runtime import ray_session
 
     tmp = tempfile.mkdtemp(prefix="boostray-bench-predict-")
     flat = np.resize(images, (rows, *images.shape[1:])).reshape(rows, -1)
@@ -169,12 +169,12 @@ def main() -> None:
     parser.add_argument("--predict-rows", type=int, default=50000)
     parser.add_argument("--json-out")
     args = parser.parse_args()
-    from boostray.data import load_dataset
+    from boostray.core.data import load_dataset
 
     run_dir = args.run_dir
     if run_dir is None:
         from boostray.config import TrainConfig
-        from boostray.trainer import train
+        from boostray.distributed.trainer import train
 
         run_dir, _ = train(TrainConfig(workers=0, output=tempfile.mkdtemp(prefix="boostray-bench-"), name="served"))
     test = load_dataset("digits").test

@@ -24,14 +24,14 @@ import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from boostray.runtime import loopback_environment  # noqa: E402
+from boostray.distributed.runtime import loopback_environment  # noqa: E402
 
 loopback_environment()
 
 
 def _train(base: dict, **overrides) -> dict:
     from boostray.config import TrainConfig
-    from boostray.trainer import train
+    from boostray.distributed.trainer import train
 
     config = TrainConfig(**{**base, **overrides, "name": f"bench-{uuid.uuid4().hex[:8]}"})
     _, metrics = train(config)
@@ -57,10 +57,10 @@ def _sync_worker(loop_config: dict) -> dict | None:
     import ray.train
     import torch
 
-    from boostray.boost_state import BoostState
-    from boostray.collectives import barrier, combine_correctness
+    from boostray.core.boost_state import BoostState
+    from boostray.core.collectives import barrier, combine_correctness
     from boostray.config import TrainConfig
-    from boostray.engine import boost_round, sync_weights
+    from boostray.core.engine import boost_round, sync_weights
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -93,9 +93,9 @@ def bench_sync(sizes: list[int], repeats: int = 3) -> dict:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from boostray.runtime import ray_session
-    from boostray.trainer import torch_config_for_cluster
-    from boostray.weight_store import RayWeightStore
+    from boostray.distributed.runtime import ray_session
+    from boostray.distributed.trainer import torch_config_for_cluster
+    from boostray.distributed.weight_store import RayWeightStore
 
     with ray_session(object_store_bytes=2 << 30):
         store = RayWeightStore.create("bench-sync")

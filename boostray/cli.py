@@ -104,7 +104,7 @@ def format_summary(run_dir: str, metrics: dict) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from boostray.trainer import train
+    from boostray.distributed.trainer import train
 
     config = config_from_args(args)
     run_dir, metrics = train(config)
@@ -113,7 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from boostray.evaluate import evaluate_run
+    from boostray.apps.evaluate import evaluate_run
 
     report = evaluate_run(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, split=args.split)
     if args.json:
@@ -134,8 +134,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ray import serve
 
-    from boostray.runtime import ray_session
-    from boostray.serving import build_app
+    from boostray.distributed.runtime import ray_session
+    from boostray.apps.serving import build_app
 
     options = ServeOptions(**{k: v for k, v in vars(args).items() if k in ServeOptions.model_fields})
     application = build_app(options)  # checks the run directory before Ray starts
@@ -155,15 +155,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _run_name(run_dir: str) -> str:
-    from boostray.ensemble import read_manifest
+    from boostray.core.ensemble import read_manifest
 
     _, manifest = read_manifest(run_dir)
     return manifest.get("name") or os.path.basename(os.path.normpath(run_dir))
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from boostray.batch_predict import check_predict_inputs, predict_parquet
-    from boostray.runtime import ray_session
+    from boostray.apps.batch_predict import check_predict_inputs, predict_parquet
+    from boostray.distributed.runtime import ray_session
 
     options = PredictOptions(**{k: v for k, v in vars(args).items() if k in PredictOptions.model_fields})
     check_predict_inputs(args.run_dir, args.input, args.output, options.id_column, options.image_column)
@@ -174,8 +174,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from boostray.runtime import ray_session
-    from boostray.tuning import read_sweep_config, run_sweep
+    from boostray.distributed.runtime import ray_session
+    from boostray.apps.tuning import read_sweep_config, run_sweep
 
     config = read_sweep_config(args.config)  # every key checked before Ray starts
     config = config.with_options(**{k: v for k in ("name", "output") if (v := getattr(args, k))})
@@ -192,7 +192,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from boostray.errors import require_extra
-    from boostray.inspect_run import hardest_samples, write_inspection
+    from boostray.apps.inspect_run import hardest_samples, write_inspection
 
     require_extra("matplotlib", "report", "boostray inspect (its PNG grid)")
 
@@ -207,9 +207,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from boostray.compare import parse_methods, run_comparison
+    from boostray.apps.compare import parse_methods, run_comparison
     from boostray.errors import require_extra
-    from boostray.runtime import ray_session
+    from boostray.distributed.runtime import ray_session
 
     require_extra("matplotlib", "report", "boostray compare (its report's plots)")  # before any run trains
 
@@ -222,10 +222,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise BoostrayError(f"--seeds must be >= 1, got {args.seeds}")
     out_dir = os.path.abspath(os.path.expanduser(args.report))
-    from boostray.compare import run_configs
+    from boostray.apps.compare import run_configs
 
     run_configs(base, specs, args.seeds, out_dir, budgets)  # every run's options (and reuse) checked before Ray starts
-    from boostray.trainer import load_training_data
+    from boostray.distributed.trainer import load_training_data
 
     load_training_data(base)  # and the data
     os.makedirs(out_dir, exist_ok=True)
@@ -238,7 +238,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from boostray.models import list_models
+    from boostray.core.models import list_models
 
     print("\n".join(list_models()))
     return 0
@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from boostray.runtime import loopback_environment
+    from boostray.distributed.runtime import loopback_environment
 
     loopback_environment()
     args = build_parser().parse_args(argv)

@@ -143,9 +143,9 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _check_together(self) -> "TrainConfig":
         """What no single field can check: names that must exist, and options that depend on each other."""
-        from boostray.data import DATASETS
-        from boostray.methods import preset_options
-        from boostray.models import list_models
+        from boostray.core.data import DATASETS
+        from boostray.core.methods import preset_options
+        from boostray.core.models import list_models
 
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}")
@@ -169,7 +169,7 @@ class TrainConfig(BaseModel):
 
     def resolved_options(self) -> "TrainConfig":
         """A copy (unchecked as a whole; the caller checks) with the preset-dependent options filled in."""
-        from boostray.methods import preset_options
+        from boostray.core.methods import preset_options
 
         options = preset_options(self.method)
         filled = {k: options[k] for k in PRESET_KEYS if getattr(self, k) is None and k in options}
@@ -182,7 +182,7 @@ class TrainConfig(BaseModel):
 
     def build_method(self):
         """The Method (schedule, rounds, members) of the resolved options."""
-        from boostray.methods import AXES, create_method
+        from boostray.core.methods import AXES, create_method
 
         return create_method(self.method, epochs=self.epochs, checkpoints=self.checkpoints,
                              **{k: getattr(self, k) for k in AXES})
@@ -199,7 +199,7 @@ class TrainConfig(BaseModel):
 
 class ServeOptions(BaseModel):
     """Options of ``boostray serve`` and the typed argument of Serve's application builder
-    (``serve run boostray.serving:build_app run_dir=...``, pipelines/serve_config.yaml). Not strict:
+    (``serve run boostray.apps.serving:build_app run_dir=...``, pipelines/serve_config.yaml). Not strict:
     ``serve run``'s key=value arguments arrive as text ("2" must become 2)."""
 
     model_config = ConfigDict(strict=False, extra="forbid", protected_namespaces=())
@@ -290,7 +290,7 @@ def saved_options(saved: dict[str, Any]) -> dict[str, Any]:
     """A saved config.yaml's options as the run was trained. Keys written before an option existed take
     that time's behaviour: before the method axes, each method was today's preset of the same name
     (cbnn: today's cbnn-paper) without a temperature."""
-    from boostray.methods import preset_options
+    from boostray.core.methods import preset_options
 
     out = {**LEGACY_VALUES, **saved}
     if "schedule" not in saved and saved.get("method"):

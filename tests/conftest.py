@@ -14,7 +14,7 @@ import pytest
 def ray_cluster():
     import ray
 
-    from boostray.runtime import ray_session
+    from boostray.distributed.runtime import ray_session
 
     with ray_session(num_cpus=2, object_store_bytes=512 << 20):
         yield ray.get_runtime_context().gcs_address

@@ -7,7 +7,7 @@ import pytest
 
 from boostray import load_ensemble
 from boostray.cli import main
-from boostray.data import load_dataset
+from boostray.core.data import load_dataset
 from helpers import png_bytes
 
 pytestmark = pytest.mark.ray
@@ -27,7 +27,7 @@ def test_images():
 
 
 def test_batch_predict_parquet_equals_in_process(ray_cluster, run_dir, tmp_path, test_images):
-    from boostray.batch_predict import predict_parquet
+    from boostray.apps.batch_predict import predict_parquet
 
     images, _ = test_images
     table = pa.table({

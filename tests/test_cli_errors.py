@@ -124,13 +124,13 @@ def test_compare_without_the_report_extra_stops_before_training(tmp_path):
 
 
 def test_serve_options_are_the_typed_argument_of_the_application_builder():
-    """`serve run boostray.serving:build_app run_dir=... replicas=2` hands Serve text: ServeOptions is
+    """`serve run boostray.apps.serving:build_app run_dir=... replicas=2` hands Serve text: ServeOptions is
     what Serve validates it into (the builder's annotation), and bad values name the option."""
     import inspect
 
     from boostray.config import ServeOptions
     from boostray.errors import ConfigError
-    from boostray.serving import build_app
+    from boostray.apps.serving import build_app
 
     (param,) = inspect.signature(build_app).parameters.values()
     assert param.annotation is ServeOptions

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from boostray.boosting import apply_temperature, checkpoint_weight, clamp_error, vote
-from boostray.combine import (
+from boostray.core.boosting import apply_temperature, checkpoint_weight, clamp_error, vote
+from boostray.core.combine import (
     crossfit_halves, crossfit_proba, fit_combination, fit_temperature, fit_weights, greedy_selection,
     lambda_from_validation,
 )
-from boostray.metrics import accuracy, nll
+from boostray.core.metrics import accuracy, nll
 
 
 def noisy_members(rng, n=400, k=5, m=5, skill=(0.9, 0.7, 0.6, 0.55, 0.5)):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from boostray.config import TrainConfig
-from boostray.data import load_dataset
-from boostray.engine import train_in_process
+from boostray.core.data import load_dataset
+from boostray.core.engine import train_in_process
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_same_seed_same_run_in_process(digits):
 
 
 def test_the_core_runs_where_ray_cannot_be_imported(tmp_path):
-    """Import and train with Ray made unimportable: the core needs PyTorch alone."""
+    """Import every core module and train with Ray made unimportable: the core needs PyTorch alone."""
     script = textwrap.dedent("""
         import sys
         class NoRay:
@@ -48,9 +48,13 @@ def test_the_core_runs_where_ray_cannot_be_imported(tmp_path):
                 if name == "ray" or name.startswith("ray."):
                     raise ImportError("ray is not installed here")
         sys.meta_path.insert(0, NoRay())
+        import importlib, pkgutil
+        import boostray.core
+        for module in pkgutil.iter_modules(boostray.core.__path__):  # every core module imports without Ray
+            importlib.import_module(f"boostray.core.{module.name}")
         from boostray.config import TrainConfig
-        from boostray.data import load_dataset
-        from boostray.engine import train_in_process
+        from boostray.core.data import load_dataset
+        from boostray.core.engine import train_in_process
         state = train_in_process(TrainConfig(epochs=2, checkpoints=2), load_dataset("digits"))
         assert "ray" not in sys.modules
         print("members", len(state.members), "ess", round(state.ess[0], 3))
@@ -62,7 +66,7 @@ def test_the_core_runs_where_ray_cannot_be_imported(tmp_path):
 
 def test_compiled_training_keeps_plain_member_state_dicts(digits):
     """--compile trains through torch.compile; members and checkpoints stay the plain network's."""
-    from boostray.models import create_model
+    from boostray.core.models import create_model
 
     state = train_in_process(TrainConfig(epochs=3, checkpoints=1, method="single", compile=True), digits)
     member = state.member_states[0]
@@ -73,7 +77,7 @@ def test_compiled_training_keeps_plain_member_state_dicts(digits):
 
 
 def test_boost_state_reads_members_saved_when_lambda_was_called_alpha():
-    from boostray.boost_state import BoostState, MemberRecord
+    from boostray.core.boost_state import BoostState, MemberRecord
 
     old = {"round": 1, "epoch": 3, "alpha": 2.5, "error": 0.1, "raw_error": 0.1, "train_accuracy": 0.9,
            "val_accuracy": 0.9, "test_accuracy": 0.9}
@@ -85,9 +89,9 @@ def test_boost_state_reads_members_saved_when_lambda_was_called_alpha():
 def test_checkpoints_keep_members_beside_them_and_resume_bit_identically(digits, tmp_path):
     """A checkpoint's size does not grow with the members; restoring round 2's and training on gives the
     same members as the uninterrupted run."""
-    from boostray.boost_state import BoostState
-    from boostray.engine import Engine
-    from boostray.weight_store import LocalWeightStore
+    from boostray.core.boost_state import BoostState
+    from boostray.core.engine import Engine
+    from boostray.core.weights import LocalWeightStore
 
     config = TrainConfig(epochs=8, checkpoints=4, method="cbnn-paper", seed=1).resolved()
     members_dir = str(tmp_path / "members")

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from boostray import load_ensemble
-from boostray.boosting import vote
-from boostray.ensemble import write_ensemble
+from boostray.core.boosting import vote
+from boostray.core.ensemble import write_ensemble
 from boostray.errors import ArtifactError
-from boostray.models import create_model
+from boostray.core.models import create_model
 
 SPEC = {"num_classes": 4, "in_channels": 1, "image_size": 8}
 
@@ -83,8 +83,8 @@ def test_missing_or_broken_artifacts_are_refused(tmp_path):
 
 
 def test_the_manifest_temperature_calibrates_every_prediction_path_and_keeps_labels(tmp_path):
-    from boostray.boosting import apply_temperature
-    from boostray.inference import MemberStack, cascade_predict
+    from boostray.core.boosting import apply_temperature
+    from boostray.core.inference import MemberStack, cascade_predict
 
     make_artifact(tmp_path / "plain")
     make_artifact(tmp_path / "hot", temperature=2.5)

@@ -13,7 +13,7 @@ import pytest
 
 from boostray import load_ensemble
 from boostray.cli import main
-from boostray.data import load_dataset
+from boostray.core.data import load_dataset
 from helpers import png_bytes
 
 pytestmark = pytest.mark.ray
@@ -36,7 +36,7 @@ def run_dir(tmp_path_factory):
 def server(ray_cluster, run_dir):
     from ray import serve
 
-    from boostray.serving import build_app
+    from boostray.apps.serving import build_app
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

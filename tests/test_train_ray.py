@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from boostray.config import TrainConfig
-from boostray.trainer import train
+from boostray.distributed.trainer import train
 from sockets import is_loopback, ray_listeners
 
 pytestmark = pytest.mark.ray

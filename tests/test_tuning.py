@@ -9,7 +9,7 @@ import yaml
 from boostray.cli import main
 from boostray.config import TrainConfig, read_config_file
 from boostray.errors import ConfigError
-from boostray.tuning import read_sweep_config, run_sweep
+from boostray.apps.tuning import read_sweep_config, run_sweep
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
 
@@ -103,7 +103,7 @@ def test_asha_sweep_stops_weak_trials_and_exports_the_best(sweep):
     assert os.path.isfile(os.path.join(config.sweep_dir, "trials.md"))
     best = read_config_file(os.path.join(config.sweep_dir, "best_config.yaml"))
     assert best["lr"] == 0.05 and TrainConfig(**best).validate()
-    from boostray.evaluate import evaluate_run
+    from boostray.apps.evaluate import evaluate_run
 
     report = evaluate_run(summary["best_run_dir"])
     assert report["accuracy"] == pytest.approx(summary["best_test_accuracy"])

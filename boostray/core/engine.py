@@ -23,18 +23,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from boostray.batches import TrainBatches
-from boostray.boost_state import BoostState, MemberRecord
-from boostray.boosting import ChanceLevelWarning, boost_step, clamp_error, effective_sample_size
-from boostray.collectives import (
+from boostray.core.batches import TrainBatches
+from boostray.core.boost_state import BoostState, MemberRecord
+from boostray.core.boosting import ChanceLevelWarning, boost_step, clamp_error, effective_sample_size
+from boostray.core.collectives import (
     all_sum, barrier, combine_correctness, combine_rows, gather_digests, shard_indices, weights_digest,
 )
-from boostray.combine import crossfit_proba, lambda_from_validation
+from boostray.core.combine import crossfit_proba, lambda_from_validation
 from boostray.config import TrainConfig
-from boostray.data import ImageDataset, normalize
-from boostray.metrics import accuracy
-from boostray.models import create_model
-from boostray.weight_store import LocalWeightStore
+from boostray.core.data import ImageDataset, normalize
+from boostray.core.metrics import accuracy
+from boostray.core.models import create_model
+from boostray.core.weights import LocalWeightStore
 
 CHECKPOINT_FILE = "state.pt"
 EVAL_BATCH = 1024

@@ -3,8 +3,8 @@
 The actor holds only the ObjectRef of the current weight vector, its version (the round it belongs
 to) and the boosting history, so it stays tiny however large n is. Rank 0 puts each new vector into
 the object store and publishes the ref; the other ranks read that version (zero-copy from shared
-memory on the same node). Ray Train's local mode has no cluster: ``LocalWeightStore`` keeps the same
-interface in-process.
+memory on the same node). The registry and its in-process twin (``LocalWeightStore``, for runs without
+Ray) are Ray-free, in core/weights.py.
 """
 
 from __future__ import annotations
@@ -14,28 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from boostray.core.weights import WeightRegistry
+
 NAMESPACE = "boostray"
-
-
-class WeightRegistry:
-    """The actor's state: current version, a boxed ObjectRef (boxed so Ray does not resolve it), history."""
-
-    def __init__(self) -> None:
-        self.version = -1
-        self.box: list[Any] = []
-        self.history: list[dict] = []
-
-    def publish(self, version: int, box: list[Any], history: list[dict]) -> int:
-        self.version, self.box, self.history = version, box, list(history)
-        return version
-
-    def get(self, version: int) -> list[Any]:
-        if version != self.version:
-            raise RuntimeError(f"weights version {version} requested, store holds version {self.version}")
-        return self.box
-
-    def get_history(self) -> list[dict]:
-        return list(self.history)
 
 
 def weight_store_name(run_name: str) -> str:
@@ -83,24 +64,3 @@ class RayWeightStore:
         import ray
 
         ray.kill(self.actor, no_restart=True)
-
-
-class LocalWeightStore:
-    """The same interface without Ray (single process: Ray Train's local mode, tests, notebooks)."""
-
-    def __init__(self) -> None:
-        self.registry = WeightRegistry()
-
-    def publish(self, version: int, weights: np.ndarray, history: list[dict]) -> None:
-        w = np.array(weights, dtype=np.float64)
-        w.setflags(write=False)  # same contract as the object store: readers get a read-only view
-        self.registry.publish(version, [w], history)
-
-    def fetch(self, version: int) -> np.ndarray:
-        return self.registry.get(version)[0]
-
-    def history(self) -> list[dict]:
-        return self.registry.get_history()
-
-    def close(self) -> None:
-        pass

@@ -16,16 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from boostray.boost_state import BoostState
-from boostray.boosting import vote
-from boostray.combine import Combination, crossfit_proba, fit_combination, scores
+from boostray.core.boost_state import BoostState
+from boostray.core.boosting import vote
+from boostray.core.combine import Combination, crossfit_proba, fit_combination, scores
 from boostray.config import TrainConfig
-from boostray.data import ImageDataset, load_dataset
-from boostray.ensemble import write_ensemble
+from boostray.core.data import ImageDataset, load_dataset
+from boostray.core.ensemble import write_ensemble
 from boostray.errors import ConfigError
-from boostray.methods import COMBINATIONS
-from boostray.metrics import accuracy, ensemble_report, expected_calibration_error, nll, per_class_accuracy
-from boostray.runtime import ray_session
+from boostray.core.methods import COMBINATIONS
+from boostray.core.metrics import accuracy, ensemble_report, expected_calibration_error, nll, per_class_accuracy
+from boostray.distributed.runtime import ray_session
 
 
 MEMBERS_FOLDER = "members"  # beside Ray Train's checkpoints of a run: each member's state, written once
@@ -53,7 +53,7 @@ def torch_config_for_cluster():
     loopback); a real multi-node cluster uses Ray's default TCP rendezvous."""
     import ray
 
-    from boostray.loopback_backend import LoopbackTorchConfig
+    from boostray.distributed.loopback_backend import LoopbackTorchConfig
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if nodes and all(n["NodeManagerAddress"] in ("127.0.0.1", "localhost") for n in nodes):
@@ -69,7 +69,7 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
     train_loop.py."""
     config = config.resolved()
     if config.workers == 0 and not callbacks:
-        from boostray.engine import train_in_process
+        from boostray.core.engine import train_in_process
 
         return train_in_process(config, data)
 
@@ -77,8 +77,9 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from boostray.train_loop import train_loop_per_worker
-    from boostray.weight_store import LocalWeightStore, RayWeightStore
+    from boostray.distributed.train_loop import train_loop_per_worker
+    from boostray.core.weights import LocalWeightStore
+    from boostray.distributed.weight_store import RayWeightStore
 
     _, _, storage = resolve_paths(config)
     local = config.workers == 0

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from boostray.boosting import apply_temperature
-from boostray.ensemble import Ensemble
+from boostray.core.boosting import apply_temperature
+from boostray.core.ensemble import Ensemble
 
 
 class RequestError(Exception):

@@ -202,7 +202,7 @@ def trial_fn(params: dict, data_box=None, fixed: dict | None = None, sweep_dir: 
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from boostray.trainer import run_training
+    from boostray.distributed.trainer import run_training
 
     trial_id = ray.tune.get_context().get_trial_id()
     config = TrainConfig(**{**fixed, **params, "name": f"trial-{trial_id}", "output": os.path.join(sweep_dir, "trials")})
@@ -214,8 +214,8 @@ def export_trial(checkpoint_path: str, config: TrainConfig, data, run_dir: str) 
     """A trial's run directory, built from its last checkpoint (which holds the whole boosting state)."""
     import torch
 
-    from boostray.engine import CHECKPOINT_FILE, load_boost_state
-    from boostray.trainer import MEMBERS_FOLDER, write_run_directory
+    from boostray.core.engine import CHECKPOINT_FILE, load_boost_state
+    from boostray.distributed.trainer import MEMBERS_FOLDER, write_run_directory
 
     saved = torch.load(os.path.join(checkpoint_path, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
     members_dir = os.path.join(os.path.dirname(os.path.normpath(checkpoint_path)), MEMBERS_FOLDER)
@@ -229,7 +229,7 @@ def run_sweep(config: SweepConfig, *, resume: bool = False) -> dict:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from boostray.trainer import load_training_data
+    from boostray.distributed.trainer import load_training_data
 
     started = time.perf_counter()
     sweep_dir = config.sweep_dir

@@ -15,8 +15,8 @@ from boostray.errors import ArtifactError, ConfigError
 def hardest_samples(run_dir: str, top: int) -> tuple[list[dict], np.ndarray]:
     import pyarrow.parquet as pq
 
-    from boostray.ensemble import load_ensemble
-    from boostray.trainer import load_training_data
+    from boostray.core.ensemble import load_ensemble
+    from boostray.distributed.trainer import load_training_data
 
     if top < 1:
         raise ConfigError(f"--top must be >= 1, got {top}")

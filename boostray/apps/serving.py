@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from boostray.config import ServeOptions
-from boostray.inference import (
+from boostray.core.inference import (
     MemberStack,
     RequestError,
     cascade_predict,
@@ -43,7 +43,7 @@ class EnsembleServer:
     def __init__(self, options: dict[str, Any]) -> None:
         import torch
 
-        from boostray.ensemble import load_ensemble
+        from boostray.core.ensemble import load_ensemble
 
         self.options = ServeOptions(**options)
         device = "cuda" if self.options.gpus_per_replica > 0 and torch.cuda.is_available() else "cpu"
@@ -123,9 +123,9 @@ class EnsembleServer:
 
 
 def build_app(options: ServeOptions) -> serve.Application:
-    """Application builder: ``serve run boostray.serving:build_app run_dir=PATH`` or a Serve config; Serve
+    """Application builder: ``serve run boostray.apps.serving:build_app run_dir=PATH`` or a Serve config; Serve
     checks the arguments against ServeOptions. A plain dict (from Python) is checked the same way."""
-    from boostray.ensemble import read_manifest
+    from boostray.core.ensemble import read_manifest
 
     if not isinstance(options, ServeOptions):
         options = ServeOptions(**options)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 
 from boostray.config import TrainConfig, read_config_file
-from boostray.ensemble import load_ensemble
+from boostray.core.ensemble import load_ensemble
 from boostray.errors import ArtifactError, DataError
-from boostray.metrics import ensemble_report
+from boostray.core.metrics import ensemble_report
 
 
 def evaluate_run(run_dir: str, *, dataset: str | None = None, data_dir: str | None = None, split: str = "test") -> dict:
@@ -21,7 +21,7 @@ def evaluate_run(run_dir: str, *, dataset: str | None = None, data_dir: str | No
         config = TrainConfig(dataset=dataset, data_dir=data_dir)
     elif data_dir is not None:
         config.data_dir = data_dir
-    from boostray.trainer import load_training_data
+    from boostray.distributed.trainer import load_training_data
 
     data = load_training_data(config)
     if list(data.input_shape) != list(manifest["input_shape"]):

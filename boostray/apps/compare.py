@@ -116,7 +116,7 @@ def concurrency(base: TrainConfig) -> int:
 def run_comparison(base: TrainConfig, specs: list[MethodSpec], seeds: int, out_dir: str,
                    budgets: list[int] | None = None) -> dict:
     """Train every (budget, method, seed) run (skipping ones already finished) and write the report."""
-    from boostray.trainer import train
+    from boostray.distributed.trainer import train
 
     runs = run_configs(base, specs, seeds, out_dir, budgets)
     os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)

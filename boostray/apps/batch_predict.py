@@ -22,8 +22,8 @@ class EnsemblePredictor:
     def __init__(self, run_dir: str, id_column: str, image_column: str, use_gpu: bool, cascade: bool) -> None:
         import torch
 
-        from boostray.ensemble import load_ensemble
-        from boostray.inference import MemberStack
+        from boostray.core.ensemble import load_ensemble
+        from boostray.core.inference import MemberStack
 
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.ensemble = load_ensemble(run_dir, device=device)
@@ -32,7 +32,7 @@ class EnsemblePredictor:
         self.id_column, self.image_column, self.cascade = id_column, image_column, cascade
 
     def _pixels(self, column: Any) -> np.ndarray:
-        from boostray.data import _decode_image
+        from boostray.core.data import _decode_image
 
         c, h, w = self.shape
         first = column[0]
@@ -50,7 +50,7 @@ class EnsemblePredictor:
         return arr.reshape(-1, c, h, w)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from boostray.inference import cascade_predict
+        from boostray.core.inference import cascade_predict
 
         x = self._pixels(batch[self.image_column])
         if self.cascade:
@@ -74,7 +74,7 @@ def check_predict_inputs(run_dir: str, input_path: str, output_path: str, id_col
     """Everything that can be checked before Ray starts."""
     import pyarrow.parquet as pq
 
-    from boostray.ensemble import read_manifest
+    from boostray.core.ensemble import read_manifest
 
     read_manifest(run_dir)
     if not os.path.exists(input_path):

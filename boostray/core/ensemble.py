@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from boostray.boosting import apply_temperature, vote
+from boostray.core.boosting import apply_temperature, vote
 from boostray.errors import ArtifactError
-from boostray.models import create_model
+from boostray.core.models import create_model
 
 FORMAT_VERSION = 2  # 2: "temperature" and the method's axes; version 1 manifests load with temperature 1
 READABLE_VERSIONS = (1, 2)

@@ -18,10 +18,10 @@ import ray.train
 import ray.train.torch
 import torch
 
-from boostray.boost_state import BoostState
+from boostray.core.boost_state import BoostState
 from boostray.config import TrainConfig
-from boostray.data import ImageDataset
-from boostray.engine import Engine
+from boostray.core.data import ImageDataset
+from boostray.core.engine import Engine
 
 
 def _resolve(obj: Any) -> Any:
