@@ -166,3 +166,15 @@ def test_main_job_starts_its_own_ray_on_loopback_only(tmp_path):
     out = "".join(lines)
     assert "validation: ensemble of" in out and "final network alone" in out
     assert os.path.isfile(tmp_path / "boostray_runs" / "main" / "ensemble" / "manifest.json")
+
+
+def test_the_private_ray_helpers_of_the_loopback_backend_are_still_there():
+    """distributed/loopback_backend.py subclasses Ray Train's private torch backend (no public API
+    rendezvouses through a file): if a Ray upgrade moves these, this fails before any run does."""
+    import inspect
+
+    from ray.train.torch.config import _set_torch_distributed_env_vars, _setup_torch_process_group, _TorchBackend
+
+    params = inspect.signature(_setup_torch_process_group).parameters
+    assert {"backend", "world_rank", "world_size", "init_method", "timeout_s"} <= set(params)
+    assert callable(_set_torch_distributed_env_vars) and callable(getattr(_TorchBackend, "on_start", None))

@@ -42,7 +42,11 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
             dashboard_host=LOOPBACK,
             _node_ip_address=LOOPBACK,
             log_to_driver=True,
-            runtime_env={"env_vars": {"GLOO_SOCKET_IFNAME": "lo"}},  # gloo's pair sockets on loopback
+            runtime_env={"env_vars": {
+                "GLOO_SOCKET_IFNAME": "lo",  # gloo's pair sockets on loopback
+                # Ray Train gives a worker group 60 s to start; a loaded machine needs more
+                "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600"),
+            }},
         )
     try:
         yield True

@@ -83,8 +83,6 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
 
     _, _, storage = resolve_paths(config)
     local = config.workers == 0
-    # Ray Train gives a worker group 60 s to start; a loaded machine or an autoscaling cluster needs more.
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
     store = LocalWeightStore() if local or not ray.is_initialized() else RayWeightStore.create(config.name)
     if isinstance(data, ray.ObjectRef) or local or not ray.is_initialized():
         data_ref = data
