@@ -123,6 +123,43 @@ def test_bad_requests_get_4xx_and_the_server_keeps_answering(server, test_images
     assert request(url, {"instances": good})[0] == 200
 
 
+def test_open_inference_protocol_v2_with_the_triton_client(server, run_dir, test_images):
+    """KServe v2 on the same application, driven by a client the project did not write."""
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    client = triton.InferenceServerClient(server.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("served")
+    assert client.get_server_metadata()["name"] == "boostray"
+    meta = client.get_model_metadata("served")
+    assert meta["inputs"][0]["shape"] == [-1, 1, 8, 8] and [o["name"] for o in meta["outputs"]] == ["probabilities", "label"]
+    images = test_images[0][:8]
+    expected = load_ensemble(run_dir).predict_proba(images)
+
+    def infer(tensor, datatype, binary=True, model="served"):
+        inp = triton.InferInput("images", list(tensor.shape), datatype)
+        inp.set_data_from_numpy(tensor, binary_data=binary)
+        outputs = [triton.InferRequestedOutput(n, binary_data=binary) for n in ("probabilities", "label")]
+        return client.infer(model, [inp], outputs=outputs)
+
+    for tensor, datatype, binary in ((images, "UINT8", True), (images, "UINT8", False),
+                                     (images[:, 0].astype(np.float32), "FP32", True)):
+        result = infer(tensor, datatype, binary)
+        np.testing.assert_allclose(result.as_numpy("probabilities"), expected, atol=1e-5)
+        np.testing.assert_array_equal(result.as_numpy("label"), expected.argmax(1))
+    encoded = np.array([png_bytes(im[0]) for im in images], dtype=np.object_)
+    np.testing.assert_array_equal(infer(encoded, "BYTES").as_numpy("label"), expected.argmax(1))
+    for call, status in ((lambda: infer(images, "UINT8", model="other"), "404"),
+                         (lambda: infer(images[:, :, :4], "UINT8"), "400"),
+                         (lambda: infer(images.astype(np.int32), "INT32"), "400"),
+                         (lambda: infer(np.repeat(images, 9, axis=0), "UINT8"), "413"),
+                         (lambda: infer(np.array([b"not an image"], dtype=np.object_), "BYTES"), "400")):
+        with pytest.raises(InferenceServerException) as exc:
+            call()
+        assert exc.value.status() == status, exc.value
+    np.testing.assert_array_equal(infer(images, "UINT8").as_numpy("label"), expected.argmax(1))  # still answering
+
+
 def test_cascade_equals_full_ensemble(server, run_dir):
     images = load_dataset("digits").test.images
     status, full = request(predict_url(server), {"instances": images[:64].tolist()})

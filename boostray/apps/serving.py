@@ -1,9 +1,12 @@
-"""Ray Serve deployment of a run's ensemble: KServe-v1-shaped HTTP API with cross-client batching.
+"""Ray Serve deployment of a run's ensemble over HTTP, KServe v1 and Open Inference Protocol (v2) routes
+on one application, with cross-client batching.
 
 ``build_app({"run_dir": ...})`` is the application builder for ``serve run`` / ``serve deploy``
 (see pipelines/serve_config.yaml); ``boostray serve RUN_DIR`` builds the same application.
 
-Endpoints: POST /v1/models/<name>:predict, GET /v1/models/<name>, GET /healthz, OpenAPI at /docs.
+Endpoints: POST /v1/models/<name>:predict, GET /v1/models/<name>, GET /healthz; v2: GET /v2,
+/v2/health/live|ready, /v2/models/<name>[/ready], POST /v2/models/<name>/infer (core/oip.py); OpenAPI
+at /docs.
 """
 
 # No "from __future__ import annotations": FastAPI must see real types through Serve's ingress wrapper.
@@ -17,6 +20,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from boostray.config import ServeOptions
+from boostray.core import oip
 from boostray.core.inference import (
     MemberStack,
     RequestError,
@@ -77,27 +81,83 @@ class EnsembleServer:
             return _error(404, f"no model named {name!r}; this server serves {self.name!r}")
         return None
 
+    async def _body(self, request: Request) -> bytes:
+        """The request body, refused with 413 past the limit (before reading it, where it says its size)."""
+        limit = self.options.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise RequestError(413, f"body of {declared} bytes exceeds the limit of {limit}")
+        body = await request.body()
+        if len(body) > limit:
+            raise RequestError(413, f"body of {len(body)} bytes exceeds the limit of {limit}")
+        return body
+
     @app.post("/v1/models/{name}:predict")
     async def predict(self, name: str, request: Request) -> JSONResponse:
         if (missing := self._check_name(name)) is not None:
             return missing
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.options.max_body_bytes:
-            return _error(413, f"body of {declared} bytes exceeds the limit of {self.options.max_body_bytes}")
-        body = await request.body()
-        if len(body) > self.options.max_body_bytes:
-            return _error(413, f"body of {len(body)} bytes exceeds the limit of {self.options.max_body_bytes}")
         try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(400, "the body is not valid JSON")
-        try:
+            body = await self._body(request)
+            try:
+                payload = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise RequestError(400, "the body is not valid JSON") from None
             x = parse_instances(payload, self.shape, self.options.max_instances)
             top_k = parse_top_k(payload, len(self.classes))
         except RequestError as exc:
             return _error(exc.status, exc.message)
         proba, used = await self.predict_batch(x)
         return JSONResponse({"predictions": format_predictions(proba, self.classes, top_k, used)})
+
+    # -- Open Inference Protocol (KServe v2) ---------------------------------------------------------
+    @app.get("/v2")
+    async def v2_server(self) -> dict:
+        from boostray import __version__
+
+        return oip.server_metadata(__version__)
+
+    @app.get("/v2/health/live")
+    async def v2_live(self) -> dict:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def v2_ready(self) -> dict:
+        return {"ready": True}
+
+    def _check_version(self, name: str, version: str | None) -> JSONResponse | None:
+        if (missing := self._check_name(name)) is not None:
+            return missing
+        if version not in (None, "", "1"):
+            return _error(404, f"model {name!r} has version 1 only, not {version!r}")
+        return None
+
+    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def v2_model(self, name: str, version: str | None = None) -> JSONResponse:
+        if (missing := self._check_version(name, version)) is not None:
+            return missing
+        return JSONResponse(oip.model_metadata(self.name, self.shape, len(self.classes)))
+
+    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    async def v2_model_ready(self, name: str, version: str | None = None) -> JSONResponse:
+        if (missing := self._check_version(name, version)) is not None:
+            return missing
+        return JSONResponse({"name": self.name, "ready": True})
+
+    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def v2_infer(self, name: str, request: Request, version: str | None = None) -> JSONResponse:
+        if (missing := self._check_version(name, version)) is not None:
+            return missing
+        try:
+            body = await self._body(request)
+            parsed = oip.parse_infer_request(body, request.headers.get("inference-header-content-length"),
+                                             self.shape, self.options.max_instances)
+        except RequestError as exc:
+            return _error(exc.status, exc.message)
+        proba, _ = await self.predict_batch(parsed.pixels)
+        return JSONResponse(oip.infer_response(self.name, parsed, proba))
 
     @app.get("/v1/models/{name}")
     async def metadata(self, name: str) -> JSONResponse:

@@ -35,14 +35,22 @@ class RequestError(Exception):
 
 
 def _decode_b64_image(data: str, shape: tuple[int, int, int], index: int) -> np.ndarray:
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RequestError(400, f"instance {index}: b64 is not base64 ({exc.__class__.__name__})") from None
+    return decode_image_bytes(raw, shape, f"instance {index}")
+
+
+def decode_image_bytes(raw: bytes, shape: tuple[int, int, int], where: str) -> np.ndarray:
+    """An encoded PNG/JPEG -> float32 raw pixels (C, H, W), converted and resized to the model's input."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        raw = base64.b64decode(data, validate=True)
         img = Image.open(io.BytesIO(raw))
         img.load()
-    except (binascii.Error, ValueError, UnidentifiedImageError, OSError) as exc:
-        raise RequestError(400, f"instance {index}: b64 is not a decodable PNG/JPEG image ({exc.__class__.__name__})") from None
+    except (ValueError, UnidentifiedImageError, OSError) as exc:
+        raise RequestError(400, f"{where}: not a decodable PNG/JPEG image ({exc.__class__.__name__})") from None
     c, h, w = shape
     img = img.convert("L" if c == 1 else "RGB")
     if img.size != (w, h):
