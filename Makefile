@@ -12,7 +12,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev,report]"
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev,report,onnx]"
 	touch $(STAMP)
 
 run: $(STAMP)

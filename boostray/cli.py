@@ -237,6 +237,40 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """One portable file computing the whole ensemble (core/export.py); --check compares ONNX Runtime."""
+    import numpy as np
+
+    from boostray.core.ensemble import load_ensemble
+    from boostray.core.export import compare_with_runtime, export_ensemble
+    from boostray.errors import require_extra
+
+    if args.format == "onnx":
+        require_extra("onnx", "onnx", "boostray export --format onnx")
+    if args.check:
+        if args.format != "onnx":
+            raise BoostrayError("--check runs the file in ONNX Runtime: it needs --format onnx")
+        require_extra("onnxruntime", "onnx", "boostray export --check")
+        if args.check < 1:
+            raise BoostrayError(f"--check must be >= 1 images, got {args.check}")
+    ensemble = load_ensemble(args.run_dir)  # every member's sha256 checked first
+    default = "ensemble.onnx" if args.format == "onnx" else "ensemble.pt2"
+    path = args.output or os.path.join(args.run_dir, default)
+    if os.path.isdir(path) or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise BoostrayError(f"--output {path} must be a file in an existing folder")
+    export_ensemble(ensemble, path, args.format)
+    print(f"wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB, {len(ensemble)} members, "
+          f"input uint8 {list(ensemble.input_shape)} x any batch, output probabilities)")
+    if args.check:
+        images = np.random.default_rng(0).integers(0, 256, (args.check, *ensemble.input_shape), dtype=np.uint8)
+        diff = compare_with_runtime(path, ensemble, images)
+        print(f"ONNX Runtime vs load_ensemble on {args.check} random images: max |difference| {diff:.2e}")
+        if diff > 1e-4:
+            print("boostray: error: the exported graph disagrees with the ensemble beyond 1e-4", file=sys.stderr)
+            return 1
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from boostray.core.models import list_models
 
@@ -323,6 +357,18 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--top", type=int, default=32, help="how many samples (default: 32)")
     ins.add_argument("--output", help="folder for hardest.csv and hardest.png (default: RUN_DIR/inspect)")
     ins.set_defaults(func=cmd_inspect)
+
+    ex = sub.add_parser("export", help="one ONNX (or torch.export) file computing the whole ensemble",
+                        description="Write one graph that takes raw uint8 pixels (any batch size), normalises them, "
+                        "runs every member, combines them with the ensemble's weights and temperature and returns "
+                        "probabilities. ONNX carries each member's sha256 in its metadata.")
+    ex.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'boostray train'")
+    ex.add_argument("--format", choices=("onnx", "torch-export"), default="onnx",
+                    help="onnx, or torch-export (a torch.export program, torch.export.load(path).module()) (default: onnx)")
+    ex.add_argument("--output", help="file to write (default: RUN_DIR/ensemble.onnx or RUN_DIR/ensemble.pt2)")
+    ex.add_argument("--check", type=int, default=0, metavar="N",
+                    help="run the ONNX file in ONNX Runtime on N random images and compare with the ensemble")
+    ex.set_defaults(func=cmd_export)
 
     models = sub.add_parser("models", help="list the model registry")
     models.set_defaults(func=cmd_models)

@@ -192,9 +192,11 @@ def test_predict_refuses_bad_options_and_paths(capsys, artifact, option, case):
 
 @FUZZ
 @given(top=st.one_of(st.sampled_from(["0", "-5"]), NOT_A_NUMBER), split=WORDS.filter(lambda t: t not in ("test", "val", "train")))
-def test_evaluate_and_inspect_refuse_bad_values_and_missing_runs(capsys, artifact, top, split):
+def test_evaluate_inspect_and_export_refuse_bad_values_and_missing_runs(capsys, artifact, top, split):
     with tempfile.TemporaryDirectory() as tmp:
         for argv in (["evaluate", os.path.join(tmp, "nope")], ["evaluate", artifact, f"--split={split}"],
-                     ["inspect", os.path.join(tmp, "nope")], ["inspect", artifact, f"--top={top}", "--output", os.path.join(tmp, "o")]):
+                     ["inspect", os.path.join(tmp, "nope")], ["inspect", artifact, f"--top={top}", "--output", os.path.join(tmp, "o")],
+                     ["export", os.path.join(tmp, "nope")], ["export", artifact, f"--format={split}"],
+                     ["export", artifact, "--check=-3", "--output", os.path.join(tmp, "o")]):
             code, err = run(capsys, argv)
-            assert_refused(code, err, os.path.join(tmp, "o"))
+            assert_refused(code, err, os.path.join(tmp, "o"), os.path.join(artifact, "ensemble.onnx"))
