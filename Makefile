@@ -12,7 +12,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev,report,onnx]"
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev,report,onnx,mlflow]"
 	touch $(STAMP)
 
 run: $(STAMP)

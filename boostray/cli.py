@@ -53,7 +53,9 @@ def add_model_options(parser: argparse.ArgumentParser, fields: dict, *, skip: tu
                                          "" if field.default is None else f" (default: {field.default})")
         default = argparse.SUPPRESS if suppress else field.default
         kind, choices = _flag_type(field.annotation)
-        if budgets and name == "epochs":
+        if name == "mlflow":
+            parser.add_argument(flag, nargs="?", const="auto", default=default, metavar="URI", help=help_text)
+        elif budgets and name == "epochs":
             parser.add_argument(flag, type=budget_list, default=default, metavar="E[,E...]",
                                 help=f"{help_text}; a comma-separated list runs every method at every budget")
         elif kind is bool:

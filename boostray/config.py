@@ -133,6 +133,8 @@ class TrainConfig(BaseModel):
     name: str | None = _opt(None, "run name; the same name resumes an interrupted run (default: method-dataset-model-time)")
     output: str = _opt(os.path.join("~", "boostray_runs"), "folder that receives the run directory")
     address: str | None = _opt(None, "Ray cluster to join (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
+    mlflow: str | None = _opt(None, "log the finished run to MLflow (the mlflow extra): a tracking URI, or auto "
+                              "(a bare --mlflow): MLflow's embedded SQLite store under --output", min_length=1)
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -157,6 +159,10 @@ class TrainConfig(BaseModel):
             raise ConfigError(f"--batch-size ({self.batch_size}) must be >= --workers ({self.workers})")
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
             raise ConfigError(f"--name must be a plain folder name, got {self.name!r}")
+        if self.mlflow is not None:
+            from boostray.errors import require_extra
+
+            require_extra("mlflow", "mlflow", "--mlflow")
         return self
 
     def validate(self) -> "TrainConfig":

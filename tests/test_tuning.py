@@ -87,7 +87,7 @@ def test_resources_the_cluster_cannot_hold_fail_before_any_trial(ray_cluster, tm
 @pytest.fixture(scope="module")
 def sweep(ray_cluster, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep")
-    config = read_sweep_config(write(tmp))
+    config = read_sweep_config(write(tmp, **{"train.mlflow": "auto"}))
     config.output = str(tmp / "out")
     return config, run_sweep(config)
 
@@ -108,6 +108,23 @@ def test_asha_sweep_stops_weak_trials_and_exports_the_best(sweep):
     report = evaluate_run(summary["best_run_dir"])
     assert report["accuracy"] == pytest.approx(summary["best_test_accuracy"])
     assert summary["best_val_accuracy"] > 0.8
+
+
+@pytest.mark.ray
+def test_the_sweep_logs_one_mlflow_run_per_trial_under_its_own(sweep):
+    from mlflow.tracking import MlflowClient
+
+    config, summary = sweep
+    client = MlflowClient(f"sqlite:///{os.path.join(config.sweep_dir, 'mlflow.db')}")
+    runs = client.search_runs([client.get_experiment_by_name("boostray").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("boostray.kind") == "group"]
+    trials = [r for r in runs if r.data.tags.get("boostray.kind") == "trial"]
+    assert parent.info.run_name == "sweep s" and len(trials) == summary["trials"] == 3
+    assert sorted(float(r.data.params["lr"]) for r in trials) == [0.0001, 0.0003, 0.05]
+    assert sum(r.info.status == "KILLED" for r in trials) == summary["stopped_early"]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trials)
+    best = [r for r in runs if r.data.tags.get("boostray.kind") == "train"]
+    assert len(best) == 1 and best[0].data.metrics["test_accuracy"] == pytest.approx(summary["best_test_accuracy"])
 
 
 @pytest.mark.ray

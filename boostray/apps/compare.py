@@ -97,7 +97,7 @@ def check_finished_run_matches(config: TrainConfig) -> None:
     with open(saved_path) as f:
         saved = saved_options(yaml.safe_load(f) or {})
     wanted = {k: v for k, v in config.resolved().to_dict().items() if k != "name"}
-    changed = sorted(k for k in wanted if k not in ("output", "address") and saved.get(k, wanted[k]) != wanted[k])
+    changed = sorted(k for k in wanted if k not in ("output", "address", "mlflow") and saved.get(k, wanted[k]) != wanted[k])
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted[k]!r}" for k in changed)
         raise ConfigError(f"finished run {run_dir} was trained with other options ({detail}); use another --report folder")
@@ -122,6 +122,14 @@ def run_comparison(base: TrainConfig, specs: list[MethodSpec], seeds: int, out_d
     os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
     started = time.perf_counter()
     width = concurrency(base) if base.workers else 1
+    tracker = parent = None
+    if base.mlflow:  # one parent run groups the comparison's runs, in the report folder's store
+        from boostray.apps.tracking import Tracker
+
+        tracker = Tracker(base.mlflow, out_dir)
+        parent = tracker.start_parent(f"compare {os.path.basename(out_dir)}", {
+            "methods": ",".join(s.label for s in specs), "seeds": seeds,
+            "budgets": ",".join(map(str, budgets or [base.epochs])), "dataset": base.dataset, "model": base.model})
 
     def one(run: PlannedRun) -> RunResult:
         config = run.config
@@ -130,14 +138,23 @@ def run_comparison(base: TrainConfig, specs: list[MethodSpec], seeds: int, out_d
             with open(os.path.join(run_dir, "metrics.json")) as f:
                 return RunResult(run.spec, run.epochs, run.seed, run_dir, json.load(f))
         print(f"[compare] start {config.name}", flush=True)
-        run_dir, metrics = train(config)
+        run_dir, metrics = train(config, tracker=tracker, tracking_parent=parent)
         print(f"[compare] done  {config.name}: validation accuracy {metrics['val_crossfit']['accuracy']:.4f} "
               f"(cross-fitted), final network {metrics['val']['single_accuracy']:.4f}", flush=True)
         return RunResult(run.spec, run.epochs, run.seed, run_dir, metrics)
 
-    with ThreadPoolExecutor(max_workers=width) as pool:
-        results = list(pool.map(one, runs))
-    return write_report(out_dir, base, specs, results, time.perf_counter() - started)
+    try:
+        with ThreadPoolExecutor(max_workers=width) as pool:
+            results = list(pool.map(one, runs))
+    except BaseException:
+        if tracker:
+            tracker.end(parent, "FAILED")
+        raise
+    summary = write_report(out_dir, base, specs, results, time.perf_counter() - started)
+    if tracker:
+        tracker.client.log_artifact(parent, os.path.join(out_dir, "report.html"))
+        tracker.end(parent)
+    return summary
 
 
 # --------------------------------------------------------------------------------------------- report

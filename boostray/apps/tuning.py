@@ -329,4 +329,23 @@ def summarize(config: SweepConfig, results, data, wall_seconds: float) -> dict:
     }
     with open(os.path.join(sweep_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
+    if config.train.get("mlflow"):
+        log_sweep(config, results, rows, best_dir, metrics, best_config)
     return summary
+
+
+def log_sweep(config: SweepConfig, results, rows: list[dict], best_dir: str, metrics: dict, best_config: TrainConfig) -> None:
+    """MLflow: one run for the sweep, one nested run per trial (its parameters and per-round metrics),
+    and the best trial's run directory as a training run."""
+    from boostray.apps.tracking import Tracker
+
+    tracker = Tracker(config.train["mlflow"], config.sweep_dir)
+    parent = tracker.start_parent(f"sweep {config.name}", {"search_space": json.dumps(
+        {k: v.model_dump() for k, v in config.search_space.items()}), "metric": config.metric, **config.train})
+    for result, row in zip(results, rows):
+        df = result.metrics_dataframe
+        reported = df.to_dict("records") if df is not None else []
+        status = "FAILED" if row["error"] else "KILLED" if row["stopped_early"] else "FINISHED"
+        tracker.log_trial(f"trial {row['trial']}", {k: row[k] for k in config.search_space}, reported, parent, status)
+    tracker.log_training_run(best_config.name, best_dir, metrics, best_config.to_dict(), parent)
+    tracker.end(parent)

@@ -234,8 +234,10 @@ def write_run_directory(run_dir: str, state: BoostState, data: ImageDataset, con
     return metrics
 
 
-def train(config: TrainConfig, *, hold_after_round: int | None = None) -> tuple[str, dict]:
-    """Validate, train and write the run directory; returns (run directory, metrics).
+def train(config: TrainConfig, *, hold_after_round: int | None = None, tracker=None,
+          tracking_parent: str | None = None) -> tuple[str, dict]:
+    """Validate, train and write the run directory; returns (run directory, metrics). With --mlflow the
+    finished run is logged (to ``tracker`` under ``tracking_parent`` when a comparison passes them).
     ``hold_after_round``: a testing hook, see train_loop.py."""
     started = time.perf_counter()
     config = config.resolved()  # what the run is trained with, saved and compared (a copy)
@@ -250,4 +252,10 @@ def train(config: TrainConfig, *, hold_after_round: int | None = None) -> tuple[
     with ray_session(config.address) if config.workers else contextlib.nullcontext():
         state = run_training(config, data, hold_after_round=hold_after_round)
     metrics = write_run_directory(run_dir, state, data, config, time.perf_counter() - started)
+    if config.mlflow:
+        from boostray.apps.tracking import Tracker
+
+        tracker = tracker or Tracker(config.mlflow, output)
+        run_id = tracker.log_training_run(config.name, run_dir, metrics, config.to_dict(), tracking_parent)
+        print(f"[boostray] logged to MLflow: {tracker.uri} run {run_id}", flush=True)
     return run_dir, metrics
