@@ -158,3 +158,37 @@ def test_a_bad_budget_list_is_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--epochs" in err[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_report_page_renders_in_a_real_headless_browser(report, tmp_path):
+    """report.html in Debian's Chromium (installed by .ci/run): every image decodes, every table is
+    there, and the console shows no error."""
+    if not (os.path.exists("/usr/bin/chromium") and os.path.exists("/usr/bin/chromedriver")):
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium must not look for drivers online
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        driver.get((report / "report.html").as_uri())
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])")
+        tables = driver.execute_script(
+            "return Array.from(document.querySelectorAll('table')).map(t => t.rows.length)")
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    finally:
+        driver.quit()
+    pngs = sorted(p for p in os.listdir(report) if p.endswith(".png"))
+    assert sorted(alt for alt, *_ in images) == pngs
+    assert all(complete and width > 300 and height > 200 for _, complete, width, height in images), images
+    md = (report / "results.md").read_text()
+    assert len(tables) == md.count("\n\n| ") and all(rows >= 2 for rows in tables)  # every table, with rows
+    assert errors == []
