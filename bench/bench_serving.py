@@ -89,8 +89,19 @@ def bench_cascade(run_dir: str, images: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
+def _server_timing(header: str | None) -> dict[str, float]:
+    """``parse;dur=0.2, queue;dur=0.1, ...`` -> {"parse": 0.2, ...} (ms)."""
+    out = {}
+    for part in (header or "").split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if dur:
+            out[name] = float(dur)
+    return out
+
+
 def _load(url: str, payloads: list[bytes], clients: int, per_client: int) -> dict:
     latencies: list[float] = []
+    timings: list[dict[str, float]] = []
     errors = [0]
     lock = threading.Lock()
 
@@ -99,15 +110,18 @@ def _load(url: str, payloads: list[bytes], clients: int, per_client: int) -> dic
             body = payloads[(c * per_client + i) % len(payloads)]
             req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
             t = time.perf_counter()
+            timing = {}
             try:
                 with urllib.request.urlopen(req, timeout=60) as resp:
                     resp.read()
+                    timing = _server_timing(resp.headers.get("Server-Timing"))
                 ok = resp.status == 200
             except Exception:  # counted, reported
                 ok = False
             dt = time.perf_counter() - t
             with lock:
                 latencies.append(dt)
+                timings.append(timing)
                 errors[0] += not ok
 
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
@@ -118,8 +132,14 @@ def _load(url: str, payloads: list[bytes], clients: int, per_client: int) -> dic
         t.join()
     wall = time.perf_counter() - start
     lat = np.array(latencies) * 1000
-    return {"clients": clients, "requests": len(latencies), "errors": errors[0], "requests_per_s": len(latencies) / wall,
-            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+    out = {"clients": clients, "requests": len(latencies), "errors": errors[0], "requests_per_s": len(latencies) / wall,
+           "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+    parts = ("parse", "queue", "forward", "encode")
+    if timings and all(all(p in t for p in parts) for t in timings):  # median of each part of the replica's time
+        replica = {p: float(np.median([t[p] for t in timings])) for p in parts}
+        replica["outside_replica"] = out["p50_ms"] - sum(replica.values())  # HTTP proxy, Ray RPC, client
+        out["p50_breakdown_ms"] = replica
+    return out
 
 
 def bench_http(run_dir: str, images: np.ndarray, requests_per_level: int) -> dict:
@@ -133,8 +153,8 @@ def bench_http(run_dir: str, images: np.ndarray, requests_per_level: int) -> dic
     with ray_session():
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        for label, batch in (("batching_on", 32), ("batching_off", 1)):
-            serve.run(build_app({"run_dir": run_dir, "max_batch_size": batch, "batch_wait_ms": 5 if batch > 1 else 0}),
+        for label, batch, wait in (("batching_on", 32, 0.0), ("batching_on_wait_5ms", 32, 5.0), ("batching_off", 1, 0.0)):
+            serve.run(build_app({"run_dir": run_dir, "max_batch_size": batch, "batch_wait_ms": wait}),
                       name="bench", route_prefix="/")
             name = json.load(open(os.path.join(run_dir, "ensemble", "manifest.json")))["name"]
             url = f"http://127.0.0.1:{port}/v1/models/{name}:predict"

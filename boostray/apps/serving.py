@@ -10,8 +10,10 @@ at /docs.
 """
 
 # No "from __future__ import annotations": FastAPI must see real types through Serve's ingress wrapper.
+import asyncio
 import json
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -41,6 +43,16 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message})
 
 
+def _timed(response: JSONResponse, started: float, parsed: float, answered: float, forward_ms: float) -> JSONResponse:
+    """Where the replica's time went, as a Server-Timing header (bench/bench_serving.py reads it): reading
+    and parsing, waiting for the batch, the forward, encoding the answer."""
+    ms = lambda a, b: (b - a) * 1000
+    response.headers["Server-Timing"] = (
+        f"parse;dur={ms(started, parsed):.3f}, queue;dur={max(ms(parsed, answered) - forward_ms, 0.0):.3f}, "
+        f"forward;dur={forward_ms:.3f}, encode;dur={ms(answered, time.perf_counter()):.3f}")
+    return response
+
+
 @serve.deployment
 @serve.ingress(app)
 class EnsembleServer:
@@ -60,21 +72,26 @@ class EnsembleServer:
         self.predict_batch.set_max_batch_size(self.options.max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(self.options.batch_wait_ms / 1000.0)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def predict_batch(self, batches: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        """One forward for the instances of several concurrent requests."""
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
+    async def predict_batch(self, batches: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray | None, float]]:
+        """One forward for the instances of several concurrent requests, in a thread: the event loop keeps
+        reading and parsing the requests that arrive meanwhile (they form the next batch)."""
         sizes = [b.shape[0] for b in batches]
         x = np.concatenate(batches)
-        if self.options.cascade:
-            result = cascade_predict(self.stack, x)
-            proba, used = result.proba, result.members_used
-        else:
-            proba, used = self.stack.predict_proba(x), None
+        started = time.perf_counter()
+        proba, used = await asyncio.get_running_loop().run_in_executor(None, self._forward, x)
+        forward_ms = (time.perf_counter() - started) * 1000
         out, start = [], 0
         for s in sizes:
-            out.append((proba[start:start + s], None if used is None else used[start:start + s]))
+            out.append((proba[start:start + s], None if used is None else used[start:start + s], forward_ms))
             start += s
         return out
+
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.options.cascade:
+            result = cascade_predict(self.stack, x)
+            return result.proba, result.members_used
+        return self.stack.predict_proba(x), None
 
     def _check_name(self, name: str) -> JSONResponse | None:
         if name != self.name:
@@ -94,6 +111,7 @@ class EnsembleServer:
 
     @app.post("/v1/models/{name}:predict")
     async def predict(self, name: str, request: Request) -> JSONResponse:
+        started = time.perf_counter()
         if (missing := self._check_name(name)) is not None:
             return missing
         try:
@@ -106,8 +124,11 @@ class EnsembleServer:
             top_k = parse_top_k(payload, len(self.classes))
         except RequestError as exc:
             return _error(exc.status, exc.message)
-        proba, used = await self.predict_batch(x)
-        return JSONResponse({"predictions": format_predictions(proba, self.classes, top_k, used)})
+        parsed = time.perf_counter()
+        proba, used, forward_ms = await self.predict_batch(x)
+        answered = time.perf_counter()
+        response = JSONResponse({"predictions": format_predictions(proba, self.classes, top_k, used)})
+        return _timed(response, started, parsed, answered, forward_ms)
 
     # -- Open Inference Protocol (KServe v2) ---------------------------------------------------------
     @app.get("/v2")
@@ -156,7 +177,7 @@ class EnsembleServer:
                                              self.shape, self.options.max_instances)
         except RequestError as exc:
             return _error(exc.status, exc.message)
-        proba, _ = await self.predict_batch(parsed.pixels)
+        proba, _, _ = await self.predict_batch(parsed.pixels)
         return JSONResponse(oip.infer_response(self.name, parsed, proba))
 
     @app.get("/v1/models/{name}")
