@@ -117,3 +117,27 @@ def test_checkpoints_keep_members_beside_them_and_resume_bit_identically(digits,
     for a, b in zip(final.member_states, reference.member_states):
         for key in a:
             assert torch.equal(a[key], b[key]), key
+
+
+def test_in_process_runs_checkpoint_every_round_and_resume_after_a_crash(digits, tmp_path):
+    """workers=0 keeps fault tolerance without Ray: a run that dies after round 2 and is started again
+    with the same checkpoint folder resumes there and ends with the uninterrupted run's ensemble."""
+    config = TrainConfig(epochs=8, checkpoints=4, method="cbnn-paper", seed=4)
+    reference = train_in_process(config, digits)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_round_2(metrics, state):
+        if state.rounds_done == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train_in_process(config, digits, checkpoint_dir=str(tmp_path), on_round=crash_after_round_2)
+    assert sorted(os.listdir(tmp_path)) == ["members", "round_0001", "round_0002"]
+    resumed = train_in_process(config, digits, checkpoint_dir=str(tmp_path))
+    assert resumed.resumed_at_rounds == [2] and sorted(os.listdir(tmp_path)) == ["members", "round_0003", "round_0004"]
+    np.testing.assert_array_equal(resumed.weights, reference.weights)
+    for a, b in zip(resumed.member_states, reference.member_states):
+        for key in a:
+            assert torch.equal(a[key], b[key]), key

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -404,8 +405,37 @@ def ensemble_val_proba(state: BoostState, data: ImageDataset, config: TrainConfi
 
 
 def train_in_process(config: TrainConfig, data: ImageDataset, device: str | torch.device = "cpu",
-                     on_round: Callable[[dict, BoostState], None] | None = None) -> BoostState:
-    """A whole run in this process, without Ray: one rank, an in-process weight store."""
+                     on_round: Callable[[dict, BoostState], None] | None = None,
+                     checkpoint_dir: str | None = None, keep: int = 2) -> BoostState:
+    """A whole run in this process, without Ray: one rank, an in-process weight store. With
+    ``checkpoint_dir`` every round is checkpointed there (round_NNNN/, the newest ``keep`` kept, members
+    once each in members/), and a run that finds checkpoints resumes from the newest."""
     config = config.resolved()
     engine = Engine(config, data, store=LocalWeightStore(), device=torch.device(device))
-    return engine.run(BoostState.initial(len(data.train)), on_round or (lambda metrics, state: None))
+    state = BoostState.initial(len(data.train))
+    members_dir = os.path.join(checkpoint_dir, "members") if checkpoint_dir else None
+    if checkpoint_dir and (done := _round_dirs(checkpoint_dir)):
+        state = engine.restore(done[-1], members_dir)
+
+    def report(metrics: dict, state: BoostState) -> None:
+        if checkpoint_dir:
+            final = os.path.join(checkpoint_dir, f"round_{state.rounds_done:04d}")
+            tmp = f"{final}.partial-{os.getpid()}"
+            os.makedirs(tmp, exist_ok=True)
+            engine.save(tmp, state, members_dir)
+            os.replace(tmp, final)  # a checkpoint appears whole or not at all
+            for old in _round_dirs(checkpoint_dir)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        if on_round:
+            on_round(metrics, state)
+
+    return engine.run(state, report)
+
+
+def _round_dirs(checkpoint_dir: str) -> list[str]:
+    """Finished checkpoints, oldest first."""
+    if not os.path.isdir(checkpoint_dir):
+        return []
+    names = sorted(d for d in os.listdir(checkpoint_dir) if d.startswith("round_") and ".partial-" not in d
+                   and os.path.isfile(os.path.join(checkpoint_dir, d, CHECKPOINT_FILE)))
+    return [os.path.join(checkpoint_dir, d) for d in names]

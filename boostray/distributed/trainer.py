@@ -71,7 +71,8 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
     if config.workers == 0 and not callbacks:
         from boostray.core.engine import train_in_process
 
-        return train_in_process(config, data)
+        _, _, storage = resolve_paths(config)  # checkpoints as a Ray Train run keeps them: the same --name resumes
+        return train_in_process(config, data, checkpoint_dir=os.path.join(storage, config.name))
 
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
