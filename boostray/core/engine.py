@@ -391,7 +391,7 @@ def round_metrics(state: BoostState, data: ImageDataset, config: TrainConfig) ->
         "train_seconds": state.train_seconds,
     }
     if state.members and not math.isnan(state.members[-1].error):
-        out.update(error=state.members[-1].error, lambda_=state.members[-1].lambda_)
+        out.update({"error": state.members[-1].error, "lambda": state.members[-1].lambda_})
     return out
 
 
