@@ -25,6 +25,7 @@ import urllib.request
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from report_json import emit  # noqa: E402  (bench/, beside this script)
 
 from boostray.distributed.runtime import loopback_environment  # noqa: E402
 
@@ -205,11 +206,7 @@ def main() -> None:
         "http": bench_http(run_dir, test.images, args.requests),
         "batch_predict": bench_predict(run_dir, test.images, args.predict_rows),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            f.write(text + "\n")
+    emit(report, args.json_out)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,12 @@ Usage: python bench/bench_throughput.py [--epochs N] [--threads T] [--device cpu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from report_json import emit  # noqa: E402  (bench/, beside this script)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -148,11 +148,7 @@ def main() -> None:
               "cases": [bench_case(name, data, model, bs, device, args.repeat) for name, data, model, bs in cases]}
     if device.type == "cuda":
         result["member_forward"] = bench_stacked(device)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            f.write(text + "\n")
+    emit(result, args.json_out)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Usage: python bench/bench_training.py [overhead|sync|scaling|all] [--dataset D] 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -23,6 +22,7 @@ import time
 import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from report_json import emit  # noqa: E402  (bench/, beside this script)
 
 from boostray.distributed.runtime import loopback_environment  # noqa: E402
 
@@ -142,11 +142,7 @@ def main() -> None:
         report["sync"] = bench_sync([int(s) for s in args.sizes.split(",")])
     if args.which in ("scaling", "all"):
         report["scaling"] = bench_scaling(base)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            f.write(text + "\n")
+    emit(report, args.json_out)
 
 
 if __name__ == "__main__":

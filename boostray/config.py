@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -64,10 +64,21 @@ def describe_error(exc: ValidationError, key: str | None = None, path_style: boo
     return f"{name}: {err['msg']}"
 
 
-class TrainConfig(BaseModel):
-    """Every option of ``boostray train``; also the keys of its YAML config and of config.yaml."""
+class Options(BaseModel):
+    """Base of the option models: strict types, no unknown keys, and a bad value raises ConfigError with
+    one line naming the option (what the CLI prints before exiting 2)."""
 
     model_config = ConfigDict(strict=True, extra="forbid", protected_namespaces=())
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(describe_error(exc)) from None
+
+
+class TrainConfig(Options):
+    """Every option of ``boostray train``; also the keys of its YAML config and of config.yaml."""
 
     # data
     dataset: str = _opt("digits", "data set: digits (embedded), fashion-mnist, cifar10, cifar100, parquet, imagefolder")
@@ -136,12 +147,6 @@ class TrainConfig(BaseModel):
     mlflow: str | None = _opt(None, "log the finished run to MLflow (the mlflow extra): a tracking URI, or auto "
                               "(a bare --mlflow): MLflow's embedded SQLite store under --output", min_length=1)
 
-    def __init__(self, **values: Any) -> None:
-        try:
-            super().__init__(**values)
-        except ValidationError as exc:
-            raise ConfigError(describe_error(exc)) from None
-
     @model_validator(mode="after")
     def _check_together(self) -> "TrainConfig":
         """What no single field can check: names that must exist, and options that depend on each other."""
@@ -203,7 +208,7 @@ class TrainConfig(BaseModel):
             yaml.safe_dump(data, f, sort_keys=False)
 
 
-class ServeOptions(BaseModel):
+class ServeOptions(Options):
     """Options of ``boostray serve`` and the typed argument of Serve's application builder
     (``serve run boostray.apps.serving:build_app run_dir=...``, pipelines/serve_config.yaml). Not strict:
     ``serve run``'s key=value arguments arrive as text ("2" must become 2)."""
@@ -226,12 +231,6 @@ class ServeOptions(BaseModel):
     forward: Literal["auto", "stacked", "loop"] = _opt(
         "auto", "all-members forward: vmap-stacked or a loop (auto: stacked on GPU, loop on CPU)")
 
-    def __init__(self, **values: Any) -> None:
-        try:
-            super().__init__(**values)
-        except ValidationError as exc:
-            raise ConfigError(describe_error(exc)) from None
-
     @model_validator(mode="after")
     def _check_autoscale(self) -> "ServeOptions":
         if self.autoscale is not None:
@@ -247,10 +246,8 @@ class ServeOptions(BaseModel):
         return low, high
 
 
-class PredictOptions(BaseModel):
+class PredictOptions(Options):
     """Options of ``boostray predict`` (Ray Data batch inference over Parquet)."""
-
-    model_config = ConfigDict(strict=True, extra="forbid", protected_namespaces=())
 
     batch_size: int = _opt(256, "rows per batch", ge=1)
     actors: int = _opt(1, "predictor actors", ge=1)
@@ -259,12 +256,6 @@ class PredictOptions(BaseModel):
     cascade: bool = _opt(False, "cascade evaluation (same labels, fewer member passes)")
     id_column: str = _opt("id", "column carried over to identify rows", min_length=1)
     image_column: str = _opt("image", "image struct {bytes} or numeric list", min_length=1)
-
-    def __init__(self, **values: Any) -> None:
-        try:
-            super().__init__(**values)
-        except ValidationError as exc:
-            raise ConfigError(describe_error(exc)) from None
 
 
 FIELDS = TrainConfig.model_fields
@@ -321,18 +312,23 @@ def load_yaml_mapping(path: str, what: str = "config file") -> dict[str, Any]:
     return data
 
 
-def read_config_file(path: str) -> dict[str, Any]:
-    """Read a YAML file of TrainConfig keys (dashes or underscores); unknown keys are an error."""
-    data = load_yaml_mapping(path)
+def parse_options(data: dict, *, unknown: Callable[[str], str], where: str, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A mapping of TrainConfig keys (dashes or underscores) with each value checked; ``unknown(key)``
+    words the error for a key that is no option, ``where`` prefixes a bad value's."""
     out = {}
     for raw_key, value in data.items():
         key = str(raw_key).replace("-", "_")
         if key in REMOVED_KEYS:  # written by an older boostray into a saved config.yaml: no effect now
             continue
-        if key not in FIELDS:
-            raise ConfigError(f"unknown key {raw_key!r} in {path}")
+        if key not in FIELDS or key in exclude:
+            raise ConfigError(unknown(str(raw_key)))
         try:
             out[key] = coerce_option(key, value)
         except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+            raise ConfigError(f"{where.format(key=raw_key)}: {exc}") from None
     return out
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """Read a YAML file of TrainConfig keys; unknown keys are an error."""
+    return parse_options(load_yaml_mapping(path), unknown=lambda key: f"unknown key {key!r} in {path}", where=path)

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from boostray.config import FIELDS, TrainConfig, coerce_option, describe_error, load_yaml_mapping
+from boostray.config import TrainConfig, coerce_option, describe_error, load_yaml_mapping, parse_options
 from boostray.errors import ConfigError, require_extra
 
 SEARCHABLE = {
@@ -117,16 +117,8 @@ class SweepConfig(_Strict):
     def _train_options(cls, train: Any) -> dict[str, Any]:
         if not isinstance(train, dict):
             raise ConfigError("train must be a mapping of boostray train options")
-        out = {}
-        for key, value in train.items():
-            norm = str(key).replace("-", "_")
-            if norm not in FIELDS or norm in ("name", "output", "address"):
-                raise ConfigError(f"unknown key 'train.{key}'")
-            try:
-                out[norm] = coerce_option(norm, value)
-            except ConfigError as exc:
-                raise ConfigError(f"train.{key}: {exc}") from None
-        return out
+        return parse_options(train, unknown=lambda key: f"unknown key 'train.{key}'", where="train.{key}",
+                             exclude=("name", "output", "address"))
 
     @model_validator(mode="after")
     def _check_together(self) -> "SweepConfig":
