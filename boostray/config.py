@@ -159,7 +159,7 @@ class TrainConfig(Options):
         if self.model not in list_models():
             raise ConfigError(f"unknown model {self.model!r}; choose one of: {', '.join(list_models())}")
         preset_options(self.method)  # an unknown method names the presets
-        self.resolved_options().build_method()  # the axes against the budget
+        self.resolved().build_method()  # the axes against the budget
         if self.workers and self.batch_size < self.workers:
             raise ConfigError(f"--batch-size ({self.batch_size}) must be >= --workers ({self.workers})")
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
@@ -170,26 +170,17 @@ class TrainConfig(Options):
             require_extra("mlflow", "mlflow", "--mlflow")
         return self
 
-    def validate(self) -> "TrainConfig":
-        """Kept for callers of the dataclass era: a TrainConfig is checked when it is made."""
-        return self
-
     def replace(self, **changes: Any) -> "TrainConfig":
         """A checked copy with ``changes``."""
         return TrainConfig(**{**self.model_dump(), **changes})
 
-    def resolved_options(self) -> "TrainConfig":
-        """A copy (unchecked as a whole; the caller checks) with the preset-dependent options filled in."""
-        from boostray.core.methods import preset_options
-
-        options = preset_options(self.method)
-        filled = {k: options[k] for k in PRESET_KEYS if getattr(self, k) is None and k in options}
-        return self.model_copy(update=filled)
-
     def resolved(self) -> "TrainConfig":
         """A copy with every preset-dependent option (axes, eta, lambda_source, calibrate) filled in from
         the method's preset where it was not given: what a run is trained with, saved and compared."""
-        return self.resolved_options()
+        from boostray.core.methods import preset_options
+
+        options = preset_options(self.method)
+        return self.model_copy(update={k: options[k] for k in PRESET_KEYS if getattr(self, k) is None and k in options})
 
     def build_method(self):
         """The Method (schedule, rounds, members) of the resolved options."""

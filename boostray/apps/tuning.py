@@ -198,7 +198,6 @@ def trial_fn(params: dict, data_box=None, fixed: dict | None = None, sweep_dir: 
 
     trial_id = ray.tune.get_context().get_trial_id()
     config = TrainConfig(**{**fixed, **params, "name": f"trial-{trial_id}", "output": os.path.join(sweep_dir, "trials")})
-    config.validate()
     run_training(config, data_box[0], callbacks=[TuneReportCallback()])
 
 
