@@ -57,6 +57,7 @@ class BoostState:
     rank_digests: list[list[list[float]]] = field(default_factory=list)  # per round: each rank's weights digest
     train_seconds: float = 0.0
     resumed_at_rounds: list[int] = field(default_factory=list)  # rounds_done at each restore from a checkpoint
+    loop_wall: list[float] = field(default_factory=list)  # wall clock (time.time) when this session's loop began and ended
 
     @classmethod
     def initial(cls, n: int) -> "BoostState":

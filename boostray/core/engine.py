@@ -290,6 +290,7 @@ class Engine:
     def run(self, state: BoostState, on_round: Callable[[dict, BoostState], None]) -> BoostState:
         """Train every round left in ``state`` (fresh, or restored from a checkpoint)."""
         config, method = self.config, self.method
+        state.loop_wall = [time.time()]
         synced, digests = sync_weights(self.store, self.rank, state.rounds_done, state)
         state.weights = np.array(synced)  # a copy: the object store hands out read-only views
         bounds = method.boundaries()
@@ -317,6 +318,7 @@ class Engine:
                      + (f" e={out.error:.4f} lambda={out.lambda_:.3f} eta={out.eta:.3g} ess={state.ess[-1]:.3f}"
                         if method.reweights else ""))
             on_round(metrics, state)
+        state.loop_wall = state.loop_wall[:1] + [time.time()]
         return state
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import time
@@ -191,7 +192,18 @@ def write_sample_weights(path: str, state: BoostState, data: ImageDataset) -> No
     pq.write_table(pa.table(columns), path)
 
 
-def write_run_directory(run_dir: str, state: BoostState, data: ImageDataset, config: TrainConfig, wall_seconds: float) -> dict:
+def start_up_timing(stamps: dict[str, float], state: BoostState) -> dict[str, float]:
+    """Where a run's wall time went, in seconds: loading the data, starting Ray, from fit() to the first
+    epoch (Train controller, worker group, data to the workers, model set-up), the training loop (with
+    its per-round evaluation and checkpoints), from the last round to fit() returning, stopping Ray."""
+    began, ended = (state.loop_wall + [math.nan, math.nan])[:2]
+    return {"load_data": stamps["data"] - stamps["start"], "ray_start": stamps["ray"] - stamps["data"],
+            "to_first_epoch": began - stamps["ray"], "training_loop": ended - began,
+            "after_last_round": stamps["fit"] - ended, "ray_stop": stamps["ray_down"] - stamps["fit"]}
+
+
+def write_run_directory(run_dir: str, state: BoostState, data: ImageDataset, config: TrainConfig, wall_seconds: float,
+                        timing: dict[str, float] | None = None) -> dict:
     config = config.resolved()
     parent = os.path.dirname(run_dir)
     tmp = os.path.join(parent, f".{os.path.basename(run_dir)}.partial-{os.getpid()}")
@@ -224,6 +236,9 @@ def write_run_directory(run_dir: str, state: BoostState, data: ImageDataset, con
         )
         metrics = build_metrics(state, data, config, combination)
         metrics["wall_seconds"] = wall_seconds
+        if timing is not None:
+            metrics["timing_seconds"] = {**timing, "other": wall_seconds - sum(
+                v for v in timing.values() if v == v)}
         with open(os.path.join(tmp, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2, default=float)
         config.save(os.path.join(tmp, "config.yaml"))
@@ -240,7 +255,7 @@ def train(config: TrainConfig, *, hold_after_round: int | None = None, tracker=N
     """Validate, train and write the run directory; returns (run directory, metrics). With --mlflow the
     finished run is logged (to ``tracker`` under ``tracking_parent`` when a comparison passes them).
     ``hold_after_round``: a testing hook, see train_loop.py."""
-    started = time.perf_counter()
+    started, stamps = time.perf_counter(), {"start": time.time()}
     config = config.resolved()  # what the run is trained with, saved and compared (a copy)
     if config.name is None:
         config.name = default_run_name(config)
@@ -249,10 +264,15 @@ def train(config: TrainConfig, *, hold_after_round: int | None = None, tracker=N
         raise ConfigError(f"run {config.name!r} already finished in {run_dir}; pick another --name")
     data = load_training_data(config)  # bad data fails here, before Ray or any file
     os.makedirs(output, exist_ok=True)
+    stamps["data"] = time.time()
     # workers=0 trains in this process without Ray
     with ray_session(config.address) if config.workers else contextlib.nullcontext():
+        stamps["ray"] = time.time()
         state = run_training(config, data, hold_after_round=hold_after_round)
-    metrics = write_run_directory(run_dir, state, data, config, time.perf_counter() - started)
+        stamps["fit"] = time.time()
+    stamps["ray_down"] = time.time()
+    metrics = write_run_directory(run_dir, state, data, config, time.perf_counter() - started,
+                                  timing=start_up_timing(stamps, state))
     if config.mlflow:
         from boostray.apps.tracking import Tracker
 
