@@ -82,6 +82,9 @@ def test_tail_placement_trains_plainly_until_the_first_member_then_spreads_the_r
         create_method("checkpoint", epochs=12, checkpoints=4, placement="tail", first_member=0.9)
     with pytest.raises(ConfigError, match="--first-member must be in"):
         create_method("checkpoint", epochs=12, checkpoints=4, placement="tail", first_member=0)
+    # without --first-member the half-way point moves earlier when the budget is short, never an error
+    assert create_method("checkpoint", epochs=5, checkpoints=5, placement="tail").boundaries() == [1, 2, 3, 4, 5]
+    assert create_method("checkpoint", epochs=6, checkpoints=3, placement="tail").boundaries() == [3, 5, 6]
 
 
 @pytest.mark.parametrize("placement,first", [("spread", None), ("tail", 0.5), ("tail", 0.3)])

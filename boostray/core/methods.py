@@ -100,8 +100,10 @@ class Method:
     def first_member_epoch(self) -> int:
         if self.first_member is None and self.schedule == "fge":
             return self.epochs - (self.checkpoints - 1) * self.classic_fge_cycle
-        fraction = DEFAULT_FIRST_MEMBER if self.first_member is None else self.first_member
-        return max(1, int(math.floor(fraction * self.epochs + 0.5)))
+        if self.first_member is None:  # the default half-way point gives way when the budget is short
+            latest = self.epochs - (self.checkpoints - 1)  # the rounds after member 1 need an epoch each
+            return max(1, min(latest, int(math.floor(DEFAULT_FIRST_MEMBER * self.epochs + 0.5))))
+        return max(1, int(math.floor(self.first_member * self.epochs + 0.5)))
 
     def boundaries(self) -> list[int]:
         """End epoch (exclusive) of each round; a member (candidate) is taken at each."""
