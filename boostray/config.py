@@ -89,8 +89,8 @@ class TrainConfig(Options):
     train_subset: int | None = _opt(None, "train on this many (seeded) training samples only", ge=2)
     # model and method
     model: str = _opt("small_cnn", "model name from the registry (see 'boostray models')")
-    method: str = _opt("cbnn", "a preset of the four method axes below: cbnn (boosted checkpoints, the recommended "
-                       "setting); cbnn-paper (the paper's form); snapshot-boost; baselines single, checkpoint, snapshot, "
+    method: str = _opt("cbnn", "a preset of the four method axes below: cbnn (the default: plain training to half the "
+                       "budget, then a restart cycle per round with SAMME at eta 0.1, greedy selection); cbnn-paper (the paper's form); snapshot-boost; baselines single, checkpoint, snapshot, "
                        "fge, swa. Any axis given explicitly wins over the preset")
     schedule: Literal["decay", "restart", "fge", "swa"] | None = _opt(
         None, "LR schedule: decay (one cosine over the budget), restart (a cosine cycle per round: every member at "
@@ -116,7 +116,7 @@ class TrainConfig(Options):
     batch_size: int = _opt(64, "global batch size, split evenly over the workers", ge=1)
     augment: bool = _opt(True, "random crop with padding (+ horizontal flip where the data allows)")
     # boosting
-    eta: float | None = _opt(None, "shrinkage of the sample-weight update, in (0, 1]; 1 is plain SAMME (default 0.3)",
+    eta: float | None = _opt(None, "shrinkage of the sample-weight update, in (0, 1]; 1 is plain SAMME (default: cbnn 0.1, other presets 0.3)",
                              preset=True, gt=0, le=1)
     min_error: float = _opt(1e-4, "clamp of the weighted error so lambda stays finite", gt=0, lt=0.5)
     error_source: Literal["eval", "running"] = _opt(

@@ -21,7 +21,7 @@ def test_checkpoints_outside_1_to_epochs_are_rejected(m):
 
 
 def test_one_cosine_schedule_over_the_whole_budget_without_restarts():
-    m = create_method("cbnn", epochs=10, checkpoints=5)
+    m = create_method("cbnn-paper", epochs=10, checkpoints=5)
     assert m.lr_factor(0) == 1.0 and m.lr_factor(10) == pytest.approx(0.0)
     assert m.lr_factor(5) == pytest.approx(0.5)
     values = [m.lr_factor(t / 10) for t in range(101)]
@@ -30,9 +30,9 @@ def test_one_cosine_schedule_over_the_whole_budget_without_restarts():
 
 
 def test_methods_differ_only_in_policy():
-    cbnn, single, ckpt = (create_method(n, epochs=8, checkpoints=4) for n in ("cbnn", "single", "checkpoint"))
-    assert cbnn.boundaries() == single.boundaries() == ckpt.boundaries()
-    assert cbnn.reweights and cbnn.combine == "lambda"
+    paper, single, ckpt = (create_method(n, epochs=8, checkpoints=4) for n in ("cbnn-paper", "single", "checkpoint"))
+    assert paper.boundaries() == single.boundaries() == ckpt.boundaries()
+    assert paper.reweights and paper.combine == "lambda"
     assert not ckpt.reweights and ckpt.combine == "uniform" and all(ckpt.is_member(r) for r in range(4))
     assert [single.is_member(r) for r in range(4)] == [False, False, False, True]
     with pytest.raises(ConfigError, match="unknown method"):
@@ -129,3 +129,14 @@ def test_resolved_config_records_every_axis_of_its_preset():
     assert all(getattr(resolved, k) is not None for k in PRESET_KEYS if k != "first_member")
     paper = TrainConfig(method="cbnn-paper").resolved()
     assert (paper.lambda_source, paper.calibrate, paper.combine, paper.placement) == ("train", False, "lambda", "spread")
+
+
+def test_default_cbnn_boosts_restart_cycles_in_the_budgets_second_half():
+    from boostray.config import TrainConfig
+
+    m = create_method("cbnn", epochs=96, checkpoints=4)
+    assert m.boundaries() == [48, 64, 80, 96] and m.reweights and m.combine == "greedy"
+    assert m.lr_factor(0) == 1.0 and m.lr_factor(48) == 1.0 and m.lr_factor(64 - 1e-9) == pytest.approx(0.0, abs=1e-6)
+    resolved = TrainConfig().resolved()
+    assert (resolved.method, resolved.eta, resolved.lambda_source, resolved.calibrate) == ("cbnn", 0.1, "val", True)
+    assert TrainConfig(eta=0.3).resolved().eta == 0.3  # an explicit option wins over the preset

@@ -18,7 +18,8 @@ FAST = ["--workers", "0", "--epochs", "4", "--checkpoints", "2"]
 @pytest.fixture(scope="module")
 def cbnn_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    assert main(["train", *FAST, "--output", str(out), "--name", "cbnn", "--seed", "3"]) == 0
+    # lambda weights, so that the manifest's weights are the members' lambdas (the default selects greedily)
+    assert main(["train", *FAST, "--combine", "lambda", "--output", str(out), "--name", "cbnn", "--seed", "3"]) == 0
     return out / "cbnn"
 
 

@@ -187,7 +187,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the paper's form, for reproduction: members along one decay, lambda from the weighted training error
     "cbnn-paper": {"schedule": "decay", "placement": "spread", "reweight": "samme", "combine": "lambda",
                    "lambda_source": "train", "calibrate": False},
-    "cbnn": {"schedule": "decay", "placement": "spread", "reweight": "samme", "combine": "lambda"},
+    # chosen on validation by the issue-9 sweep (docs/results.md): plain training to half the budget, then
+    # a cosine cycle per round with gentle SAMME re-weighting (eta 0.1), greedy selection, a temperature
+    "cbnn": {"schedule": "restart", "placement": "tail", "reweight": "samme", "combine": "greedy", "eta": 0.1},
 }
 
 # What an option means when neither the preset nor the user sets it.
