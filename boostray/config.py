@@ -90,7 +90,7 @@ class TrainConfig(Options):
     # model and method
     model: str = _opt("small_cnn", "model name from the registry (see 'boostray models')")
     method: str = _opt("cbnn", "a preset of the four method axes below: cbnn (the default: plain training to half the "
-                       "budget, then a restart cycle per round with SAMME at eta 0.1, greedy selection); cbnn-paper (the paper's form); snapshot-boost; baselines single, checkpoint, snapshot, "
+                       "budget, then a restart cycle per round with SAMME at eta 0.1, members weighted equally); cbnn-paper (the paper's form); snapshot-boost; baselines single, checkpoint, snapshot, "
                        "fge, swa. Any axis given explicitly wins over the preset")
     schedule: Literal["decay", "restart", "fge", "swa"] | None = _opt(
         None, "LR schedule: decay (one cosine over the budget), restart (a cosine cycle per round: every member at "

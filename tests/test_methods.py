@@ -135,7 +135,7 @@ def test_default_cbnn_boosts_restart_cycles_in_the_budgets_second_half():
     from boostray.config import TrainConfig
 
     m = create_method("cbnn", epochs=96, checkpoints=4)
-    assert m.boundaries() == [48, 64, 80, 96] and m.reweights and m.combine == "greedy"
+    assert m.boundaries() == [48, 64, 80, 96] and m.reweights and m.combine == "uniform"
     assert m.lr_factor(0) == 1.0 and m.lr_factor(48) == 1.0 and m.lr_factor(64 - 1e-9) == pytest.approx(0.0, abs=1e-6)
     resolved = TrainConfig().resolved()
     assert (resolved.method, resolved.eta, resolved.lambda_source, resolved.calibrate) == ("cbnn", 0.1, "val", True)

@@ -18,7 +18,7 @@ FAST = ["--workers", "0", "--epochs", "4", "--checkpoints", "2"]
 @pytest.fixture(scope="module")
 def cbnn_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    # lambda weights, so that the manifest's weights are the members' lambdas (the default selects greedily)
+    # lambda weights, so that the manifest's weights are the members' lambdas (the default weighs them equally)
     assert main(["train", *FAST, "--combine", "lambda", "--output", str(out), "--name", "cbnn", "--seed", "3"]) == 0
     return out / "cbnn"
 

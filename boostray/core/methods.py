@@ -188,8 +188,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cbnn-paper": {"schedule": "decay", "placement": "spread", "reweight": "samme", "combine": "lambda",
                    "lambda_source": "train", "calibrate": False},
     # chosen on validation by the issue-9 sweep (docs/results.md): plain training to half the budget, then
-    # a cosine cycle per round with gentle SAMME re-weighting (eta 0.1), greedy selection, a temperature
-    "cbnn": {"schedule": "restart", "placement": "tail", "reweight": "samme", "combine": "greedy", "eta": 0.1},
+    # a cosine cycle per round with gentle SAMME re-weighting (eta 0.1), equal member weights, a temperature
+    "cbnn": {"schedule": "restart", "placement": "tail", "reweight": "samme", "combine": "uniform", "eta": 0.1},
 }
 
 # What an option means when neither the preset nor the user sets it.
