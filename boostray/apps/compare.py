@@ -304,6 +304,10 @@ def make_plots(out_dir: str, base: TrainConfig, specs: list[MethodSpec], results
 
     plots = []
 
+    def short(label: str, width: int = 32) -> str:
+        """A method's label as a legend or title can hold it (a label with overrides can be long)."""
+        return label if len(label) <= width else label[: width - 1] + "…"
+
     def save(fig, name: str, caption: str) -> None:
         fig.tight_layout()
         fig.savefig(os.path.join(out_dir, name), dpi=110)
@@ -320,9 +324,10 @@ def make_plots(out_dir: str, base: TrainConfig, specs: list[MethodSpec], results
                 xs = [e for e in budgets if f"{what}_error_{e}" in entry]
                 ys = [entry[f"{what}_error_{e}"] * 100 for e in xs]
                 err = [entry[f"{what}_error_{e}_std"] * 100 for e in xs]
-                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=entry["method"])
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=short(entry["method"]))
             ax.set(xscale="log", xlabel="budget (epochs)", ylabel="error (%)", title=f"{title} error vs budget")
             ax.set_xticks(budgets, [str(b) for b in budgets])
+            ax.minorticks_off()  # the log axis' own minor labels (2x10^1, ...) would overlap the budgets
         axes[1].legend(fontsize=7)
         save(fig, "error_vs_budget.png", "Validation (cross-fitted) and test error against the budget, mean ± std over seeds")
 
@@ -332,7 +337,7 @@ def make_plots(out_dir: str, base: TrainConfig, specs: list[MethodSpec], results
         if staged:
             length = min(len(x) for x in staged)
             mean = np.mean([x[:length] for x in staged], axis=0)
-            ax.plot(range(1, length + 1), mean, marker="o", label=spec.label)
+            ax.plot(range(1, length + 1), mean, marker="o", label=short(spec.label))
     ax.set(xlabel="members", ylabel="test accuracy", title=f"Ensemble accuracy vs number of members ({top} epochs)")
     ax.legend(fontsize=8)
     save(fig, "staged_accuracy.png", f"Ensemble test accuracy using the first k members, {top} epochs (mean over seeds)")
@@ -341,7 +346,7 @@ def make_plots(out_dir: str, base: TrainConfig, specs: list[MethodSpec], results
     for spec in specs:
         method = base.replace(**spec.overrides, method=spec.method, epochs=top).resolved().build_method()
         t = np.linspace(0, top, 400, endpoint=False)
-        ax.plot(t, [base.lr * method.lr_factor(x) for x in t], label=spec.label)
+        ax.plot(t, [base.lr * method.lr_factor(x) for x in t], label=short(spec.label))
     ax.set(xlabel="epoch", ylabel="learning rate", title=f"LR schedule of each method ({top} epochs)")
     ax.legend(fontsize=8)
     save(fig, "lr_schedules.png", "The learning-rate schedule of each method over the same budget")
@@ -353,7 +358,7 @@ def make_plots(out_dir: str, base: TrainConfig, specs: list[MethodSpec], results
         members = first.metrics["members"]
         rounds = [m["round"] for m in members]
         ax1.plot(rounds, [m["lambda"] for m in members], "o-", color="tab:blue")
-        ax1.set(xlabel="round", ylabel="lambda_m", title=f"{first.spec.label} (seed {first.seed}): checkpoint weight and ESS")
+        ax1.set(xlabel="round", ylabel="lambda_m", title=f"{short(first.spec.label)} (seed {first.seed}): lambda and ESS")
         ax2 = ax1.twinx()
         ess = first.metrics["ess"]
         ax2.plot(range(1, len(ess) + 1), ess, "s--", color="tab:red")
@@ -365,7 +370,7 @@ def make_plots(out_dir: str, base: TrainConfig, specs: list[MethodSpec], results
         fig, ax = plt.subplots(figsize=(6, 4))
         for c in [c for c in table if c.startswith("round_")] + ["final"]:
             ax.hist(np.asarray(table[c]) * n, bins=50, histtype="step", log=True, label=c)
-        ax.set(xlabel="n * w_i (1 = uniform)", ylabel="samples", title=f"{first.spec.label}: sample weights per round")
+        ax.set(xlabel="n * w_i (1 = uniform)", ylabel="samples", title=f"{short(first.spec.label)}: sample weights per round")
         ax.legend(fontsize=8)
         save(fig, "cbnn_weight_histogram.png", f"{first.spec.label}: histogram of the sample weights used in each round")
     return plots
