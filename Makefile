@@ -1,12 +1,13 @@
 # make run   : set up .venv (if missing) and run the README's main job (digits, cbnn, 1 Ray Train worker)
 # make test  : set up .venv (if missing) and run the test suite
+# make test-fast : the Ray-free tests only (under a minute)
 # make bench : the benchmarks in bench/ (JSON on stdout)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench clean venv
+.PHONY: run test test-fast bench clean venv
 
 venv: $(STAMP)
 
@@ -20,6 +21,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=12
+
+# the Ray-free tests (method, model, data, metrics, artifacts, the in-process trainer): the inner loop of development
+FAST_TESTS = tests/test_boosting.py tests/test_combine.py tests/test_configs.py tests/test_data.py tests/test_engine.py \
+             tests/test_ensemble.py tests/test_methods.py tests/test_metrics.py tests/test_oip.py tests/test_train_local.py
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q $(FAST_TESTS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_training.py all --json-out bench/results/training.json

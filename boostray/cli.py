@@ -227,7 +227,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from boostray.apps.compare import run_configs
 
     run_configs(base, specs, args.seeds, out_dir, budgets)  # every run's options (and reuse) checked before Ray starts
-    from boostray.distributed.trainer import load_training_data
+    from boostray.core.data import load_training_data
 
     load_training_data(base)  # and the data
     os.makedirs(out_dir, exist_ok=True)

@@ -18,3 +18,11 @@ def test_there_are_shipped_configs():
 @pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=os.path.basename)
 def test_shipped_train_config_validates(path):
     TrainConfig(**read_config_file(path))  # raises ConfigError if any key or value is bad
+
+
+def test_python_dash_m_boostray_is_the_boostray_command():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "boostray", "models"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "small_cnn" in out.stdout

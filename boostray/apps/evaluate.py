@@ -21,7 +21,7 @@ def evaluate_run(run_dir: str, *, dataset: str | None = None, data_dir: str | No
         config = TrainConfig(dataset=dataset, data_dir=data_dir)
     elif data_dir is not None:
         config.data_dir = data_dir
-    from boostray.distributed.trainer import load_training_data
+    from boostray.core.data import load_training_data
 
     data = load_training_data(config)
     if list(data.input_shape) != list(manifest["input_shape"]):

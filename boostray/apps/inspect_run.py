@@ -16,7 +16,7 @@ def hardest_samples(run_dir: str, top: int) -> tuple[list[dict], np.ndarray]:
     import pyarrow.parquet as pq
 
     from boostray.core.ensemble import load_ensemble
-    from boostray.distributed.trainer import load_training_data
+    from boostray.core.data import load_training_data
 
     if top < 1:
         raise ConfigError(f"--top must be >= 1, got {top}")

@@ -220,7 +220,7 @@ def run_sweep(config: SweepConfig, *, resume: bool = False) -> dict:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from boostray.distributed.trainer import load_training_data
+    from boostray.core.data import load_training_data
 
     started = time.perf_counter()
     sweep_dir = config.sweep_dir

@@ -394,3 +394,12 @@ def load_dataset(
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 pixels (B, C, H, W) -> float, scaled to [0, 1] and standardised per channel."""
     return (images.float().div_(255.0) - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
+def load_training_data(config) -> ImageDataset:
+    """The data set a run trains on, as its options (a TrainConfig or anything with the same fields)
+    describe it: the one place that turns options into data, for the trainer and every application."""
+    return load_dataset(
+        config.dataset, config.data_dir, val_fraction=config.val_fraction, imbalance_ratio=config.imbalance_ratio,
+        train_subset=config.train_subset, download=config.download,
+    )

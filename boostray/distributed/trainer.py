@@ -21,7 +21,7 @@ from boostray.core.boost_state import BoostState
 from boostray.core.boosting import vote
 from boostray.core.combine import Combination, crossfit_proba, fit_combination, scores
 from boostray.config import TrainConfig
-from boostray.core.data import ImageDataset, load_dataset
+from boostray.core.data import ImageDataset, load_training_data
 from boostray.core.ensemble import write_ensemble
 from boostray.errors import ConfigError
 from boostray.core.methods import COMBINATIONS
@@ -40,13 +40,6 @@ def resolve_paths(config: TrainConfig) -> tuple[str, str, str]:
     """(output folder, run directory, Ray Train storage folder), absolute."""
     output = os.path.abspath(os.path.expanduser(config.output))
     return output, os.path.join(output, config.name), os.path.join(output, ".ray")
-
-
-def load_training_data(config: TrainConfig) -> ImageDataset:
-    return load_dataset(
-        config.dataset, config.data_dir, val_fraction=config.val_fraction, imbalance_ratio=config.imbalance_ratio,
-        train_subset=config.train_subset, download=config.download,
-    )
 
 
 def torch_config_for_cluster():
