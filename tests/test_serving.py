@@ -28,8 +28,9 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("serve-run")
+    # four members of unequal weight (what --cascade needs)
     assert main(["train", "--workers", "0", "--epochs", "4", "--checkpoints", "4", "--combine", "lambda",
-                 "--output", str(out), "--name", "served"])  # four members of unequal weight (for --cascade) == 0
+                 "--output", str(out), "--name", "served"]) == 0
     return str(out / "served")
 
 
