@@ -42,3 +42,11 @@ def write_parquet_dataset(folder: str, n_train: int = 60, n_test: int = 30, **kw
     write_parquet_split(os.path.join(folder, "train-00000-of-00001.parquet"), images[:n_train], labels[:n_train], kw.get("as_png", True))
     write_parquet_split(os.path.join(folder, "test-00000-of-00001.parquet"), images[n_train:], labels[n_train:], kw.get("as_png", True))
     return folder
+
+
+def train_digits_run(out, name: str, *options: str) -> str:
+    """A real run directory: `boostray train` on digits in this process (no Ray), 4 epochs."""
+    from boostray.cli import main
+
+    assert main(["train", "--workers", "0", "--epochs", "4", *options, "--output", str(out), "--name", name]) == 0
+    return os.path.join(str(out), name)

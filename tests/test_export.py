@@ -14,16 +14,14 @@ from boostray.cli import main
 from boostray.core.data import load_dataset
 from boostray.core.ensemble import write_ensemble
 from boostray.core.models import create_model
+from helpers import train_digits_run
 
 TOLERANCE = 1e-5  # float32 graphs: ONNX Runtime and PyTorch differ by rounding only
 
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("export")
-    assert main(["train", "--workers", "0", "--epochs", "4", "--checkpoints", "2", "--method", "checkpoint",
-                 "--output", str(out), "--name", "r"]) == 0
-    return str(out / "r")
+    return train_digits_run(tmp_path_factory.mktemp("export"), "r", "--checkpoints", "2", "--method", "checkpoint")
 
 
 def resnet_artifact(path, vote="soft", temperature=1.7):

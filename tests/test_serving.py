@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 from boostray import load_ensemble
-from boostray.cli import main
 from boostray.core.data import load_dataset
-from helpers import png_bytes
+from helpers import png_bytes, train_digits_run
 
 pytestmark = pytest.mark.ray
 
@@ -27,11 +26,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("serve-run")
     # four members of unequal weight (what --cascade needs)
-    assert main(["train", "--workers", "0", "--epochs", "4", "--checkpoints", "4", "--combine", "lambda",
-                 "--output", str(out), "--name", "served"]) == 0
-    return str(out / "served")
+    return train_digits_run(tmp_path_factory.mktemp("serve-run"), "served", "--checkpoints", "4", "--combine", "lambda")
 
 
 @pytest.fixture(scope="module")
