@@ -14,11 +14,15 @@ from boostray.core.models import create_model
 SPEC = {"num_classes": 4, "in_channels": 1, "image_size": 8}
 
 
-def make_artifact(path, weights=(0.5, 2.0, 1.0), mode="soft", temperature=None):
+def make_artifact(path, weights=(0.5, 2.0, 1.0), mode="soft", temperature=None, lean=0.0):
+    """``lean``: member m's output bias for class m is raised by this much, so that the members disagree."""
     states = []
     for seed in range(len(weights)):
         torch.manual_seed(seed)
-        states.append(create_model("small_cnn", **SPEC).state_dict())
+        sd = create_model("small_cnn", **SPEC).state_dict()
+        bias = [k for k, v in sd.items() if v.ndim == 1 and v.numel() == SPEC["num_classes"]][-1]
+        sd[bias][seed] += lean
+        states.append(sd)
     write_ensemble(
         str(path), member_states=states,
         member_info=[{"weight": w, "epoch": i + 1, "round": i + 1, "error": 0.1} for i, w in enumerate(weights)],
@@ -115,19 +119,7 @@ def test_a_version_1_manifest_still_loads_without_a_temperature(tmp_path):
 
 def test_hard_vote_is_the_weighted_count_of_each_members_label(tmp_path):
     weights = np.array([0.5, 2.0, 1.0])
-    states = []
-    for m in range(3):  # member m leans to class m (its output bias), so that the members disagree
-        torch.manual_seed(m)
-        sd = create_model("small_cnn", **SPEC).state_dict()
-        bias = [k for k, v in sd.items() if v.ndim == 1 and v.numel() == SPEC["num_classes"]][-1]
-        sd[bias][m] += 0.5
-        states.append(sd)
-    write_ensemble(
-        str(tmp_path), member_states=states,
-        member_info=[{"weight": float(w), "epoch": i + 1, "round": i + 1, "error": 0.1} for i, w in enumerate(weights)],
-        manifest={"method": "cbnn", "model": {"name": "small_cnn", "kwargs": SPEC}, "input_shape": [1, 8, 8],
-                  "normalization": {"scale": 255.0, "mean": [0.3], "std": [0.2]}, "classes": list("abcd"), "vote": "hard"},
-    )
+    make_artifact(tmp_path, weights=tuple(weights), mode="hard", lean=0.5)
     ens = load_ensemble(str(tmp_path))
     x = np.random.default_rng(3).integers(0, 256, (64, 1, 8, 8), dtype=np.uint8)
     labels = np.stack([ens.member_proba(x)[m].argmax(1) for m in range(3)])  # (M, N) each member's label
@@ -138,12 +130,11 @@ def test_hard_vote_is_the_weighted_count_of_each_members_label(tmp_path):
     assert (labels[1] != labels[0]).any()  # the members disagree somewhere, so the weights matter
 
 
-def test_stacked_forward_equals_the_member_loop():
+def test_stacked_forward_equals_the_member_loop(tmp_path):
     from boostray.core.inference import MemberStack
 
-    make_dir = __import__("tempfile").mkdtemp()
-    make_artifact(make_dir)
-    ens = load_ensemble(make_dir)
+    make_artifact(tmp_path)
+    ens = load_ensemble(str(tmp_path))
     x = np.random.default_rng(4).integers(0, 256, (32, 1, 8, 8), dtype=np.uint8)
     stacked, loop = MemberStack(ens, "stacked"), MemberStack(ens, "loop")
     np.testing.assert_allclose(stacked.member_proba(x), loop.member_proba(x), rtol=1e-5, atol=1e-6)
