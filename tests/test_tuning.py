@@ -98,6 +98,13 @@ def test_asha_sweep_stops_weak_trials_and_exports_the_best(sweep):
     assert summary["trials"] == 3 and summary["errored"] == 0
     assert summary["stopped_early"] >= 1
     assert summary["best_params"] == {"lr": 0.05}
+    # max_concurrent_trials: 1 holds, so the grid runs in its order and the weak trials meet a recorded rung
+    tune_dir = os.path.join(config.sweep_dir, "tune", config.name)
+    spans = []
+    for trial in sorted(d for d in os.listdir(tune_dir) if d.startswith("trial_fn_")):
+        stamps = [json.loads(line)["timestamp"] for line in open(os.path.join(tune_dir, trial, "result.json"))]
+        spans.append((min(stamps), max(stamps)))
+    assert len(spans) == 3 and all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:])), spans
     rows = open(os.path.join(config.sweep_dir, "trials.csv")).read().splitlines()
     assert len(rows) == 4 and "stopped_early" in rows[0]
     assert os.path.isfile(os.path.join(config.sweep_dir, "trials.md"))

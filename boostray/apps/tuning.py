@@ -252,17 +252,19 @@ def run_sweep(config: SweepConfig, *, resume: bool = False) -> dict:
         if config.search.algorithm == "optuna":
             from ray.tune.search.optuna import OptunaSearch
 
-            search_alg = OptunaSearch(seed=config.search.seed)
-        else:  # random and grid: the searcher's own random state, not the global one
+            search_alg, limit = OptunaSearch(seed=config.search.seed), config.max_concurrent_trials
+        else:  # random and grid: the searcher's own random state, not the global one. Tune ignores
+            # max_concurrent_trials for a generator passed in, so the limit goes to the generator itself.
             from ray.tune.search import BasicVariantGenerator
 
-            search_alg = BasicVariantGenerator(random_state=config.search.seed)
+            search_alg = BasicVariantGenerator(random_state=config.search.seed, max_concurrent=config.max_concurrent_trials)
+            limit = None
         tuner = tune.Tuner(
             trainable,
             param_space={k: _domain(v) for k, v in config.search_space.items()},
             tune_config=tune.TuneConfig(
                 metric=config.metric, mode=config.mode, num_samples=config.num_samples, scheduler=scheduler,
-                search_alg=search_alg, max_concurrent_trials=config.max_concurrent_trials,
+                search_alg=search_alg, max_concurrent_trials=limit,
                 time_budget_s=config.time_budget_s,
             ),
             run_config=tune.RunConfig(name=config.name, storage_path=os.path.join(sweep_dir, "tune"), verbose=1),
