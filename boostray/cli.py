@@ -14,7 +14,7 @@ import typing
 from typing import Sequence
 
 from boostray.config import FIELDS, PredictOptions, ServeOptions, TrainConfig, read_config_file
-from boostray.errors import BoostrayError
+from boostray.errors import BoostrayError, RunFailedError
 
 EXIT_USAGE = 2
 
@@ -223,6 +223,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     budgets = budgets or [base.epochs]
     if args.seeds < 1:
         raise BoostrayError(f"--seeds must be >= 1, got {args.seeds}")
+    if "://" in (args.report or ""):
+        raise BoostrayError(f"--report {args.report}: compare writes its report and runs to a local or shared folder, not a URI")
     out_dir = os.path.abspath(os.path.expanduser(args.report))
     from boostray.apps.compare import run_configs
 
@@ -387,6 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BoostrayError as exc:
         print(f"boostray: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except RunFailedError as exc:
+        print(f"boostray: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("boostray: interrupted", file=sys.stderr)
         return 130

@@ -17,6 +17,11 @@ class ArtifactError(BoostrayError):
     """A run directory or ensemble artifact is incomplete or does not match its manifest."""
 
 
+class RunFailedError(Exception):
+    """A run stopped for a reason outside its input (a lost node or worker, more failures than
+    --max-failures allows): the CLI prints it as one line, saying how to resume, and exits with code 1."""
+
+
 def require_extra(module: str, extra: str, what: str) -> None:
     """Fail before any work starts when an optional dependency is missing, naming the extra to install."""
     import importlib.util

@@ -13,15 +13,10 @@ import pytest
 
 from boostray import load_ensemble
 from boostray.core.data import load_dataset
+from cluster import free_port
 from helpers import png_bytes, train_digits_run
 
 pytestmark = pytest.mark.ray
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ real cluster uses Ray's default backend unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import uuid
@@ -24,6 +25,7 @@ class FileRendezvousBackend(_TorchBackend):
         backend = backend_config.backend or ("nccl" if gpus > 0 else "gloo")
         # A fresh file per worker group: a group restarted after a failure rendezvouses anew.
         path = os.path.join(tempfile.gettempdir(), f"boostray-rendezvous-{uuid.uuid4().hex}")
+        self._rendezvous_file = path
         worker_group.execute(_set_torch_distributed_env_vars)
         ray.get([
             worker_group.execute_single_async(
@@ -32,6 +34,14 @@ class FileRendezvousBackend(_TorchBackend):
             )
             for i in range(len(worker_group))
         ])
+
+
+    def on_shutdown(self, worker_group, backend_config) -> None:
+        super().on_shutdown(worker_group, backend_config)
+        path = getattr(self, "_rendezvous_file", None)
+        if path is not None:  # torch's FileStore leaves its file behind
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
 
 
 @dataclass

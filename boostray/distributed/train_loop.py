@@ -3,13 +3,15 @@ Ray-free ``Engine`` (engine.py) on Ray Train's device and data-parallel wrapper,
 latest checkpoint, and after each round reports the metrics with a checkpoint holding model, optimizer,
 LR schedule and the whole boosting state.
 
-Testing hook: ``hold_after_round: N`` in the loop config (set by a test through run_training) makes
+Testing hook: ``hold_after_round: N`` in the loop config (set by a test through run_training, or by
+the environment variable BOOSTRAY_TEST_HOLD_AFTER_ROUND for a job a test submits to a cluster) makes
 every rank wait after reporting round N (up to 10 minutes) to be killed, so a fault-tolerance test can
-kill a worker at a known point of training instead of racing it.
+kill a worker or a node at a known point of training instead of racing it.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from typing import Any
@@ -31,6 +33,16 @@ def _resolve(obj: Any) -> Any:
     return obj
 
 
+def rank_nodes(world: int) -> list[str]:
+    """The Ray node id of every rank of this worker group, in rank order (metrics.json records it)."""
+    node = ray.get_runtime_context().get_node_id()
+    if world == 1 or not torch.distributed.is_initialized():
+        return [node]
+    nodes: list[str] = [""] * world
+    torch.distributed.all_gather_object(nodes, node)
+    return nodes
+
+
 def train_loop_per_worker(loop_config: dict) -> dict | None:
     config = TrainConfig(**loop_config["config"]).resolved()
     device = ray.train.torch.get_device()
@@ -47,7 +59,8 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
             state = engine.restore(directory, members_dir)
     else:
         state = BoostState.initial(len(data.train))
-    hold_after = loop_config.get("hold_after_round")
+    state.placements.append(rank_nodes(engine.world))
+    hold_after = loop_config.get("hold_after_round") or int(os.environ.get("BOOSTRAY_TEST_HOLD_AFTER_ROUND", 0)) or None
 
     def report(metrics: dict, state: BoostState) -> None:
         with tempfile.TemporaryDirectory() as tmp:
