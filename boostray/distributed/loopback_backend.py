@@ -37,11 +37,13 @@ class FileRendezvousBackend(_TorchBackend):
 
 
     def on_shutdown(self, worker_group, backend_config) -> None:
-        super().on_shutdown(worker_group, backend_config)
-        path = getattr(self, "_rendezvous_file", None)
-        if path is not None:  # torch's FileStore leaves its file behind
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
+        try:
+            super().on_shutdown(worker_group, backend_config)  # raises when a worker has crashed
+        finally:
+            path = getattr(self, "_rendezvous_file", None)
+            if path is not None:  # torch's FileStore leaves its file behind
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
 
 
 @dataclass
