@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 
 from boostray.config import TrainConfig, read_config_file
+from boostray.core import storage
 from boostray.core.ensemble import load_ensemble
 from boostray.errors import ArtifactError, DataError
 from boostray.core.metrics import ensemble_report
 
 
 def evaluate_run(run_dir: str, *, dataset: str | None = None, data_dir: str | None = None, split: str = "test") -> dict:
+    run_dir = storage.local_copy(run_dir)  # a run at a storage URI: its local copy
     if not os.path.isdir(run_dir):
         raise ArtifactError(f"run directory {run_dir} does not exist")
     ensemble = load_ensemble(run_dir)  # the artifact first: a tampered member fails before any data loads

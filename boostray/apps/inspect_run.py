@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from boostray.core import storage
 from boostray.config import TrainConfig, read_config_file
 from boostray.errors import ArtifactError, ConfigError
 
@@ -20,6 +21,7 @@ def hardest_samples(run_dir: str, top: int) -> tuple[list[dict], np.ndarray]:
 
     if top < 1:
         raise ConfigError(f"--top must be >= 1, got {top}")
+    run_dir = storage.local_copy(run_dir)  # a run at a storage URI: its local copy
     weights_path = os.path.join(run_dir, "sample_weights.parquet")
     config_path = os.path.join(run_dir, "config.yaml")
     for path in (weights_path, config_path):

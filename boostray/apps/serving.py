@@ -210,7 +210,8 @@ def build_app(options: ServeOptions) -> serve.Application:
 
     if not isinstance(options, ServeOptions):
         options = ServeOptions(**options)
-    options = options.model_copy(update={"run_dir": os.path.abspath(os.path.expanduser(options.run_dir))})
+    if "://" not in options.run_dir:  # a storage URI stays one: every replica reads its own local copy
+        options = options.model_copy(update={"run_dir": os.path.abspath(os.path.expanduser(options.run_dir))})
     read_manifest(options.run_dir)  # fail here, in the driver, for a path that holds no ensemble
     actor = {"num_cpus": options.cpus_per_replica}
     if options.gpus_per_replica:

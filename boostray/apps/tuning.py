@@ -122,6 +122,8 @@ class SweepConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_together(self) -> "SweepConfig":
+        if "://" in self.output:
+            raise ConfigError(f"output {self.output}: a sweep keeps its trials in a local or shared folder, not a URI")
         for key in self.search_space:
             if key not in SEARCHABLE:
                 raise ConfigError(f"search_space.{key}: {key!r} cannot be searched (searchable: {', '.join(sorted(SEARCHABLE))})")

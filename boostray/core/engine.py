@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from boostray.core import storage
 from boostray.core.batches import TrainBatches
 from boostray.core.boost_state import BoostState, MemberRecord
 from boostray.core.boosting import ChanceLevelWarning, boost_step, clamp_error, effective_sample_size
@@ -191,14 +192,11 @@ class Engine:
             },
             os.path.join(directory, CHECKPOINT_FILE),
         )
-        if members_dir is not None:
-            os.makedirs(members_dir, exist_ok=True)
+        if members_dir is not None:  # a local folder, or a storage URI (core/storage.py)
             for i, member in enumerate(state.members):
                 path = member_file(members_dir, member.round)
-                if not os.path.exists(path):  # written once; a rerun of the round writes it again first
-                    tmp = f"{path}.partial-{os.getpid()}"
-                    torch.save(state.member_payload(i), tmp)
-                    os.replace(tmp, path)
+                if not storage.exists(path):  # written once; a rerun of the round writes it again first
+                    storage.torch_save(state.member_payload(i), path)
 
     def restore(self, directory: str, members_dir: str | None = None) -> BoostState:
         saved = torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
@@ -323,7 +321,7 @@ class Engine:
 
 
 def member_file(members_dir: str, round_number: int) -> str:
-    return os.path.join(members_dir, f"round_{round_number:04d}.pt")
+    return storage.join(members_dir, f"round_{round_number:04d}.pt")
 
 
 def load_boost_state(saved: dict, members_dir: str | None = None) -> BoostState:
@@ -335,9 +333,9 @@ def load_boost_state(saved: dict, members_dir: str | None = None) -> BoostState:
             raise RuntimeError("this checkpoint keeps its members beside it; say where (members_dir)")
         for member in state.members:
             path = member_file(members_dir, member.round)
-            if not os.path.exists(path):
+            if not storage.exists(path):
                 raise RuntimeError(f"member of round {member.round} is missing: {path}")
-            state.add_member_payload(torch.load(path, map_location="cpu", weights_only=True))
+            state.add_member_payload(storage.torch_load(path))
     return state
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from boostray.core import storage
 from boostray.core.boosting import apply_temperature, vote
 from boostray.errors import ArtifactError
 from boostray.core.models import create_model
@@ -117,7 +118,7 @@ class Ensemble:
 
 
 def _ensemble_dir(path: str) -> str:
-    path = os.path.expanduser(path)
+    path = storage.local_copy(path)  # a run at a storage URI is read from a local copy
     if os.path.isfile(os.path.join(path, MANIFEST)):
         return path
     if os.path.isfile(os.path.join(path, "ensemble", MANIFEST)):

@@ -11,19 +11,22 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
+import tempfile
 import time
 from typing import Any
 
 import numpy as np
 
+from boostray.core import storage
 from boostray.core.boost_state import BoostState
 from boostray.core.boosting import vote
 from boostray.core.combine import Combination, crossfit_proba, fit_combination, scores
 from boostray.config import TrainConfig
 from boostray.core.data import ImageDataset, load_training_data
 from boostray.core.ensemble import write_ensemble
-from boostray.errors import ConfigError
+from boostray.errors import ConfigError, RunFailedError
 from boostray.core.methods import COMBINATIONS
 from boostray.core.metrics import accuracy, ensemble_report, expected_calibration_error, nll, per_class_accuracy
 from boostray.distributed.runtime import ray_session
@@ -37,9 +40,10 @@ def default_run_name(config: TrainConfig) -> str:
 
 
 def resolve_paths(config: TrainConfig) -> tuple[str, str, str]:
-    """(output folder, run directory, Ray Train storage folder), absolute."""
-    output = os.path.abspath(os.path.expanduser(config.output))
-    return output, os.path.join(output, config.name), os.path.join(output, ".ray")
+    """(output folder, run directory, Ray Train storage folder): absolute paths, or URIs when --output
+    is one (Ray Train's checkpoints and the members then go straight to that storage)."""
+    output = config.output if storage.is_uri(config.output) else storage.local_path(config.output)
+    return output, storage.join(output, config.name), storage.join(output, ".ray")
 
 
 def torch_config_for_cluster():
@@ -65,8 +69,8 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
     if config.workers == 0 and not callbacks:
         from boostray.core.engine import train_in_process
 
-        _, _, storage = resolve_paths(config)  # checkpoints as a Ray Train run keeps them: the same --name resumes
-        return train_in_process(config, data, checkpoint_dir=os.path.join(storage, config.name))
+        _, _, ray_storage = resolve_paths(config)  # checkpoints as a Ray Train run keeps them: the same --name resumes
+        return train_in_process(config, data, checkpoint_dir=os.path.join(ray_storage, config.name))
 
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -76,7 +80,7 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
     from boostray.core.weights import LocalWeightStore
     from boostray.distributed.weight_store import RayWeightStore
 
-    _, _, storage = resolve_paths(config)
+    _, _, ray_storage = resolve_paths(config)
     local = config.workers == 0
     store = LocalWeightStore() if local or not ray.is_initialized() else RayWeightStore.create(config.name)
     if isinstance(data, ray.ObjectRef) or local or not ray.is_initialized():
@@ -86,7 +90,7 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "data": data_ref, "store": store,
-                           "members_dir": os.path.join(storage, config.name, MEMBERS_FOLDER),
+                           "members_dir": storage.join(ray_storage, config.name, MEMBERS_FOLDER),
                            "hold_after_round": hold_after_round},
         torch_config=None if local else torch_config_for_cluster(),
         scaling_config=ScalingConfig(
@@ -94,7 +98,7 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
             resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": 1} if config.gpu else {})},
         ),
         run_config=RunConfig(
-            name=config.name, storage_path=storage,
+            name=config.name, storage_path=ray_storage,
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
@@ -102,9 +106,38 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
     )
     try:
         result = trainer.fit()
+    except (ray.train.TrainingFailedError, ray.train.WorkerGroupError) as exc:
+        message = describe_failure(exc, config, storage.join(ray_storage, config.name))
+        if message is None:
+            raise
+        raise RunFailedError(message) from exc
     finally:
         store.close()
     return BoostState.from_saveable(result.return_value)
+
+
+def describe_failure(exc: BaseException, config: TrainConfig, run_storage: str) -> str | None:
+    """One line for a run that Ray Train gave up on after losing workers: which ranks, on which nodes,
+    whether those nodes left the cluster, and how to resume (the same --name restarts from the last
+    checkpoint). None for any other failure (a bug keeps its traceback)."""
+    import ray
+
+    text = str(exc)
+    node_ids = list(dict.fromkeys(re.findall(r"node_id='([0-9a-f]+)'", text)))
+    dead = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if not n.get("Alive")}
+    lost = [f"node {n[:12]} ({dead[n]})" for n in node_ids if n in dead]
+    if not lost and "health check failed" not in text and "ActorDiedError" not in text:
+        return None
+    ranks = ", ".join(str(r) for r in sorted(getattr(exc, "worker_failures", None) or {})) or "?"
+    what = (f"rank {ranks} lost {' and '.join(lost)}, which left the cluster" if lost
+            else f"rank {ranks} stopped answering (on node {', '.join(n[:12] for n in node_ids) or '?'}: lost or overloaded)")
+    rounds = sorted(d for d in (os.listdir(run_storage) if os.path.isdir(run_storage) else [])
+                    if re.fullmatch(r"round_\d{4}", d))
+    where = (f"from its checkpoint of round {int(rounds[-1][6:])}/{config.checkpoints}" if rounds
+             else "from its last checkpoint" if storage.is_uri(run_storage)
+             else "from the start (no round was checkpointed)")
+    return (f"training failed with --max-failures {config.max_failures}: {what}. Rerun with the same "
+            f"--name {config.name} to resume {where}; --max-failures N lets Ray Train replace lost workers itself")
 
 
 def combine_members(state: BoostState, data: ImageDataset, config: TrainConfig) -> Combination:
@@ -170,6 +203,8 @@ def build_metrics(state: BoostState, data: ImageDataset, config: TrainConfig, co
         "epochs": state.epoch_log,
         "train_seconds": state.train_seconds,
         "resumed_at_rounds": state.resumed_at_rounds,
+        "rank_nodes": state.placements[-1] if state.placements else [],  # Ray node id of each rank, last worker group
+        "rank_nodes_history": state.placements,  # one entry per worker group (a restart after a failure adds one)
     }
 
 
@@ -198,8 +233,9 @@ def start_up_timing(stamps: dict[str, float], state: BoostState) -> dict[str, fl
 def write_run_directory(run_dir: str, state: BoostState, data: ImageDataset, config: TrainConfig, wall_seconds: float,
                         timing: dict[str, float] | None = None) -> dict:
     config = config.resolved()
-    parent = os.path.dirname(run_dir)
-    tmp = os.path.join(parent, f".{os.path.basename(run_dir)}.partial-{os.getpid()}")
+    remote = storage.is_uri(run_dir)  # assembled here, then copied up (metrics.json last)
+    parent = tempfile.mkdtemp(prefix="boostray-run-") if remote else os.path.dirname(run_dir)
+    tmp = os.path.join(parent, f".{os.path.basename(run_dir.partition('?')[0].rstrip('/'))}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
@@ -236,10 +272,16 @@ def write_run_directory(run_dir: str, state: BoostState, data: ImageDataset, con
             json.dump(metrics, f, indent=2, default=float)
         config.save(os.path.join(tmp, "config.yaml"))
         write_sample_weights(os.path.join(tmp, "sample_weights.parquet"), state, data)
-        os.rename(tmp, run_dir)
+        if remote:
+            storage.upload_run(tmp, run_dir)
+        else:
+            os.rename(tmp, run_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if remote:
+            shutil.rmtree(parent, ignore_errors=True)
     return metrics
 
 
@@ -253,10 +295,16 @@ def train(config: TrainConfig, *, hold_after_round: int | None = None, tracker=N
     if config.name is None:
         config.name = default_run_name(config)
     output, run_dir, _ = resolve_paths(config)
-    if os.path.exists(run_dir):
+    if storage.is_uri(output) and config.workers == 0:
+        raise ConfigError("--workers 0 keeps its checkpoints on local disk: give a local --output, or --workers 1 or more for a storage URI")
+    if storage.is_uri(output) and config.mlflow == "auto":
+        raise ConfigError("a bare --mlflow keeps its store under --output, which must then be local: give --mlflow URI")
+    # a local run directory appears whole (rename); one at a URI is complete once its marker is there
+    if storage.exists(storage.join(run_dir, storage.COMPLETE_MARKER) if storage.is_uri(run_dir) else run_dir):
         raise ConfigError(f"run {config.name!r} already finished in {run_dir}; pick another --name")
     data = load_training_data(config)  # bad data fails here, before Ray or any file
-    os.makedirs(output, exist_ok=True)
+    if not storage.is_uri(output):
+        os.makedirs(output, exist_ok=True)
     stamps["data"] = time.time()
     # workers=0 trains in this process without Ray
     with ray_session(config.address) if config.workers else contextlib.nullcontext():
@@ -270,6 +318,6 @@ def train(config: TrainConfig, *, hold_after_round: int | None = None, tracker=N
         from boostray.apps.tracking import Tracker
 
         tracker = tracker or Tracker(config.mlflow, output)
-        run_id = tracker.log_training_run(config.name, run_dir, metrics, config.to_dict(), tracking_parent)
+        run_id = tracker.log_training_run(config.name, storage.local_copy(run_dir), metrics, config.to_dict(), tracking_parent)
         print(f"[boostray] logged to MLflow: {tracker.uri} run {run_id}", flush=True)
     return run_dir, metrics

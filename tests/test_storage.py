@@ -1,0 +1,115 @@
+"""Runs kept at a storage URI: `file://` and a real S3-compatible server (moto_server, a local process
+speaking the S3 HTTP API) through pyarrow; Ray Train's checkpoints, the members and the run directory
+go there, and load / evaluate / serve read from there."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from boostray import load_ensemble
+from boostray.cli import main
+from boostray.core import storage
+from boostray.core.data import load_dataset
+from cluster import free_port
+
+
+def test_join_keeps_the_query_string_last():
+    assert storage.join("s3://b/runs?endpoint_override=h:1&scheme=http", "r", "x.pt") == \
+        "s3://b/runs/r/x.pt?endpoint_override=h:1&scheme=http"
+    assert storage.join("/tmp/a", "b") == "/tmp/a/b"
+
+
+def test_file_uri_write_read_exists_and_a_cached_local_copy(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    uri = f"file://{tmp_path}/store/run"
+    assert not storage.exists(storage.join(uri, "a.bin"))
+    storage.write_bytes(storage.join(uri, "a.bin"), b"abc")
+    assert storage.exists(storage.join(uri, "a.bin")) and storage.read_bytes(storage.join(uri, "a.bin")) == b"abc"
+    copy = storage.local_copy(uri)
+    assert copy.startswith(str(tmp_path / "cache")) and open(os.path.join(copy, "a.bin"), "rb").read() == b"abc"
+    assert storage.local_copy(uri) == copy  # fetched once
+
+
+def test_a_bad_uri_is_one_line(tmp_path, capsys):
+    assert main(["evaluate", "nosuchfs://bucket/run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nosuchfs://bucket/run" in err[0]
+
+
+def test_workers_0_and_compare_refuse_a_uri_before_any_work(tmp_path, capsys):
+    assert main(["train", "--workers", "0", "--output", f"file://{tmp_path}/runs"]) == 2
+    assert main(["compare", "--report", f"file://{tmp_path}/report", "--methods", "single"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--workers 0" in err[0] and "--report" in err[1]
+    assert not os.listdir(tmp_path)
+
+
+def check_uri_run(uri: str, name: str, local_dir: str | None, monkeypatch, tmp_path) -> None:
+    """The run at ``uri`` loads, evaluates and is served from there, and equals its local form."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    run = storage.join(uri, name)
+    assert storage.exists(storage.join(run, "metrics.json")) and storage.exists(storage.join(run, "ensemble", "manifest.json"))
+    assert storage.exists(storage.join(uri, ".ray", name, "members", "round_0002.pt"))  # members written by the workers
+    assert storage.exists(storage.join(uri, ".ray", name, "round_0002", "state.pt"))  # Ray Train's checkpoint
+    metrics = json.loads(storage.read_bytes(storage.join(run, "metrics.json")))
+    images = load_dataset("digits").test.images[:50]
+    ensemble = load_ensemble(run)
+    if local_dir is not None:
+        np.testing.assert_array_equal(ensemble.predict_proba(images), load_ensemble(local_dir).predict_proba(images))
+    from boostray.apps.evaluate import evaluate_run
+    from boostray.apps.serving import build_app
+
+    assert evaluate_run(run)["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    assert build_app({"run_dir": run}) is not None  # the manifest is read (and checked) through the URI
+
+
+@pytest.mark.ray
+def test_a_run_trained_to_a_file_uri_is_read_back_from_it(ray_cluster, tmp_path, monkeypatch, capsys):
+    options = ["--epochs", "2", "--checkpoints", "2", "--address", ray_cluster, "--name", "uri-run"]
+    assert main(["train", *options, "--output", f"file://{tmp_path}/store"]) == 0
+    assert os.path.isfile(tmp_path / "store" / "uri-run" / "metrics.json")
+    assert not [p for p in os.listdir(tmp_path / "store") if "partial" in p]
+    check_uri_run(f"file://{tmp_path}/store", "uri-run", None, monkeypatch, tmp_path)
+    capsys.readouterr()
+    assert main(["train", *options, "--output", f"file://{tmp_path}/store"]) == 2  # a finished run is never overwritten
+    assert "already finished" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """moto_server on 127.0.0.1; a bucket made through pyarrow as a user would."""
+    import pyarrow.fs
+
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("s3") / "moto.log", "w")
+    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"127.0.0.1:{port}"
+    fs = pyarrow.fs.S3FileSystem(access_key="testing", secret_key="testing", endpoint_override=endpoint,
+                                 scheme="http", allow_bucket_creation=True)
+    deadline, pause = time.monotonic() + 60, threading.Event()
+    while True:
+        try:
+            fs.create_dir("runs")
+            break
+        except OSError:  # not listening yet
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise
+            pause.wait(0.2)
+    yield f"s3://testing:testing@runs/boostray?endpoint_override={endpoint}&scheme=http"
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.mark.ray
+def test_a_run_trained_to_s3_equals_the_local_one_and_is_read_back(ray_cluster, s3_server, tmp_path, monkeypatch):
+    options = ["--epochs", "2", "--checkpoints", "2", "--address", ray_cluster, "--name", "s3-run"]
+    assert main(["train", *options, "--output", s3_server]) == 0
+    assert main(["train", *options, "--output", str(tmp_path / "local")]) == 0
+    check_uri_run(s3_server, "s3-run", str(tmp_path / "local" / "s3-run"), monkeypatch, tmp_path)
