@@ -69,15 +69,24 @@ def check_uri_run(uri: str, name: str, local_dir: str | None, monkeypatch, tmp_p
     assert build_app({"run_dir": run}) is not None  # the manifest is read (and checked) through the URI
 
 
+def train_to(uri: str, ray_address: str) -> int:
+    return main(["train", "--epochs", "2", "--checkpoints", "2", "--address", ray_address, "--name", "uri-run", "--output", uri])
+
+
+@pytest.fixture(scope="module")
+def file_store(ray_cluster, tmp_path_factory):
+    store = tmp_path_factory.mktemp("file-store")
+    assert train_to(f"file://{store}", ray_cluster) == 0
+    return store
+
+
 @pytest.mark.ray
-def test_a_run_trained_to_a_file_uri_is_read_back_from_it(ray_cluster, tmp_path, monkeypatch, capsys):
-    options = ["--epochs", "2", "--checkpoints", "2", "--address", ray_cluster, "--name", "uri-run"]
-    assert main(["train", *options, "--output", f"file://{tmp_path}/store"]) == 0
-    assert os.path.isfile(tmp_path / "store" / "uri-run" / "metrics.json")
-    assert not [p for p in os.listdir(tmp_path / "store") if "partial" in p]
-    check_uri_run(f"file://{tmp_path}/store", "uri-run", None, monkeypatch, tmp_path)
+def test_a_run_trained_to_a_file_uri_is_read_back_from_it(ray_cluster, file_store, tmp_path, monkeypatch, capsys):
+    assert os.path.isfile(file_store / "uri-run" / "metrics.json")
+    assert not [p for p in os.listdir(file_store) if "partial" in p]
+    check_uri_run(f"file://{file_store}", "uri-run", None, monkeypatch, tmp_path)
     capsys.readouterr()
-    assert main(["train", *options, "--output", f"file://{tmp_path}/store"]) == 2  # a finished run is never overwritten
+    assert train_to(f"file://{file_store}", ray_cluster) == 2  # a finished run is never overwritten
     assert "already finished" in capsys.readouterr().err
 
 
@@ -108,8 +117,6 @@ def s3_server(tmp_path_factory):
 
 
 @pytest.mark.ray
-def test_a_run_trained_to_s3_equals_the_local_one_and_is_read_back(ray_cluster, s3_server, tmp_path, monkeypatch):
-    options = ["--epochs", "2", "--checkpoints", "2", "--address", ray_cluster, "--name", "s3-run"]
-    assert main(["train", *options, "--output", s3_server]) == 0
-    assert main(["train", *options, "--output", str(tmp_path / "local")]) == 0
-    check_uri_run(s3_server, "s3-run", str(tmp_path / "local" / "s3-run"), monkeypatch, tmp_path)
+def test_a_run_trained_to_s3_equals_the_file_one_and_is_read_back(ray_cluster, s3_server, file_store, tmp_path, monkeypatch):
+    assert train_to(s3_server, ray_cluster) == 0  # the same options and seed as the file:// run
+    check_uri_run(s3_server, "uri-run", str(file_store / "uri-run"), monkeypatch, tmp_path)

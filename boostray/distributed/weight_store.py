@@ -35,9 +35,14 @@ class RayWeightStore:
     def create(cls, run_name: str) -> "RayWeightStore":
         import ray
 
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # On the driver's node: placed anywhere, it could die with a worker node that the run would
+        # otherwise survive (a lost node would take the run's weight history with it).
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
         actor_cls = ray.remote(num_cpus=0)(WeightRegistry)
         actor = actor_cls.options(
-            name=weight_store_name(run_name), namespace=NAMESPACE, max_restarts=0
+            name=weight_store_name(run_name), namespace=NAMESPACE, max_restarts=0, scheduling_strategy=here,
         ).remote()
         return cls(actor)
 
