@@ -17,6 +17,7 @@ from boostray.config import FIELDS, PredictOptions, ServeOptions, TrainConfig, r
 from boostray.errors import BoostrayError, RunFailedError
 
 EXIT_USAGE = 2
+RUN_DIR_HELP = "a run directory written by 'boostray train': a path, or a storage URI (file://, s3://, gs://, hdfs://)"
 
 
 def _flag_type(annotation) -> tuple[type, list | None]:
@@ -303,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="score a run directory's ensemble on a data split",
                         description="Load RUN_DIR's ensemble (checking every member's sha256) and score it.")
-    ev.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'boostray train'")
+    ev.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
     ev.add_argument("--dataset", help="data set to score on (default: the run's own, with its config)")
     ev.add_argument("--data-dir", help="folder of the data set's files (default: the run's)")
     ev.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default: test)")
@@ -313,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="serve a run's ensemble over HTTP with Ray Serve (blocks until Ctrl-C)",
                         description="POST /v1/models/NAME:predict {\"instances\": [...]} -> {\"predictions\": [...]}; "
                         "GET /v1/models/NAME, GET /healthz, OpenAPI docs at /docs.")
-    sv.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'boostray train'")
+    sv.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
     add_model_options(sv, ServeOptions.model_fields, skip=("run_dir",))
     sv.add_argument("--host", default="127.0.0.1", help="HTTP host (default: 127.0.0.1)")
     sv.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000)")
@@ -323,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="batch inference over a Parquet data set with Ray Data",
                         description="Score every row of a Parquet data set with an actor pool; writes a Parquet "
                         "folder with the id, label, class_name and probabilities.")
-    pr.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'boostray train'")
+    pr.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
     pr.add_argument("--input", required=True, help="Parquet file or folder with an id and an image column")
     pr.add_argument("--output", required=True, help="Parquet folder to write (must not exist)")
     add_model_options(pr, PredictOptions.model_fields)
@@ -357,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins = sub.add_parser("inspect", help="the training samples with the largest final boosting weights",
                          description="Table and PNG grid of the N training samples the boosting weighted most at "
                          "the end: the examples the ensemble found hardest (often mislabeled ones).")
-    ins.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'boostray train'")
+    ins.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
     ins.add_argument("--top", type=int, default=32, help="how many samples (default: 32)")
     ins.add_argument("--output", help="folder for hardest.csv and hardest.png (default: RUN_DIR/inspect)")
     ins.set_defaults(func=cmd_inspect)
@@ -366,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Write one graph that takes raw uint8 pixels (any batch size), normalises them, "
                         "runs every member, combines them with the ensemble's weights and temperature and returns "
                         "probabilities. ONNX carries each member's sha256 in its metadata.")
-    ex.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'boostray train'")
+    ex.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
     ex.add_argument("--format", choices=("onnx", "torch-export"), default="onnx",
                     help="onnx, or torch-export (a torch.export program, torch.export.load(path).module()) (default: onnx)")
     ex.add_argument("--output", help="file to write (default: RUN_DIR/ensemble.onnx or RUN_DIR/ensemble.pt2)")

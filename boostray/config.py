@@ -142,7 +142,8 @@ class TrainConfig(Options):
     seed: int = _opt(0, "seed of the model's initialisation, the sampling order and the augmentation")
     # run
     name: str | None = _opt(None, "run name; the same name resumes an interrupted run (default: method-dataset-model-time)")
-    output: str = _opt(os.path.join("~", "boostray_runs"), "folder that receives the run directory")
+    output: str = _opt(os.path.join("~", "boostray_runs"), "folder that receives the run directory, or a storage URI "
+                       "(file://, s3://, gs://, hdfs://; needs --workers 1 or more): Ray Train's checkpoints go there too")
     address: str | None = _opt(None, "Ray cluster to join (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
     mlflow: str | None = _opt(None, "log the finished run to MLflow (the mlflow extra): a tracking URI, or auto "
                               "(a bare --mlflow): MLflow's embedded SQLite store under --output", min_length=1)
@@ -206,7 +207,7 @@ class ServeOptions(Options):
 
     model_config = ConfigDict(strict=False, extra="forbid", protected_namespaces=())
 
-    run_dir: str = Field(description="a run directory written by 'boostray train'")
+    run_dir: str = Field(description="a run directory written by 'boostray train' (a path or a storage URI)")
     model_name: str | None = _opt(None, "the NAME in the URL (default: the run's name)")
     replicas: int = _opt(1, "fixed number of replicas", ge=1)
     autoscale: str | None = _opt(None, "autoscale between MIN and MAX replicas instead, as MIN:MAX",
