@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 import typing
 from typing import Sequence
@@ -142,6 +143,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     options = ServeOptions(**{k: v for k, v in vars(args).items() if k in ServeOptions.model_fields})
     application = build_app(options)  # checks the run directory before Ray starts
+    # Ctrl-C and SIGTERM (a process manager, `kill`) both shut down cleanly, also when this process was
+    # started with SIGINT ignored (a background job of a non-interactive shell inherits that)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with ray_session(args.address):
         serve.start(http_options={"host": args.host, "port": args.port})
         try:

@@ -211,20 +211,29 @@ def test_serve_command_answers_then_shuts_down_on_ctrl_c(run_dir, tmp_path):
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # started as a background job of a shell starts it: with SIGINT ignored
         [os.path.join(os.path.dirname(sys.executable), "boostray"), "serve", run_dir, "--port", str(port),
          "--cpus-per-replica", "0.25", "--model-name", "digits"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("serving 'digits'"):
-            break
-    assert f"http://127.0.0.1:{port}/v1/models/digits:predict" in lines[-1], "".join(lines[-30:])
-    assert request(f"http://127.0.0.1:{port}/healthz")[0] == 200
-    status, body = request(predict_url(f"http://127.0.0.1:{port}", "digits"), {"instances": [np.zeros((8, 8)).tolist()]})
-    assert status == 200 and len(body["predictions"]) == 1
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("serving 'digits'"):
+                break
+        assert f"http://127.0.0.1:{port}/v1/models/digits:predict" in lines[-1], "".join(lines[-30:])
+        assert request(f"http://127.0.0.1:{port}/healthz")[0] == 200
+        status, body = request(predict_url(f"http://127.0.0.1:{port}", "digits"), {"instances": [np.zeros((8, 8)).tolist()]})
+        assert status == 200 and len(body["predictions"]) == 1
+    except BaseException:  # a failed check must not leave a server (and its Ray) running for the rest of the suite
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
     proc.send_signal(signal.SIGINT)
     rest = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0, rest[-2000:]
