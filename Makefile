@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/boostray train
 
-# the two-node cluster tests (tests/test_cluster.py, about 6 minutes) are left to make test-cluster:
+# the two-node cluster tests (tests/test_cluster.py, 6-7 minutes) are left to make test-cluster:
 # with them the suite ran 22 minutes on a clean clone here, over CI's 20
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not cluster" --durations=12
