@@ -34,7 +34,8 @@ def hardest_samples(run_dir: str, top: int) -> tuple[list[dict], np.ndarray]:
         raise ArtifactError(f"the run's training split had {len(table['index'])} samples, the data set now gives {len(data.train)}")
     final = np.asarray(table["final"], dtype=np.float64)
     order = np.argsort(-final, kind="stable")[:top]
-    proba = ensemble.predict_proba(data.train.images[order])
+    rows_images = data.train.take(order)  # a streamed split reads only the row groups that hold them
+    proba = ensemble.predict_proba(rows_images)
     n = final.size
     rows = []
     for rank, (i, p) in enumerate(zip(order, proba), 1):
@@ -42,7 +43,6 @@ def hardest_samples(run_dir: str, top: int) -> tuple[list[dict], np.ndarray]:
         rows.append({"rank": rank, "index": int(i), "weight_x_n": float(final[i] * n), "label": label,
                      "label_name": data.classes[label], "predicted": pred, "predicted_name": data.classes[pred],
                      "p_label": float(p[label]), "p_predicted": float(p[pred])})
-    rows_images = data.train.images[order]
     return rows, rows_images
 
 

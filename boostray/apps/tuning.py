@@ -223,6 +223,7 @@ def run_sweep(config: SweepConfig, *, resume: bool = False) -> dict:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from boostray.core.data import load_training_data
+    from boostray.distributed.trainer import check_streamable
 
     started = time.perf_counter()
     sweep_dir = config.sweep_dir
@@ -230,6 +231,7 @@ def run_sweep(config: SweepConfig, *, resume: bool = False) -> dict:
         raise ConfigError(f"sweep {config.name!r} already finished in {sweep_dir}; pick another name")
     check_resources(config)
     data = load_training_data(TrainConfig(**config.train))
+    check_streamable(data, TrainConfig(**config.train))
     data_ref = ray.put(data)
     os.makedirs(os.path.join(sweep_dir, "trials"), exist_ok=True)
     probe = TrainConfig(**config.train)

@@ -59,6 +59,7 @@ class BoostState:
     resumed_at_rounds: list[int] = field(default_factory=list)  # rounds_done at each restore from a checkpoint
     loop_wall: list[float] = field(default_factory=list)  # wall clock (time.time) when this session's loop began and ended
     placements: list[list[str]] = field(default_factory=list)  # per worker group that trained: each rank's Ray node id
+    peak_chunks_held: int = 0  # --stream: most training chunks (row groups) rank 0 held at once
 
     @classmethod
     def initial(cls, n: int) -> "BoostState":

@@ -32,12 +32,45 @@ FASHION_MNIST_CLASSES = [
 class ImageSplit:
     images: np.ndarray  # uint8 (N, C, H, W), raw pixel values 0..255
     labels: np.ndarray  # int64 (N,)
+    # Sample indices per chunk (a Parquet row group), where the split trains in a streamed split's chunked
+    # order (StreamedSplit.materialize): the in-memory twin of a streamed run. None: one global shuffle.
+    chunked: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.images.shape[1:])  # type: ignore[return-value]
+
     def subset(self, index: np.ndarray) -> "ImageSplit":
         return ImageSplit(self.images[index], self.labels[index])
+
+    def chunks(self) -> list[np.ndarray]:
+        if self.chunked is None:
+            raise ValueError("this split trains in one global shuffle; it has no chunks")
+        return self.chunked
+
+    def read_chunk(self, j: int) -> np.ndarray:
+        return self.images[self.chunks()[j]]
+
+    def take(self, index: np.ndarray) -> np.ndarray:
+        return self.images[index]
+
+
+def pixel_histogram(images: np.ndarray) -> np.ndarray:
+    """Per-channel counts of each pixel value 0..255 of uint8 (N, C, H, W) images: (C, 256) int64.
+    Exact integers, so statistics summed chunk by chunk equal those of the whole array."""
+    return np.stack([np.bincount(images[:, c].reshape(-1), minlength=256) for c in range(images.shape[1])])
+
+
+def mean_std(histogram: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of pixels / 255 from their histogram (std at least 1e-3)."""
+    values = np.arange(256, dtype=np.float64) / 255.0
+    total = histogram.sum(axis=1)
+    mean = (histogram * values).sum(axis=1) / total
+    var = (histogram * (values[None] - mean[:, None]) ** 2).sum(axis=1) / total
+    return [float(m) for m in mean], [float(s) for s in np.maximum(np.sqrt(var), 1e-3)]
 
 
 @dataclass
@@ -57,7 +90,12 @@ class ImageDataset:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self.train.images.shape[1:])  # type: ignore[return-value]
+        return self.train.image_shape
+
+    @property
+    def streamed(self) -> bool:
+        """The training images stay on disk and stream a row group at a time (--stream)."""
+        return not isinstance(self.train, ImageSplit)
 
     @property
     def crop_padding(self) -> int:
@@ -163,17 +201,18 @@ def _stack_images(images: list[np.ndarray], where: str) -> np.ndarray:
     return out
 
 
-def _parquet_split(files: list[str], where: str) -> tuple[ImageSplit, list[str] | None]:
-    import json
+def parquet_image_column(column_names: list[str], where: str) -> str:
+    """The column that holds the images: ``image``, ``img`` or ``pixels``."""
+    image_col = next((c for c in ("image", "img", "pixels") if c in column_names), None)
+    if image_col is None:
+        raise DataError(f"{where} parquet has no 'image' column (columns: {column_names})")
+    return image_col
 
-    import pyarrow.parquet as pq
 
-    try:
-        table = pq.read_table(files)
-    except Exception as exc:  # pyarrow raises several types for unreadable files
-        raise DataError(f"cannot read {where} parquet files: {exc}") from None
+def parquet_labels(table, where: str) -> np.ndarray:
+    """The ``label`` column as int64, or a one-line DataError."""
     if table.num_rows == 0:
-        raise DataError(f"the {where} split is empty ({files[0]})")
+        raise DataError(f"the {where} split is empty")
     if "label" not in table.column_names:
         raise DataError(f"{where} parquet has no 'label' column (columns: {table.column_names})")
     labels_col = table.column("label")
@@ -182,46 +221,77 @@ def _parquet_split(files: list[str], where: str) -> tuple[ImageSplit, list[str] 
     labels = np.asarray(labels_col.to_numpy(zero_copy_only=False))
     if not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{where} parquet column 'label' must be integers, got {labels.dtype}")
-    image_col = next((c for c in ("image", "img", "pixels") if c in table.column_names), None)
-    if image_col is None:
-        raise DataError(f"{where} parquet has no 'image' column (columns: {table.column_names})")
-    col = table.column(image_col).combine_chunks()
+    return labels.astype(np.int64)
+
+
+def parquet_class_names(schema) -> list[str] | None:
+    """Class names from a Hugging Face export's schema metadata, if it has them."""
+    import json
+
+    meta = schema.metadata or {}
+    if b"huggingface" not in meta:
+        return None
+    try:
+        feats = json.loads(meta[b"huggingface"])["info"]["features"]["label"]
+        return [str(n) for n in feats["names"]]
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def decode_image_column(col, where: str, unit_scale: bool | None = None) -> np.ndarray:
+    """A Parquet image column (image structs of PNG/JPEG bytes, or lists of pixel numbers) as uint8
+    (N, C, H, W). Numbers in [0, 1] are scaled to 0..255: decided from this column unless ``unit_scale``
+    says it (a streamed split decides once, so every row group is scaled alike)."""
     import pyarrow as pa
 
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
     if pa.types.is_struct(col.type):
         raw = col.field("bytes").to_pylist()
         images = [_decode_image(b, f"{where} row {i}") if b is not None else None for i, b in enumerate(raw)]
         if any(im is None for im in images):
             raise DataError(f"{where} parquet has rows without image bytes")
-        array = _stack_images(images, f"{where} split")  # type: ignore[arg-type]
-    elif pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) or pa.types.is_large_list(col.type):
+        return _stack_images(images, f"{where} split")  # type: ignore[arg-type]
+    if pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) or pa.types.is_large_list(col.type):
         lengths = set(col.value_lengths().to_pylist()) if not pa.types.is_fixed_size_list(col.type) else {col.type.list_size}
         if len(lengths) != 1:
             raise DataError(f"mismatched image shapes in {where} split: list lengths {sorted(lengths)[:5]}")
         length = lengths.pop()
-        flat = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float64)
-        if not np.isfinite(flat).all():
-            raise DataError(f"{where} parquet images hold NaN or inf")
+        values = col.flatten().to_numpy(zero_copy_only=False)
+        if np.issubdtype(values.dtype, np.integer):
+            scale_up = unit_scale if unit_scale is not None else values.max(initial=0) <= 1
+            pixels = values * 255 if scale_up else values
+            pixels = np.clip(pixels, 0, 255).astype(np.uint8)
+        else:
+            flat = np.asarray(values, dtype=np.float64)
+            if not np.isfinite(flat).all():
+                raise DataError(f"{where} parquet images hold NaN or inf")
+            scale_up = unit_scale if unit_scale is not None else flat.max(initial=0) <= 1.0
+            pixels = flat * 255.0 if scale_up else flat  # pixels given in [0, 1]
         for c in (1, 3):
             side = int(round((length / c) ** 0.5))
             if side * side * c == length:
                 break
         else:
             raise DataError(f"{where} image lists of length {length} are neither square grey nor square RGB")
-        if flat.max(initial=0) <= 1.0:
-            flat = flat * 255.0  # pixels given in [0, 1]
-        array = np.clip(np.round(flat), 0, 255).astype(np.uint8).reshape(len(labels), c, side, side)
-    else:
-        raise DataError(f"{where} column {image_col!r} must be an image struct or a list of numbers, got {col.type}")
-    names = None
-    meta = table.schema.metadata or {}
-    if b"huggingface" in meta:
-        try:
-            feats = json.loads(meta[b"huggingface"])["info"]["features"]["label"]
-            names = [str(n) for n in feats["names"]]
-        except (KeyError, TypeError, ValueError):
-            names = None
-    return ImageSplit(array, labels.astype(np.int64)), names
+        if pixels.dtype != np.uint8:
+            pixels = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+        return pixels.reshape(len(col), c, side, side)
+    raise DataError(f"{where} image column must be an image struct or a list of numbers, got {col.type}")
+
+
+def _parquet_split(files: list[str], where: str) -> tuple[ImageSplit, list[str] | None]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(files)
+    except Exception as exc:  # pyarrow raises several types for unreadable files
+        raise DataError(f"cannot read {where} parquet files: {exc}") from None
+    if table.num_rows == 0:
+        raise DataError(f"the {where} split is empty ({files[0]})")
+    labels = parquet_labels(table, where)
+    images = decode_image_column(table.column(parquet_image_column(table.column_names, where)), where)
+    return ImageSplit(images, labels), parquet_class_names(table.schema)
 
 
 def _split_files(data_dir: str, split: str) -> list[str]:
@@ -232,9 +302,10 @@ def _split_files(data_dir: str, split: str) -> list[str]:
     return found
 
 
-def load_parquet_splits(data_dir: str | None, download: bool):
+def load_parquet_splits(data_dir: str | None, download: bool, stream: bool = False):
     """A Parquet folder as Hugging Face ``datasets`` exports it: train*.parquet, optional validation*
-    and test*.parquet, columns ``label`` (int) and ``image`` ({bytes: PNG/JPEG}) or a numeric list."""
+    and test*.parquet, columns ``label`` (int) and ``image`` ({bytes: PNG/JPEG}) or a numeric list.
+    With ``stream`` the training split stays on disk (streaming.py)."""
     if not data_dir:
         raise DataError("--dataset parquet needs --data-dir (a folder with train*.parquet)")
     if not os.path.isdir(data_dir):
@@ -242,13 +313,18 @@ def load_parquet_splits(data_dir: str | None, download: bool):
     train_files = _split_files(data_dir, "train")
     if not train_files:
         raise DataError(f"no train*.parquet files in {data_dir}")
-    train, names = _parquet_split(train_files, "train")
+    if stream:
+        from boostray.core.streaming import open_parquet_train
+
+        train, names = open_parquet_train(train_files)
+    else:
+        train, names = _parquet_split(train_files, "train")
     val = test = None
     if files := _split_files(data_dir, "validation") or _split_files(data_dir, "val"):
         val, _ = _parquet_split(files, "validation")
     if files := _split_files(data_dir, "test"):
         test, _ = _parquet_split(files, "test")
-    shapes = {s.images.shape[1:] for s in (train, val, test) if s is not None}
+    shapes = {s.image_shape for s in (train, val, test) if s is not None}
     if len(shapes) > 1:
         raise DataError(f"mismatched image shapes across splits: {sorted(shapes)}")
     k = len(names) if names else int(train.labels.max()) + 1
@@ -360,13 +436,21 @@ def load_dataset(
     imbalance_ratio: float | None = None,
     train_subset: int | None = None,
     download: bool = False,
+    stream: bool = False,
 ) -> ImageDataset:
-    """Load, split and validate a data set. Raises DataError with a one-line reason on bad data."""
+    """Load, split and validate a data set. Raises DataError with a one-line reason on bad data.
+    ``stream`` keeps a Parquet training split on disk (streaming.py); it is decoded once here, a row
+    group at a time, to validate it and count its pixel statistics."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     if data_dir is not None and name not in ("digits",) and not os.path.exists(data_dir):
         raise DataError(f"data directory {data_dir} does not exist")
-    train, val, test, classes, hflip = DATASETS[name](data_dir, download)
+    if stream and name != "parquet":
+        raise DataError(f"--stream reads Parquet files (--dataset parquet), not {name}")
+    if stream:
+        train, val, test, classes, hflip = load_parquet_splits(data_dir, download, stream=True)
+    else:
+        train, val, test, classes, hflip = DATASETS[name](data_dir, download)
     k = len(classes)
     if k < 2:
         raise DataError(f"{name} has {k} class(es); classification needs at least 2")
@@ -382,10 +466,13 @@ def load_dataset(
         train = train.subset(np.sort(rng.permutation(len(train))[:train_subset]))
     for split, where in ((train, "train"), (val, "validation"), (test, "test")):
         _check_split(split, where, k)
-    pixels = train.images.reshape(len(train), train.images.shape[1], -1).astype(np.float64) / 255.0
-    mean = pixels.mean(axis=(0, 2))
-    std = np.maximum(pixels.std(axis=(0, 2)), 1e-3)
-    return ImageDataset(name, train, val, test, classes, hflip, [float(m) for m in mean], [float(s) for s in std])
+    if stream:  # held-out splits come into memory; the training split is checked and counted chunk by chunk
+        val, test = (s if isinstance(s, ImageSplit) else ImageSplit(s.take(np.arange(len(s))), s.labels) for s in (val, test))
+        histogram = train.scan()
+    else:
+        histogram = pixel_histogram(train.images)
+    mean, std = mean_std(histogram)
+    return ImageDataset(name, train, val, test, classes, hflip, mean, std)
 
 
 # ----------------------------------------------------------------------------------- torch adapters
@@ -401,5 +488,5 @@ def load_training_data(config) -> ImageDataset:
     describe it: the one place that turns options into data, for the trainer and every application."""
     return load_dataset(
         config.dataset, config.data_dir, val_fraction=config.val_fraction, imbalance_ratio=config.imbalance_ratio,
-        train_subset=config.train_subset, download=config.download,
+        train_subset=config.train_subset, download=config.download, stream=getattr(config, "stream", False),
     )

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from boostray.core import storage
-from boostray.core.batches import TrainBatches
+from boostray.core.batches import ChunkedBatches, TrainBatches
 from boostray.core.boost_state import BoostState, MemberRecord
 from boostray.core.boosting import ChanceLevelWarning, boost_step, clamp_error, effective_sample_size
 from boostray.core.collectives import (
@@ -91,11 +91,12 @@ class Engine:
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
         )
-        self.batches = TrainBatches(
-            data.train.images, data.train.labels, batch_size=max(1, config.batch_size // world), device=self.device,
-            seed=config.seed, rank=rank, world=world, augment=config.augment, crop_padding=data.crop_padding,
-            hflip=data.hflip,
-        )
+        batching = dict(batch_size=max(1, config.batch_size // world), device=self.device, seed=config.seed, rank=rank,
+                        world=world, augment=config.augment, crop_padding=data.crop_padding, hflip=data.hflip)
+        if data.streamed or data.train.chunked is not None:  # read a chunk at a time (streaming.py)
+            self.batches: TrainBatches | ChunkedBatches = ChunkedBatches(data.train, window=config.stream_window, **batching)
+        else:
+            self.batches = TrainBatches(data.train.images, data.train.labels, **batching)
         self.steps_per_epoch = len(self.batches)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: self.method.lr_factor(step / self.steps_per_epoch)
@@ -164,16 +165,36 @@ class Engine:
 
     def eval_correctness(self) -> np.ndarray:
         """c_i on the training set from one eval-mode pass without augmentation (error_source=eval)."""
-        proba = self.predict_proba(self.data.train.images)
+        if isinstance(self.batches, ChunkedBatches):
+            proba = self.predict_chunks(self.batches.eval_chunks(EVAL_BATCH))
+        else:
+            proba = self.predict_proba(self.data.train.images)
         return proba.argmax(1).numpy() == self.data.train.labels
+
+    def predict_chunks(self, pieces) -> torch.Tensor:
+        """Softmax outputs of the network on this rank's (indices, images) pieces of the training set,
+        combined over the ranks: the eval pass of a split read a chunk at a time."""
+        self.net.eval()
+        index, rows = [], []
+        with torch.inference_mode():
+            for idx, images in pieces:
+                with self.autocast:
+                    rows.append(torch.softmax(self.net(self.prepare(torch.from_numpy(images))).float(), dim=1).cpu())
+                index.append(idx)
+        local = torch.cat(rows) if rows else torch.zeros((0, self.data.num_classes))
+        index = np.concatenate(index) if index else np.zeros(0, dtype=np.int64)
+        return combine_rows(index, local.clone(), len(self.data.train))
 
     def member_module(self) -> torch.nn.Module:
         """The network a member is taken from: the SWA average (BN statistics recomputed on the whole
         training set, identically on every rank) or the network itself."""
         if self.averaged is None:
             return self.net
-        batches = (self.prepare(torch.from_numpy(self.data.train.images[i:i + EVAL_BATCH]))
-                   for i in range(0, len(self.data.train), EVAL_BATCH))
+        if isinstance(self.batches, ChunkedBatches):
+            pieces = self.batches.all_chunks(EVAL_BATCH)
+        else:
+            pieces = (self.data.train.images[i:i + EVAL_BATCH] for i in range(0, len(self.data.train), EVAL_BATCH))
+        batches = (self.prepare(torch.from_numpy(images)) for images in pieces)
         torch.optim.swa_utils.update_bn(batches, self.averaged, device=self.device)
         return self.averaged.module
 
@@ -308,6 +329,8 @@ class Engine:
             state.train_seconds += time.perf_counter() - round_start - out.record_seconds
             val_p = self.capture(state, r, out)  # evaluation for the record: not part of train_seconds
             state.rounds_done = r + 1
+            if isinstance(self.batches, ChunkedBatches):
+                state.peak_chunks_held = max(state.peak_chunks_held, self.batches.peak_chunks)
             state.rank_digests.append(digests)  # one per rank, equal by construction (checked in sync_weights)
             metrics = round_metrics(state, self.data, config)
             if self.rank == 0:

@@ -26,7 +26,7 @@ from boostray.core.combine import Combination, crossfit_proba, fit_combination, 
 from boostray.config import TrainConfig
 from boostray.core.data import ImageDataset, load_training_data
 from boostray.core.ensemble import write_ensemble
-from boostray.errors import ConfigError, RunFailedError
+from boostray.errors import ConfigError, DataError, RunFailedError
 from boostray.core.methods import COMBINATIONS
 from boostray.core.metrics import accuracy, ensemble_report, expected_calibration_error, nll, per_class_accuracy
 from boostray.distributed.runtime import ray_session
@@ -57,6 +57,15 @@ def torch_config_for_cluster():
     if nodes and all(n["NodeManagerAddress"] in ("127.0.0.1", "localhost") for n in nodes):
         return LoopbackTorchConfig()
     return None
+
+
+def check_streamable(data: ImageDataset, config: TrainConfig) -> None:
+    """A streamed split deals whole row groups to the ranks: it needs at least one per worker."""
+    if data.streamed:
+        groups = sum(1 for c in data.train.chunks() if len(c))
+        if groups < max(1, config.workers):
+            raise DataError(f"--stream deals whole Parquet row groups to the workers: the training split has {groups}, "
+                            f"fewer than --workers {config.workers}; write it with smaller row groups")
 
 
 def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list | None = None, *,
@@ -205,7 +214,17 @@ def build_metrics(state: BoostState, data: ImageDataset, config: TrainConfig, co
         "resumed_at_rounds": state.resumed_at_rounds,
         "rank_nodes": state.placements[-1] if state.placements else [],  # Ray node id of each rank, last worker group
         "rank_nodes_history": state.placements,  # one entry per worker group (a restart after a failure adds one)
+        **({"stream": stream_figures(state, data, config)} if data.streamed else {}),
     }
+
+
+def stream_figures(state: BoostState, data: ImageDataset, config: TrainConfig) -> dict:
+    """How a --stream run read its training split: row groups, window, and the most rank 0 held at once."""
+    sizes = [len(c) for c in data.train.chunks()]
+    row_bytes = int(np.prod(data.input_shape))
+    return {"row_groups": sum(1 for s in sizes if s), "window": config.stream_window,
+            "largest_row_group_bytes": max(sizes) * row_bytes, "train_bytes": len(data.train) * row_bytes,
+            "peak_row_groups_held": state.peak_chunks_held}
 
 
 def write_sample_weights(path: str, state: BoostState, data: ImageDataset) -> None:
@@ -303,6 +322,7 @@ def train(config: TrainConfig, *, hold_after_round: int | None = None, tracker=N
     if storage.exists(storage.join(run_dir, storage.COMPLETE_MARKER) if storage.is_uri(run_dir) else run_dir):
         raise ConfigError(f"run {config.name!r} already finished in {run_dir}; pick another --name")
     data = load_training_data(config)  # bad data fails here, before Ray or any file
+    check_streamable(data, config)
     if not storage.is_uri(output):
         os.makedirs(output, exist_ok=True)
     stamps["data"] = time.time()

@@ -1,0 +1,157 @@
+"""--stream: a Parquet training split read a row group at a time equals the same split in memory."""
+
+import dataclasses
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from boostray.cli import main
+from boostray.config import TrainConfig
+from boostray.core.batches import chunked_epoch_order
+from boostray.core.data import ImageSplit, load_dataset
+from boostray.core.engine import train_in_process
+from helpers import png_bytes, synthetic_images
+
+
+def write_grouped(folder, n: int = 600, rows_per_group: int = 40, as_png: bool = False, **kw) -> str:
+    """A train.parquet of ``n`` synthetic images in row groups of ``rows_per_group`` (no test file:
+    test and validation are held out of it, as for a Hugging Face set without them)."""
+    os.makedirs(folder, exist_ok=True)
+    images, labels = synthetic_images(n, **kw)
+    if as_png:
+        col = pa.array([{"bytes": png_bytes(im.squeeze(-1) if im.shape[-1] == 1 else im), "path": None} for im in images])
+    else:
+        col = pa.array([im.transpose(2, 0, 1).reshape(-1) for im in images], type=pa.list_(pa.uint8()))
+    pq.write_table(pa.table({"image": col, "label": pa.array(labels, pa.int64())}),
+                   os.path.join(folder, "train.parquet"), row_group_size=rows_per_group)
+    return str(folder)
+
+
+def equal_states(a, b) -> None:
+    np.testing.assert_array_equal(a.weights, b.weights)
+    assert [m.to_json() for m in a.members] == [m.to_json() for m in b.members]
+    for x, y in zip(a.member_states, b.member_states):
+        for key in x:
+            assert torch.equal(x[key], y[key]), key
+    for x, y in zip(a.val_proba + a.test_proba, b.val_proba + b.test_proba):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("as_png", [False, True])
+def test_a_streamed_split_loads_as_the_in_memory_one(tmp_path, as_png):
+    folder = write_grouped(tmp_path / "data", as_png=as_png, channels=3 if as_png else 1)
+    memory, streamed = load_dataset("parquet", folder), load_dataset("parquet", folder, stream=True)
+    assert streamed.streamed and not memory.streamed
+    assert (streamed.mean, streamed.std, streamed.input_shape) == (memory.mean, memory.std, memory.input_shape)
+    np.testing.assert_array_equal(streamed.train.labels, memory.train.labels)
+    np.testing.assert_array_equal(streamed.train.take(np.arange(len(memory.train))), memory.train.images)
+    for part in ("val", "test"):
+        np.testing.assert_array_equal(getattr(streamed, part).images, getattr(memory, part).images)
+        np.testing.assert_array_equal(getattr(streamed, part).labels, getattr(memory, part).labels)
+    chunks = streamed.train.chunks()
+    assert len(chunks) == 15 and sum(len(c) for c in chunks) == len(memory.train)
+    some = np.array([5, 300, 2, 77])
+    np.testing.assert_array_equal(streamed.train.take(some), memory.train.images[some])
+
+
+def test_the_chunked_order_deals_row_groups_covers_every_sample_and_replays():
+    chunks = np.array_split(np.arange(1000), 23)
+    group_of = np.repeat(np.arange(23), [len(c) for c in chunks])
+    for world in (1, 3):
+        orders = [chunked_epoch_order(chunks, 0, 7, r, world, window=2) for r in range(world)]
+        assert len({o.size for o in orders}) == 1  # same number of steps on every rank
+        assert set(np.concatenate(orders).tolist()) == set(range(1000))
+        assert len({tuple(group_of[o[:80]]) for o in orders}) == world  # ranks read different row groups
+        for o in orders:
+            assert len(set(group_of[o[:2 * min(map(len, chunks))]].tolist())) == 2  # a window is 2 row groups
+        again = chunked_epoch_order(chunks, 0, 7, 0, world, window=2)
+        np.testing.assert_array_equal(again, orders[0])
+        assert not np.array_equal(chunked_epoch_order(chunks, 1, 7, 0, world, window=2), orders[0])
+
+
+@pytest.fixture(scope="module")
+def grouped(tmp_path_factory):
+    folder = write_grouped(tmp_path_factory.mktemp("grouped") / "data", n=700)
+    streamed = load_dataset("parquet", folder, stream=True)
+    return folder, streamed, dataclasses.replace(streamed, train=streamed.train.materialize())
+
+
+@pytest.mark.parametrize("method,options", [("cbnn-paper", {}), ("cbnn", {"error_source": "running"}), ("swa", {})])
+def test_a_streamed_run_equals_the_same_split_in_memory_and_holds_a_window_of_row_groups(grouped, method, options):
+    folder, streamed, twin = grouped
+    assert isinstance(twin.train, ImageSplit) and not twin.streamed
+    config = TrainConfig(dataset="parquet", data_dir=folder, stream=True, stream_window=2, epochs=4, checkpoints=2,
+                         method=method, seed=5, **options)
+    a, b = train_in_process(config, streamed), train_in_process(config, twin)
+    equal_states(a, b)
+    assert len(a.members) == (1 if method == "swa" else 2)
+    groups = sum(1 for c in streamed.train.chunks() if len(c))
+    # a batch that straddles two windows needs both; the last one may also need the first row groups,
+    # whose samples pad the epoch to the common length; and one row group is read ahead
+    assert 2 <= a.peak_chunks_held <= 3 * 2 + 1 < groups
+
+
+def test_a_streamed_run_resumes_bit_identically(grouped, tmp_path):
+    folder, streamed, _ = grouped
+    config = TrainConfig(dataset="parquet", data_dir=folder, stream=True, epochs=4, checkpoints=2, seed=2)
+    reference = train_in_process(config, streamed)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_round_1(metrics, state):
+        if state.rounds_done == 1:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train_in_process(config, streamed, checkpoint_dir=str(tmp_path), on_round=crash_after_round_1)
+    resumed = train_in_process(config, streamed, checkpoint_dir=str(tmp_path))
+    assert resumed.resumed_at_rounds == [1]
+    equal_states(resumed, reference)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dataset", "digits", "--stream"], "--stream reads Parquet files (--dataset parquet), not digits"),
+    (["--stream", "--workers", "2"], "the training split has 1, fewer than --workers 2"),
+    (["--stream", "--stream-window", "0"], "--stream-window must be >= 1, got 0"),
+])
+def test_stream_errors_are_one_line(capsys, tmp_path, args, message):
+    folder = write_grouped(tmp_path / "data", n=100, rows_per_group=1000)
+    out = tmp_path / "out"
+    if "--dataset" not in args:
+        args = ["--dataset", "parquet", "--data-dir", folder, *args]
+    code = main(["train", "--workers", "0", *args, "--output", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
+@pytest.mark.ray
+def test_a_streamed_ray_train_run_on_two_workers_equals_the_same_split_in_memory(ray_cluster, grouped, tmp_path):
+    """Two DDP ranks, each reading its own row groups: the run directory's weights, lambdas and members
+    equal those of the same two-rank run from the split in memory."""
+    from boostray.distributed.trainer import run_training, train
+
+    folder, _, twin = grouped
+    config = TrainConfig(dataset="parquet", data_dir=folder, stream=True, stream_window=2, epochs=4, checkpoints=2,
+                         seed=5, workers=2, output=str(tmp_path), name="streamed")
+    run_dir, metrics = train(config)
+    reference = run_training(config.replace(name="in-memory"), twin)
+    assert [m["lambda"] for m in metrics["members"]] == [m.lambda_ for m in reference.members]
+    weights = pq.read_table(os.path.join(run_dir, "sample_weights.parquet")).column("final").to_numpy()
+    np.testing.assert_array_equal(weights, reference.weights.astype(weights.dtype))  # the file keeps float32
+    assert metrics["rank_weight_digests"] == reference.rank_digests  # float64 weights, bit for bit, every rank
+    stream = metrics["stream"]
+    assert stream["row_groups"] == 18 and stream["window"] == 2
+    assert 2 <= stream["peak_row_groups_held"] <= 3 * 2 + 1
+    members = [torch.load(os.path.join(run_dir, "ensemble", f), weights_only=True)
+               for f in sorted(os.listdir(os.path.join(run_dir, "ensemble"))) if f.startswith("member")]
+    assert len(members) == 2
+    for saved, state in zip(members, reference.member_states):
+        sd = saved.get("state_dict", saved)
+        for key in state:
+            assert torch.equal(sd[key], state[key]), key
