@@ -1,6 +1,7 @@
 # make run   : set up .venv (if missing) and run the README's main job (digits, cbnn, 1 Ray Train worker)
 # make test  : set up .venv (if missing) and run the test suite, but for the cluster tests
-# make test-cluster : the two-node Ray cluster tests (`ray start` head + nodes, jobs, a lost node; ~6 min)
+# make test-cluster : the multi-node Ray cluster tests (`ray start` head + nodes, jobs, a lost node, streamed
+#                      data larger than the object store; about 9 min)
 # make test-fast : the Ray-free tests only (under a minute)
 # make bench : the benchmarks in bench/ (JSON on stdout)
 PYTHON ?= python3
@@ -20,7 +21,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/boostray train
 
-# the two-node cluster tests (tests/test_cluster.py, 6-7 minutes) are left to make test-cluster:
+# the cluster tests (tests/test_cluster*.py, about 9 minutes) are left to make test-cluster:
 # with them the suite ran 22 minutes on a clean clone here, over CI's 20
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not cluster" --durations=12
@@ -31,7 +32,7 @@ test-cluster: $(STAMP)
 # the Ray-free tests (method, model, data, metrics, artifacts, the in-process trainer): the inner loop of development
 FAST_TESTS = tests/test_boosting.py tests/test_combine.py tests/test_configs.py tests/test_data.py tests/test_engine.py \
              tests/test_ensemble.py tests/test_methods.py tests/test_metrics.py tests/test_oip.py tests/test_train_local.py \
-             tests/test_storage.py
+             tests/test_storage.py tests/test_streaming.py
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not ray" $(FAST_TESTS)
 

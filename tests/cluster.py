@@ -55,27 +55,28 @@ class LocalCluster:
     def dashboard(self) -> str:
         return f"http://{LOOPBACK}:{self.dashboard_port}"
 
-    def _start(self, name: str, args: list[str], cpus: float, resources: str) -> None:
+    def _start(self, name: str, args: list[str], cpus: float, resources: str, object_store_bytes: int | None) -> None:
         log = open(os.path.join(self.workdir, f"node-{name}.log"), "w")
         cmd = [os.path.join(BIN, "ray"), "start", "--block", "--node-ip-address", LOOPBACK,
                "--num-cpus", str(cpus), "--resources", resources, "--disable-usage-stats",
                "--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port()),
-               *args]
+               *(["--object-store-memory", str(object_store_bytes)] if object_store_bytes else []), *args]
         self.nodes[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
                                             start_new_session=True, cwd=self.workdir)
 
-    def start_head(self, cpus: float = 1) -> None:
+    def start_head(self, cpus: float = 1, object_store_bytes: int | None = None) -> None:
         self._start("head", ["--head", "--port", str(self.port), "--dashboard-host", LOOPBACK,
                              "--dashboard-port", str(self.dashboard_port), "--temp-dir", self.temp_dir,
-                             "--ray-client-server-port", str(free_port())], cpus, '{"head": 1}')
+                             "--ray-client-server-port", str(free_port())], cpus, '{"head": 1}', object_store_bytes)
         self.node_ids["head"] = self.wait_for_new_node(set())
 
-    def add_node(self, name: str, cpus: float = 1) -> str:
+    def add_node(self, name: str, cpus: float = 1, object_store_bytes: int | None = None) -> str:
         """Start a worker node; returns its Ray node id."""
         known = {n["node_id"] for n in self.alive_nodes()}
         # its own session folder, as on its own machine: nodes sharing one would garbage-collect each
         # other's runtime environments (a job's working directory) and read each other's logs
-        self._start(name, ["--address", self.address, "--temp-dir", f"{self.temp_dir}-{name}"], cpus, f'{{"{name}": 1}}')
+        self._start(name, ["--address", self.address, "--temp-dir", f"{self.temp_dir}-{name}"], cpus, f'{{"{name}": 1}}',
+                    object_store_bytes)
         self.node_ids[name] = self.wait_for_new_node(known)
         return self.node_ids[name]
 
