@@ -229,7 +229,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     budgets = budgets or [base.epochs]
     if args.seeds < 1:
         raise BoostrayError(f"--seeds must be >= 1, got {args.seeds}")
-    if "://" in (args.report or ""):
+    from boostray.core import storage
+
+    if storage.is_uri(args.report or ""):
         raise BoostrayError(f"--report {args.report}: compare writes its report and runs to a local or shared folder, not a URI")
     out_dir = os.path.abspath(os.path.expanduser(args.report))
     from boostray.apps.compare import run_configs

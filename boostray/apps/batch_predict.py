@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from boostray.core import storage
 from boostray.errors import DataError
 
 
@@ -103,7 +104,7 @@ def predict_parquet(
     ds = ray.data.read_parquet(input_path, columns=[id_column, image_column])
     predictions = ds.map_batches(
         EnsemblePredictor,
-        fn_constructor_kwargs={"run_dir": run_dir if "://" in run_dir else os.path.abspath(run_dir), "id_column": id_column,
+        fn_constructor_kwargs={"run_dir": run_dir if storage.is_uri(run_dir) else os.path.abspath(run_dir), "id_column": id_column,
                                "image_column": image_column, "use_gpu": gpu, "cascade": cascade},
         batch_size=batch_size,
         batch_format="numpy",

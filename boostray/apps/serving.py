@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from boostray.config import ServeOptions
-from boostray.core import oip
+from boostray.core import oip, storage
 from boostray.core.inference import (
     MemberStack,
     RequestError,
@@ -210,7 +210,7 @@ def build_app(options: ServeOptions) -> serve.Application:
 
     if not isinstance(options, ServeOptions):
         options = ServeOptions(**options)
-    if "://" not in options.run_dir:  # a storage URI stays one: every replica reads its own local copy
+    if not storage.is_uri(options.run_dir):  # a storage URI stays one: every replica reads its own local copy
         options = options.model_copy(update={"run_dir": os.path.abspath(os.path.expanduser(options.run_dir))})
     read_manifest(options.run_dir)  # fail here, in the driver, for a path that holds no ensemble
     actor = {"num_cpus": options.cpus_per_replica}

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from boostray.core import storage
 from boostray.config import TrainConfig, coerce_option, describe_error, load_yaml_mapping, parse_options
 from boostray.errors import ConfigError, require_extra
 
@@ -122,7 +123,7 @@ class SweepConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_together(self) -> "SweepConfig":
-        if "://" in self.output:
+        if storage.is_uri(self.output):
             raise ConfigError(f"output {self.output}: a sweep keeps its trials in a local or shared folder, not a URI")
         for key in self.search_space:
             if key not in SEARCHABLE:
