@@ -54,7 +54,7 @@ def main() -> None:
             state = train_in_process(config, data)
             out.setdefault("stream" if stream else "memory", []).append({
                 "load_s": round(load, 2), "train_seconds": round(state.train_seconds, 2),
-                "test_acc": state.members[-1].test_accuracy, "peak_row_groups": state.peak_chunks_held})
+                "test_acc": state.members[-1].test_accuracy, "peak_groups": state.peak_chunks_held})
             out["samples_train"] = len(data.train)
     text = json.dumps(out, indent=1)
     print(text)

@@ -87,10 +87,11 @@ class TrainConfig(Options):
     imbalance_ratio: float | None = _opt(None, "make the training split long-tailed with this max/min class ratio (e.g. 10, 100)", ge=1)
     val_fraction: float = _opt(0.1, "fraction of train held out for validation when the data has no validation split", gt=0, lt=1)
     train_subset: int | None = _opt(None, "train on this many (seeded) training samples only", ge=2)
-    stream: bool = _opt(False, "parquet: keep the training images on disk and read them a row group at a time "
-                        "(for data larger than memory; the files must be at the same path on every node)")
-    stream_window: int = _opt(4, "--stream: row groups whose samples are shuffled together (the rest of the order: "
-                              "row groups dealt to the workers in a seeded permutation each epoch)", ge=1)
+    stream: bool = _opt(False, "parquet, imagefolder: keep the training images on disk and read them a group at a "
+                        "time: a Parquet row group, or 256 image files (for data larger than memory; the files must "
+                        "be at the same path on every node)")
+    stream_window: int = _opt(4, "--stream: groups whose samples are shuffled together (the rest of the order: "
+                              "groups dealt to the workers in a seeded permutation each epoch)", ge=1)
     # model and method
     model: str = _opt("small_cnn", "model name from the registry (see 'boostray models')")
     method: str = _opt("cbnn", "a preset of the four method axes below: cbnn (the default: plain training to half the "
@@ -155,7 +156,7 @@ class TrainConfig(Options):
     @model_validator(mode="after")
     def _check_together(self) -> "TrainConfig":
         """What no single field can check: names that must exist, and options that depend on each other."""
-        from boostray.core.data import DATASETS
+        from boostray.core.data import DATASETS, STREAMABLE
         from boostray.core.methods import preset_options
         from boostray.core.models import list_models
 
@@ -165,8 +166,8 @@ class TrainConfig(Options):
             raise ConfigError(f"unknown model {self.model!r}; choose one of: {', '.join(list_models())}")
         preset_options(self.method)  # an unknown method names the presets
         self.resolved().build_method()  # the axes against the budget
-        if self.stream and self.dataset != "parquet":
-            raise ConfigError(f"--stream reads Parquet files (--dataset parquet), not {self.dataset}")
+        if self.stream and self.dataset not in STREAMABLE:
+            raise ConfigError(f"--stream reads {' or '.join(STREAMABLE)} data, not {self.dataset}")
         if self.workers and self.batch_size < self.workers:
             raise ConfigError(f"--batch-size ({self.batch_size}) must be >= --workers ({self.workers})")
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):

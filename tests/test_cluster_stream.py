@@ -66,8 +66,8 @@ def test_a_job_streams_training_data_larger_than_the_object_store(small_store_cl
     with open(os.path.join(output, "large", "metrics.json")) as f:
         metrics = json.load(f)
     stream = metrics["stream"]
-    assert stream["train_bytes"] > STORE_BYTES and stream["row_groups"] == 30
-    held = stream["peak_row_groups_held"] * stream["largest_row_group_bytes"]
+    assert stream["train_bytes"] > STORE_BYTES and stream["groups"] == 30
+    held = stream["peak_groups_held"] * stream["largest_group_bytes"]
     assert held < STORE_BYTES / 2, stream  # what a rank held at once: a small part of the split
     assert len(set(metrics["rank_nodes"])) == 2 and len(metrics["members"]) == 2
     assert metrics["test"]["accuracy"] > 0.6  # three classes: chance is 1/3

@@ -114,8 +114,57 @@ def test_a_streamed_run_resumes_bit_identically(grouped, tmp_path):
     equal_states(resumed, reference)
 
 
+def write_image_folder(folder, n: int = 450) -> str:
+    """train/<class>/NNNN.png for three classes (8x8, every 7th RGB and the rest grey, as real folders mix
+    them) and a test/ tree."""
+    images, labels = synthetic_images(n + 60, size=8, channels=1, seed=3)
+    for i, (im, y) in enumerate(zip(images, labels)):
+        part = "train" if i < n else "test"
+        os.makedirs(os.path.join(folder, part, f"c{y}"), exist_ok=True)
+        pixels = im.squeeze(-1)
+        if i % 7 == 0 and part == "train":  # the first file among them: the folder is RGB
+            pixels = np.repeat(im, 3, axis=-1)
+        with open(os.path.join(folder, part, f"c{y}", f"{i:04d}.png"), "wb") as f:
+            f.write(png_bytes(pixels))
+    return str(folder)
+
+
+def test_an_image_folder_streams_in_mixed_groups_and_trains_as_in_memory(tmp_path, monkeypatch):
+    import boostray.core.streaming as streaming
+
+    folder = write_image_folder(tmp_path / "folder")
+    monkeypatch.setattr(streaming, "FILES_PER_GROUP", 60)
+    memory, streamed = load_dataset("imagefolder", folder), load_dataset("imagefolder", folder, stream=True)
+    assert streamed.streamed and streamed.input_shape == memory.input_shape == (3, 8, 8)
+    assert (streamed.mean, streamed.std) == (memory.mean, memory.std)
+    np.testing.assert_array_equal(streamed.train.labels, memory.train.labels)
+    np.testing.assert_array_equal(streamed.train.take(np.arange(len(memory.train))), memory.train.images)
+    np.testing.assert_array_equal(streamed.val.images, memory.val.images)
+    chunks = [c for c in streamed.train.chunks() if len(c)]
+    assert len(chunks) == 8  # 450 files in groups of 60, the held-out ones removed
+    # the folder is sorted by class; its groups are drawn from a permutation, so each holds every class
+    assert all(len(set(streamed.train.labels[c].tolist())) == 3 for c in chunks)
+    config = TrainConfig(dataset="imagefolder", data_dir=folder, stream=True, stream_window=2, epochs=2,
+                         checkpoints=2, seed=1, augment=True)
+    twin = dataclasses.replace(streamed, train=streamed.train.materialize())
+    equal_states(train_in_process(config, streamed), train_in_process(config, twin))
+
+
+def test_a_streamed_folder_whose_first_image_is_grey_refuses_a_later_rgb_one(tmp_path):
+    folder = tmp_path / "folder"
+    for i, channels in enumerate((1, 3)):  # three grey images of class 0, three RGB of class 1
+        os.makedirs(folder / "train" / f"c{i}")
+        for k in range(3):
+            pixels = np.full((8, 8, channels) if channels == 3 else (8, 8), 100, dtype=np.uint8)
+            (folder / "train" / f"c{i}" / f"{k}.png").write_bytes(png_bytes(pixels))
+    from boostray.errors import DataError
+
+    with pytest.raises(DataError, match="is RGB but the first image of the folder is grey"):
+        load_dataset("imagefolder", str(folder), stream=True)
+
+
 @pytest.mark.parametrize("args,message", [
-    (["--dataset", "digits", "--stream"], "--stream reads Parquet files (--dataset parquet), not digits"),
+    (["--dataset", "digits", "--stream"], "--stream reads parquet or imagefolder data, not digits"),
     (["--stream", "--workers", "2"], "the training split has 1, fewer than --workers 2"),
     (["--stream", "--stream-window", "0"], "--stream-window must be >= 1, got 0"),
 ])
@@ -146,8 +195,8 @@ def test_a_streamed_ray_train_run_on_two_workers_equals_the_same_split_in_memory
     np.testing.assert_array_equal(weights, reference.weights.astype(weights.dtype))  # the file keeps float32
     assert metrics["rank_weight_digests"] == reference.rank_digests  # float64 weights, bit for bit, every rank
     stream = metrics["stream"]
-    assert stream["row_groups"] == 18 and stream["window"] == 2
-    assert 2 <= stream["peak_row_groups_held"] <= 3 * 2 + 1
+    assert stream["groups"] == 18 and stream["window"] == 2
+    assert 2 <= stream["peak_groups_held"] <= 3 * 2 + 1
     members = [torch.load(os.path.join(run_dir, "ensemble", f), weights_only=True)
                for f in sorted(os.listdir(os.path.join(run_dir, "ensemble"))) if f.startswith("member")]
     assert len(members) == 2

@@ -66,8 +66,8 @@ def chunk_deal(sizes: list[int], epoch: int, seed: int, world: int) -> list[list
     """Each rank's chunks for ``epoch``: the non-empty chunks in a seeded permutation, dealt in turn."""
     nonempty = [j for j, size in enumerate(sizes) if size]
     if len(nonempty) < world:
-        raise ValueError(f"the training data has {len(nonempty)} row group(s) with samples, fewer than the "
-                         f"{world} workers: write it with smaller row groups")
+        raise ValueError(f"the training data has {len(nonempty)} group(s) with samples, fewer than the "
+                         f"{world} workers")
     g = torch.Generator()
     g.manual_seed(seed + epoch)
     order = [nonempty[i] for i in torch.randperm(len(nonempty), generator=g).tolist()]

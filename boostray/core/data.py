@@ -331,9 +331,10 @@ def load_parquet_splits(data_dir: str | None, download: bool, stream: bool = Fal
     return train, val, test, names or [str(c) for c in range(k)], True
 
 
-def load_imagefolder_splits(data_dir: str | None, download: bool):
+def load_imagefolder_splits(data_dir: str | None, download: bool, stream: bool = False):
     """An ImageFolder tree: train/<class>/**/*.jpg, optional val/ (class folders, or Tiny-ImageNet's
-    val/images + val_annotations.txt) and test/<class>/."""
+    val/images + val_annotations.txt) and test/<class>/. With ``stream`` the training images stay on
+    disk (streaming.py)."""
     if not data_dir or not os.path.isdir(os.path.join(data_dir, "train")):
         raise DataError(f"imagefolder needs --data-dir with a train/ folder of class folders (got {data_dir})")
     exts = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -359,7 +360,15 @@ def load_imagefolder_splits(data_dir: str | None, download: bool):
                 pairs += [(os.path.join(dirpath, f), index[c]) for f in sorted(files) if f.lower().endswith(exts)]
         return pairs
 
-    train = read(class_tree(train_dir), "train")
+    if stream:
+        from boostray.core.streaming import open_image_files
+
+        pairs = class_tree(train_dir)
+        if not pairs:
+            raise DataError("the train split is empty")
+        train = open_image_files([p for p, _ in pairs], np.array([y for _, y in pairs], dtype=np.int64))
+    else:
+        train = read(class_tree(train_dir), "train")
     val = test = None
     val_dir = os.path.join(data_dir, "val")
     annotations = os.path.join(val_dir, "val_annotations.txt")
@@ -378,7 +387,7 @@ def load_imagefolder_splits(data_dir: str | None, download: bool):
     test_dir = os.path.join(data_dir, "test")
     if os.path.isdir(test_dir) and any(os.path.isdir(os.path.join(test_dir, c)) for c in classes):
         test = read(class_tree(test_dir), "test")
-    shapes = {s.images.shape[2:] for s in (train, val, test) if s is not None}
+    shapes = {s.image_shape[1:] for s in (train, val, test) if s is not None}
     if len(shapes) > 1:
         raise DataError(f"mismatched image shapes across splits: {sorted(shapes)}")
     return train, val, test, classes, True
@@ -392,6 +401,7 @@ DATASETS: dict[str, Callable] = {
     "parquet": load_parquet_splits,
     "imagefolder": load_imagefolder_splits,
 }
+STREAMABLE = ("parquet", "imagefolder")  # what --stream can leave on disk
 
 
 # ------------------------------------------------------------------------------------- split handling
@@ -445,10 +455,10 @@ def load_dataset(
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     if data_dir is not None and name not in ("digits",) and not os.path.exists(data_dir):
         raise DataError(f"data directory {data_dir} does not exist")
-    if stream and name != "parquet":
-        raise DataError(f"--stream reads Parquet files (--dataset parquet), not {name}")
+    if stream and name not in STREAMABLE:
+        raise DataError(f"--stream reads {' or '.join(STREAMABLE)} data, not {name}")
     if stream:
-        train, val, test, classes, hflip = load_parquet_splits(data_dir, download, stream=True)
+        train, val, test, classes, hflip = DATASETS[name](data_dir, download, stream=True)
     else:
         train, val, test, classes, hflip = DATASETS[name](data_dir, download)
     k = len(classes)

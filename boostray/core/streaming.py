@@ -1,12 +1,12 @@
-"""A Parquet training split that stays on disk: read one row group at a time, never whole.
+"""A training split that stays on disk: Parquet row groups, or groups of image files, read one at a time.
 
-``--stream`` is for training data larger than a node's memory. The driver reads only the ``label``
-column and the Parquet metadata; the images are decoded a row group at a time, by the driver once (to
-validate them and count pixel statistics) and by every rank while it trains. A row group is a *chunk*:
-each epoch deals the chunks to the ranks in a seeded order and shuffles samples within a window of a few
-chunks (batches.py, ``chunked_epoch_order``), so a rank holds a window's worth of images at a time. Every
-sample keeps its index in the training split (``rows`` maps it to its row in the files), so the sample
-weights stay keyed to samples exactly as in memory.
+``--stream`` is for training data larger than a node's memory. For Parquet the driver reads only the
+``label`` column and the file metadata; for an image folder, the file names. The images are decoded a
+group at a time, by the driver once (to validate them and count pixel statistics) and by every rank while
+it trains. A group is a *chunk*: each epoch deals the chunks to the ranks in a seeded order and shuffles
+samples within a window of a few chunks (batches.py, ``chunked_epoch_order``), so a rank holds a few
+windows' worth of images at a time. Every sample keeps its index in the training split (``rows`` maps
+it to its row in the files), so the sample weights stay keyed to samples exactly as in memory.
 
 The validation and test splits are held in memory. The files must be at the same path on every node
 (a shared file system); storage URIs are not read yet.
@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from boostray.errors import DataError
+
+FILES_PER_GROUP = 256  # an image folder's files per group: what a streamed rank reads at once
 
 
 @dataclass
@@ -71,6 +73,15 @@ class ParquetSource:
     def num_groups(self) -> int:
         return len(self.group_file)
 
+    @property
+    def group_of(self) -> np.ndarray:
+        """The row group of each row."""
+        return np.repeat(np.arange(self.num_groups), np.diff(self.group_start))
+
+    def read_rows(self, g: int, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (ascending, all in row group ``g``) of the images."""
+        return self.read_group(g)[rows - self.group_start[g]]
+
     def _read_table(self, g: int):
         path = self.files[int(self.group_file[g])]
         if path not in self._open:
@@ -98,13 +109,58 @@ def _parquet_file(path: str):
 
 
 @dataclass
-class StreamedSplit:
-    """A split of a ``ParquetSource``: sample i is global row ``rows[i]`` (sorted) with ``labels[i]``."""
+class ImageFileSource:
+    """Image files (an image folder's train/ tree) in groups of ``FILES_PER_GROUP``. The files stay in
+    the folder's (class-sorted) order, which is what sample indices refer to; the groups are drawn from a
+    fixed permutation of them, so every group mixes the classes as a shuffled Parquet row group does."""
 
-    source: ParquetSource
+    files: list[str]
+    channels: int  # of the first image: grey images become RGB where it is RGB
+    group_of: np.ndarray  # group of each file
+
+    @classmethod
+    def create(cls, files: list[str], channels: int, per_group: int) -> "ImageFileSource":
+        from boostray.core.data import SPLIT_SEED
+
+        perm = np.random.default_rng(SPLIT_SEED).permutation(len(files))
+        group_of = np.empty(len(files), dtype=np.int64)
+        group_of[perm] = np.arange(len(files)) // per_group
+        return cls(list(files), channels, group_of)
+
+    @property
+    def num_groups(self) -> int:
+        return int(self.group_of.max()) + 1 if self.group_of.size else 0
+
+    def read_rows(self, g: int, rows: np.ndarray) -> np.ndarray:
+        from boostray.core.data import _decode_image
+
+        images = []
+        for r in rows:
+            path = self.files[int(r)]
+            with open(path, "rb") as f:
+                im = _decode_image(f.read(), path)
+            if im.shape[0] != self.channels:
+                if im.shape[0] > self.channels:
+                    raise DataError(f"{path} is RGB but the first image of the folder is grey: a streamed folder takes "
+                                    "its channels from its first image")
+                im = np.repeat(im, self.channels, axis=0)
+            images.append(im)
+        shapes = {im.shape for im in images}
+        if len(shapes) > 1:
+            raise DataError(f"mismatched image shapes in the train split: {sorted(shapes)[:2]}")
+        return np.stack(images) if images else np.zeros((0, self.channels, 1, 1), dtype=np.uint8)
+
+
+@dataclass
+class StreamedSplit:
+    """A split of a source (Parquet row groups, or groups of image files): sample i is the source's row
+    ``rows[i]`` (sorted) with ``labels[i]``; a chunk is the split's samples in one of the source's groups."""
+
+    source: ParquetSource | ImageFileSource
     rows: np.ndarray
     labels: np.ndarray
     image_shape: tuple[int, int, int]
+    _chunks: list | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -116,34 +172,36 @@ class StreamedSplit:
         return StreamedSplit(self.source, self.rows[index], self.labels[index], self.image_shape)
 
     def chunks(self) -> list[np.ndarray]:
-        """Per row group, the indices of this split's samples in it (empty where it has none)."""
-        bounds = np.searchsorted(self.rows, self.source.group_start)
-        return [np.arange(bounds[g], bounds[g + 1]) for g in range(self.source.num_groups)]
+        """Per source group, the indices of this split's samples in it, ascending (empty where none)."""
+        if self._chunks is None:
+            group = self.source.group_of[self.rows]
+            order = np.argsort(group, kind="stable")
+            bounds = np.concatenate([[0], np.cumsum(np.bincount(group, minlength=self.source.num_groups))])
+            self._chunks = [order[bounds[g]:bounds[g + 1]] for g in range(self.source.num_groups)]
+        return self._chunks
 
     def read_chunk(self, j: int) -> np.ndarray:
         """The images of chunk ``j``'s samples, in index order."""
-        start, end = self.source.group_start[j], self.source.group_start[j + 1]
-        lo, hi = np.searchsorted(self.rows, [start, end])
-        images = self.source.read_group(j)
+        images = self.source.read_rows(j, self.rows[self.chunks()[j]])
         if images.shape[1:] != self.image_shape:
-            raise DataError(f"mismatched image shapes: row group {j} holds {images.shape[1:]}, "
-                            f"the first holds {self.image_shape}")
-        return images[self.rows[lo:hi] - start]
+            raise DataError(f"mismatched image shapes: group {j} holds {images.shape[1:]}, the first {self.image_shape}")
+        return images
 
     def take(self, index: np.ndarray) -> np.ndarray:
-        """The images of samples ``index`` (any order), reading only the row groups that hold them."""
+        """The images of samples ``index`` (any order), reading only the groups that hold them."""
         index = np.asarray(index, dtype=np.int64)
         out = np.empty((index.size, *self.image_shape), dtype=np.uint8)
-        group = np.searchsorted(self.source.group_start, self.rows[index], side="right") - 1
-        chunk_starts = np.searchsorted(self.rows, self.source.group_start)
+        group = self.source.group_of[self.rows[index]]
         for g in np.unique(group):
-            where = group == g
-            out[where] = self.read_chunk(int(g))[index[where] - chunk_starts[g]]
+            where = np.flatnonzero(group == g)
+            wanted = np.unique(index[where])  # ascending: rows ascend with indices
+            images = self.source.read_rows(int(g), self.rows[wanted])
+            out[where] = images[np.searchsorted(wanted, index[where])]
         return out
 
     def scan(self) -> np.ndarray:
-        """One pass over every chunk: per-channel pixel histograms (C, 256). Decoding every row group
-        here makes bad images fail on the driver, before any worker starts."""
+        """One pass over every chunk: per-channel pixel histograms (C, 256). Decoding every image here
+        makes bad data fail on the driver, before any worker starts."""
         from boostray.core.data import pixel_histogram
 
         hist = np.zeros((self.image_shape[0], 256), dtype=np.int64)
@@ -157,6 +215,19 @@ class StreamedSplit:
         from boostray.core.data import ImageSplit
 
         return ImageSplit(self.take(np.arange(len(self))), self.labels, chunked=self.chunks())
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_chunks": None}  # recomputed where needed: no need to ship it
+
+
+def open_image_files(files: list[str], labels: np.ndarray, per_group: int | None = None) -> StreamedSplit:
+    """An image folder's training files, streamed: labels from the folder names, images on disk."""
+    from boostray.core.data import _decode_image
+
+    with open(files[0], "rb") as f:
+        first = _decode_image(f.read(), files[0])
+    source = ImageFileSource.create(files, first.shape[0], per_group or FILES_PER_GROUP)
+    return StreamedSplit(source, np.arange(len(files), dtype=np.int64), labels, tuple(int(s) for s in first.shape))  # type: ignore[arg-type]
 
 
 def open_parquet_train(files: list[str]) -> tuple[StreamedSplit, list[str] | None]:

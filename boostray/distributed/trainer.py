@@ -60,12 +60,14 @@ def torch_config_for_cluster():
 
 
 def check_streamable(data: ImageDataset, config: TrainConfig) -> None:
-    """A streamed split deals whole row groups to the ranks: it needs at least one per worker."""
+    """A streamed split deals whole groups to the ranks: it needs at least one per worker."""
     if data.streamed:
+        from boostray.core.streaming import FILES_PER_GROUP
+
         groups = sum(1 for c in data.train.chunks() if len(c))
         if groups < max(1, config.workers):
-            raise DataError(f"--stream deals whole Parquet row groups to the workers: the training split has {groups}, "
-                            f"fewer than --workers {config.workers}; write it with smaller row groups")
+            raise DataError(f"--stream deals whole groups (Parquet row groups, or {FILES_PER_GROUP} image files) to the "
+                            f"workers: the training split has {groups}, fewer than --workers {config.workers}")
 
 
 def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list | None = None, *,
@@ -219,12 +221,13 @@ def build_metrics(state: BoostState, data: ImageDataset, config: TrainConfig, co
 
 
 def stream_figures(state: BoostState, data: ImageDataset, config: TrainConfig) -> dict:
-    """How a --stream run read its training split: row groups, window, and the most rank 0 held at once."""
+    """How a --stream run read its training split: its groups (Parquet row groups or groups of files), the
+    shuffle window, and the most groups rank 0 held at once."""
     sizes = [len(c) for c in data.train.chunks()]
     row_bytes = int(np.prod(data.input_shape))
-    return {"row_groups": sum(1 for s in sizes if s), "window": config.stream_window,
-            "largest_row_group_bytes": max(sizes) * row_bytes, "train_bytes": len(data.train) * row_bytes,
-            "peak_row_groups_held": state.peak_chunks_held}
+    return {"groups": sum(1 for s in sizes if s), "window": config.stream_window,
+            "largest_group_bytes": max(sizes) * row_bytes, "train_bytes": len(data.train) * row_bytes,
+            "peak_groups_held": state.peak_chunks_held}
 
 
 def write_sample_weights(path: str, state: BoostState, data: ImageDataset) -> None:
