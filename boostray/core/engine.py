@@ -10,6 +10,7 @@ for one process) and a weight store (weight_store.py: Ray's object store, or an 
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import shutil
@@ -39,7 +40,18 @@ from boostray.core.models import create_model
 from boostray.core.weights import LocalWeightStore
 
 CHECKPOINT_FILE = "state.pt"
-EVAL_BATCH = 1024
+EVAL_BATCH = 1024  # SWA's batch-norm recount; on CUDA, the evaluation passes too
+
+
+def eval_batch_size(device: torch.device, image_shape: tuple[int, ...]) -> int:
+    """Images per forward of an evaluation pass. Large on CUDA. On a CPU, where the activations of a
+    batch should stay in cache, about 50,000 pixels a batch: measured on one core, small_cnn's pass over
+    28x28 images ran at 3,282 images/s in batches of 64 against 1,572 in batches of 1,024 (8x8 digits:
+    16,685 against 17,213, within 10 % of the best size)."""
+    if device.type == "cuda":
+        return EVAL_BATCH
+    pixels = int(image_shape[-1]) * int(image_shape[-2])
+    return int(max(16, min(EVAL_BATCH, 2 ** round(math.log2(50_000 / pixels)))))
 
 
 def emit(line: str) -> None:
@@ -78,6 +90,7 @@ class Engine:
         self.method = config.build_method()
         self.rank, self.world = rank, world
         self.device = device or torch.device("cpu")
+        self.eval_batch = eval_batch_size(self.device, data.input_shape)
         self.mean = torch.tensor(data.mean, device=self.device)
         self.std = torch.tensor(data.std, device=self.device)
         c, h, _ = data.input_shape
@@ -148,25 +161,41 @@ class Engine:
         recorded = (torch.cat(rec_idx).cpu(), torch.cat(rec_ok).cpu()) if record else None
         return stats, recorded
 
-    def predict_proba(self, images: np.ndarray, module: torch.nn.Module | None = None) -> torch.Tensor:
-        """Softmax outputs of ``module`` (default: the network) on this rank's shard of ``images``, combined."""
+    def eval_net(self, module: torch.nn.Module | None = None) -> tuple[torch.nn.Module, bool]:
+        """The network an evaluation pass runs, in eval mode, and whether its inputs go channels-last.
+        On a CPU that is a channels-last copy: measured on one core, small_cnn's forward ran 1.8x (8x8),
+        3.0x (28x28) and resnet20's 1.13x (32x32 RGB) faster so; training keeps its own format."""
         net = self.net if module is None else module
         net.eval()
+        if self.device.type == "cuda" or self.config.channels_last:
+            return net, self.config.channels_last
+        twin = copy.deepcopy(net).to(memory_format=torch.channels_last)
+        return twin.eval(), True
+
+    def forward_proba(self, net: torch.nn.Module, channels_last: bool, images: torch.Tensor) -> torch.Tensor:
+        x = self.prepare(images)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.autocast:
+            return torch.softmax(net(x).float(), dim=1).cpu()
+
+    def predict_proba(self, images: np.ndarray, module: torch.nn.Module | None = None) -> torch.Tensor:
+        """Softmax outputs of ``module`` (default: the network) on this rank's shard of ``images``, combined."""
+        net, channels_last = self.eval_net(module)
         n = images.shape[0]
         index = shard_indices(n, self.rank, self.world)
         rows = []
         with torch.inference_mode():
-            for start in range(0, index.size, EVAL_BATCH):
-                batch = torch.from_numpy(images[index[start:start + EVAL_BATCH]])
-                with self.autocast:
-                    rows.append(torch.softmax(net(self.prepare(batch)).float(), dim=1).cpu())
+            for start in range(0, index.size, self.eval_batch):
+                batch = torch.from_numpy(images[index[start:start + self.eval_batch]])
+                rows.append(self.forward_proba(net, channels_last, batch))
         local = torch.cat(rows) if rows else torch.zeros((0, self.data.num_classes))
         return combine_rows(index, local.clone(), n)  # clone: a normal tensor, not an inference one
 
     def eval_correctness(self) -> np.ndarray:
         """c_i on the training set from one eval-mode pass without augmentation (error_source=eval)."""
         if isinstance(self.batches, ChunkedBatches):
-            proba = self.predict_chunks(self.batches.eval_chunks(EVAL_BATCH))
+            proba = self.predict_chunks(self.batches.eval_chunks(self.eval_batch))
         else:
             proba = self.predict_proba(self.data.train.images)
         return proba.argmax(1).numpy() == self.data.train.labels
@@ -174,12 +203,11 @@ class Engine:
     def predict_chunks(self, pieces) -> torch.Tensor:
         """Softmax outputs of the network on this rank's (indices, images) pieces of the training set,
         combined over the ranks: the eval pass of a split read a chunk at a time."""
-        self.net.eval()
+        net, channels_last = self.eval_net()
         index, rows = [], []
         with torch.inference_mode():
             for idx, images in pieces:
-                with self.autocast:
-                    rows.append(torch.softmax(self.net(self.prepare(torch.from_numpy(images))).float(), dim=1).cpu())
+                rows.append(self.forward_proba(net, channels_last, torch.from_numpy(images)))
                 index.append(idx)
         local = torch.cat(rows) if rows else torch.zeros((0, self.data.num_classes))
         index = np.concatenate(index) if index else np.zeros(0, dtype=np.int64)
