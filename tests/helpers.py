@@ -50,3 +50,21 @@ def train_digits_run(out, name: str, *options: str) -> str:
 
     assert main(["train", "--workers", "0", "--epochs", "4", *options, "--output", str(out), "--name", name]) == 0
     return os.path.join(str(out), name)
+
+
+class Crash(Exception):
+    """Raised by crash_after_round: a run that dies between rounds."""
+
+
+def crash_after_round(config, data, checkpoint_dir: str, round_number: int) -> None:
+    """train_in_process with checkpoints in ``checkpoint_dir``, dying right after ``round_number``."""
+    import pytest
+
+    from boostray.core.engine import train_in_process
+
+    def crash(metrics, state):
+        if state.rounds_done == round_number:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train_in_process(config, data, checkpoint_dir=checkpoint_dir, on_round=crash)

@@ -12,6 +12,7 @@ import torch
 from boostray.config import TrainConfig
 from boostray.core.data import load_dataset
 from boostray.core.engine import train_in_process
+from helpers import crash_after_round
 
 
 @pytest.fixture(scope="module")
@@ -124,16 +125,7 @@ def test_in_process_runs_checkpoint_every_round_and_resume_after_a_crash(digits,
     with the same checkpoint folder resumes there and ends with the uninterrupted run's ensemble."""
     config = TrainConfig(epochs=8, checkpoints=4, method="cbnn-paper", seed=4)
     reference = train_in_process(config, digits)
-
-    class Crash(Exception):
-        pass
-
-    def crash_after_round_2(metrics, state):
-        if state.rounds_done == 2:
-            raise Crash
-
-    with pytest.raises(Crash):
-        train_in_process(config, digits, checkpoint_dir=str(tmp_path), on_round=crash_after_round_2)
+    crash_after_round(config, digits, str(tmp_path), 2)
     assert sorted(os.listdir(tmp_path)) == ["members", "round_0001", "round_0002"]
     resumed = train_in_process(config, digits, checkpoint_dir=str(tmp_path))
     assert resumed.resumed_at_rounds == [2] and sorted(os.listdir(tmp_path)) == ["members", "round_0003", "round_0004"]

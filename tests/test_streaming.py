@@ -14,7 +14,7 @@ from boostray.config import TrainConfig
 from boostray.core.batches import chunked_epoch_order
 from boostray.core.data import ImageSplit, load_dataset
 from boostray.core.engine import train_in_process
-from helpers import png_bytes, synthetic_images
+from helpers import crash_after_round, png_bytes, synthetic_images
 
 
 def write_grouped(folder, n: int = 600, rows_per_group: int = 40, as_png: bool = False, **kw) -> str:
@@ -99,16 +99,7 @@ def test_a_streamed_run_resumes_bit_identically(grouped, tmp_path):
     folder, streamed, _ = grouped
     config = TrainConfig(dataset="parquet", data_dir=folder, stream=True, epochs=4, checkpoints=2, seed=2)
     reference = train_in_process(config, streamed)
-
-    class Crash(Exception):
-        pass
-
-    def crash_after_round_1(metrics, state):
-        if state.rounds_done == 1:
-            raise Crash
-
-    with pytest.raises(Crash):
-        train_in_process(config, streamed, checkpoint_dir=str(tmp_path), on_round=crash_after_round_1)
+    crash_after_round(config, streamed, str(tmp_path), 1)
     resumed = train_in_process(config, streamed, checkpoint_dir=str(tmp_path))
     assert resumed.resumed_at_rounds == [1]
     equal_states(resumed, reference)
