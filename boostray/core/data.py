@@ -476,9 +476,11 @@ def load_dataset(
         train = train.subset(np.sort(rng.permutation(len(train))[:train_subset]))
     for split, where in ((train, "train"), (val, "validation"), (test, "test")):
         _check_split(split, where, k)
-    if stream:  # held-out splits come into memory; the training split is checked and counted chunk by chunk
-        val, test = (s if isinstance(s, ImageSplit) else ImageSplit(s.take(np.arange(len(s))), s.labels) for s in (val, test))
-        histogram = train.scan()
+    if stream:  # one pass: the training split checked and counted group by group, held-out splits kept
+        held = [s for s in (val, test) if not isinstance(s, ImageSplit)]
+        histogram, images = train.scan(held)
+        in_memory = {id(s): ImageSplit(im, s.labels) for s, im in zip(held, images)}
+        val, test = (in_memory.get(id(s), s) for s in (val, test))
     else:
         histogram = pixel_histogram(train.images)
     mean, std = mean_std(histogram)

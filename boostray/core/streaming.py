@@ -199,16 +199,31 @@ class StreamedSplit:
             out[where] = images[np.searchsorted(wanted, index[where])]
         return out
 
-    def scan(self) -> np.ndarray:
-        """One pass over every chunk: per-channel pixel histograms (C, 256). Decoding every image here
-        makes bad data fail on the driver, before any worker starts."""
+    def scan(self, held_out: "list[StreamedSplit]" = ()) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One pass over the source's groups: this split's per-channel pixel histograms (C, 256), and the
+        images of ``held_out`` splits of the same source (validation, test), each group read once.
+        Decoding every image here makes bad data fail on the driver, before any worker starts."""
         from boostray.core.data import pixel_histogram
 
         hist = np.zeros((self.image_shape[0], 256), dtype=np.int64)
-        for j, idx in enumerate(self.chunks()):
-            if idx.size:
-                hist += pixel_histogram(self.read_chunk(j))
-        return hist
+        kept = [np.empty((len(h), *self.image_shape), dtype=np.uint8) for h in held_out]
+        splits = [self, *held_out]
+        for g in range(self.source.num_groups):
+            parts = [sp.chunks()[g] for sp in splits]
+            if not any(p.size for p in parts):
+                continue
+            rows = np.concatenate([sp.rows[p] for sp, p in zip(splits, parts)])
+            order = np.argsort(rows, kind="stable")
+            images = np.empty((rows.size, *self.image_shape), dtype=np.uint8)
+            images[order] = self.source.read_rows(g, rows[order])
+            if images.shape[1:] != self.image_shape:
+                raise DataError(f"mismatched image shapes: group {g} holds {images.shape[1:]}, the first {self.image_shape}")
+            bounds = np.cumsum([0] + [p.size for p in parts])
+            if parts[0].size:
+                hist += pixel_histogram(images[:bounds[1]])
+            for k, p in enumerate(parts[1:]):
+                kept[k][p] = images[bounds[k + 1]:bounds[k + 2]]
+        return hist, kept
 
     def materialize(self) -> "ImageSplit":
         """The split in memory, keeping its chunks: trained from, it gives a streamed run's batches."""
