@@ -1,26 +1,29 @@
 """Serving benchmarks; prints one JSON object. Not a test: figures go into the README.
 
-  http     : requests/s and p50/p99 latency at 1, 8 and 32 concurrent clients, batching on and off
+  http     : requests/s and p50/p99 latency at 1, 8 and 32 concurrent clients, batching on and off,
+             through Serve's proxy and with direct ingress (each mode in a fresh Ray: the flag is read
+             when Ray starts); each client keeps one HTTP connection open, as HTTP clients do
   forward  : the all-members forward per sample, stacked (vmap) vs loop, vs M x one member
   cascade  : average members used with --cascade on the test split
   predict  : batch predict (Ray Data actor pool) images/s
 
-Usage: python bench/bench_serving.py [--run-dir RUN_DIR] [--requests N] [--json-out F]
+Usage: python bench/bench_serving.py [--run-dir RUN_DIR] [--requests N] [--ingress proxy,direct] [--json-out F]
 (without --run-dir it first trains the README's main job in-process on digits)
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
 import numpy as np
 
@@ -100,30 +103,33 @@ def _server_timing(header: str | None) -> dict[str, float]:
     return out
 
 
-def _load(url: str, payloads: list[bytes], clients: int, per_client: int) -> dict:
+def _load(port: int, path: str, payloads: list[bytes], clients: int, per_client: int) -> dict:
     latencies: list[float] = []
     timings: list[dict[str, float]] = []
     errors = [0]
     lock = threading.Lock()
 
     def client(c: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)  # kept open, as clients do
         for i in range(per_client):
             body = payloads[(c * per_client + i) % len(payloads)]
-            req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
             t = time.perf_counter()
             timing = {}
             try:
-                with urllib.request.urlopen(req, timeout=60) as resp:
-                    resp.read()
-                    timing = _server_timing(resp.headers.get("Server-Timing"))
+                conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+                timing = _server_timing(resp.headers.get("Server-Timing"))
                 ok = resp.status == 200
-            except Exception:  # counted, reported
+            except (OSError, http.client.HTTPException):  # counted, reported; the next request reconnects
+                conn.close()
                 ok = False
             dt = time.perf_counter() - t
             with lock:
                 latencies.append(dt)
                 timings.append(timing)
                 errors[0] += not ok
+        conn.close()
 
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
     start = time.perf_counter()
@@ -143,26 +149,44 @@ def _load(url: str, payloads: list[bytes], clients: int, per_client: int) -> dic
     return out
 
 
-def bench_http(run_dir: str, images: np.ndarray, requests_per_level: int) -> dict:
+def bench_http(run_dir: str, images: np.ndarray, requests_per_level: int, ingress: str) -> dict:
+    """One ingress mode, in this process's own fresh Ray."""
+    from boostray.distributed.runtime import direct_ingress_environment
+
+    port = _free_port()
+    ports = direct_ingress_environment(port + 1) if ingress == "direct" else None
     from ray import serve
 
-    from boostray.distributed.runtime import ray_session
     from boostray.apps.serving import build_app
+    from boostray.cli import _replica_ports
+    from boostray.distributed.runtime import ray_session
 
     payloads = [json.dumps({"instances": images[i:i + 1].tolist()}).encode() for i in range(min(len(images), 64))]
-    out = {"instances_per_request": 1, "replicas": 1}
+    name = json.load(open(os.path.join(run_dir, "ensemble", "manifest.json")))["name"]
+    path = f"/v1/models/{name}:predict"
+    out: dict = {"ingress": ingress, "instances_per_request": 1, "replicas": 1}
     with ray_session():
-        port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        for label, batch, wait in (("batching_on", 32, 0.0), ("batching_on_wait_5ms", 32, 5.0), ("batching_off", 1, 0.0)):
+        # the default (a batch waits up to 5 ms only while other requests are in the replica), no wait, no batching
+        for label, batch, wait in (("batching_on", 32, 5.0), ("batching_on_no_wait", 32, 0.0), ("batching_off", 1, 0.0)):
             serve.run(build_app({"run_dir": run_dir, "max_batch_size": batch, "batch_wait_ms": wait}),
                       name="bench", route_prefix="/")
-            name = json.load(open(os.path.join(run_dir, "ensemble", "manifest.json")))["name"]
-            url = f"http://127.0.0.1:{port}/v1/models/{name}:predict"
-            _load(url, payloads, 4, 5)  # warm-up
-            out[label] = [_load(url, payloads, c, max(1, requests_per_level // c)) for c in (1, 8, 32)]
+            target = port if ports is None else _replica_ports(ports)[0]  # a new replica takes a new port
+            _load(target, path, payloads, 4, 5)  # warm-up
+            out[label] = [_load(target, path, payloads, c, max(1, requests_per_level // c)) for c in (1, 8, 32)]
             serve.delete("bench")
         serve.shutdown()
+    return out
+
+
+def bench_http_modes(run_dir: str, requests_per_level: int, modes: list[str]) -> dict:
+    """Each ingress mode in a child process (Serve reads the flag when Ray and the controller start)."""
+    out = {}
+    for mode in modes:
+        with tempfile.NamedTemporaryFile(suffix=".json") as result:
+            subprocess.run([sys.executable, __file__, "--run-dir", run_dir, "--requests", str(requests_per_level),
+                            "--http-only", mode, "--json-out", result.name], check=True)
+            out[mode] = json.load(open(result.name))
     return out
 
 
@@ -188,9 +212,16 @@ def main() -> None:
     parser.add_argument("--run-dir")
     parser.add_argument("--requests", type=int, default=320, help="requests per concurrency level")
     parser.add_argument("--predict-rows", type=int, default=50000)
+    parser.add_argument("--ingress", default="proxy,direct", help="ingress modes to measure, comma-separated")
+    parser.add_argument("--http-only", choices=("proxy", "direct"), help=argparse.SUPPRESS)  # one mode, as a child
     parser.add_argument("--json-out")
     args = parser.parse_args()
     from boostray.core.data import load_dataset
+
+    if args.http_only:
+        with open(args.json_out, "w") as f:  # not stdout: Ray and Serve print there too
+            json.dump(bench_http(args.run_dir, load_dataset("digits").test.images, args.requests, args.http_only), f)
+        return
 
     run_dir = args.run_dir
     if run_dir is None:
@@ -203,7 +234,7 @@ def main() -> None:
         "run_dir": run_dir,
         "forward": bench_forward(run_dir, test.images),
         "cascade": bench_cascade(run_dir, test.images, test.labels),
-        "http": bench_http(run_dir, test.images, args.requests),
+        "http": bench_http_modes(run_dir, args.requests, args.ingress.split(",")),
         "batch_predict": bench_predict(run_dir, test.images, args.predict_rows),
     }
     emit(report, args.json_out)

@@ -15,7 +15,7 @@ import typing
 from typing import Sequence
 
 from boostray.config import FIELDS, PredictOptions, ServeOptions, TrainConfig, read_config_file
-from boostray.errors import BoostrayError, RunFailedError
+from boostray.errors import BoostrayError, ConfigError, RunFailedError
 
 EXIT_USAGE = 2
 RUN_DIR_HELP = "a run directory written by 'boostray train': a path, or a storage URI (file://, s3://, gs://, hdfs://)"
@@ -138,11 +138,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ray import serve
 
-    from boostray.distributed.runtime import ray_session
+    from boostray.distributed.runtime import cluster_address, direct_ingress_environment, ray_session
     from boostray.apps.serving import build_app
 
+    if args.ingress == "direct" and cluster_address(args.address):
+        raise ConfigError("--ingress direct needs the local Ray this command starts; on a cluster, start "
+                          "every node with RAY_SERVE_ENABLE_DIRECT_INGRESS=1 instead (README: Serving)")
     options = ServeOptions(**{k: v for k, v in vars(args).items() if k in ServeOptions.model_fields})
     application = build_app(options)  # checks the run directory before Ray starts
+    ports = direct_ingress_environment(args.port + 1) if args.ingress == "direct" else None
     # Ctrl-C and SIGTERM (a process manager, `kill`) both shut down cleanly, also when this process was
     # started with SIGINT ignored (a background job of a non-interactive shell inherits that)
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -154,12 +158,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
             name = options.model_name or _run_name(args.run_dir)
             print(f"serving {name!r} at http://{args.host}:{args.port}/v1/models/{name}:predict "
                   f"(docs: /docs); Ctrl-C stops", flush=True)
+            if ports is not None:
+                found = _replica_ports(ports)
+                print(f"direct ingress: replicas answer at {', '.join(f'http://127.0.0.1:{p}' for p in found)} "
+                      f"(the same routes, without the proxy; a replaced replica takes the next free port "
+                      f"of {ports.start}-{ports.stop - 1})", flush=True)
             threading.Event().wait()  # until Ctrl-C
         except KeyboardInterrupt:
             print("shutting down", flush=True)
         finally:
             serve.shutdown()
     return 0
+
+
+def _replica_ports(ports: range) -> list[int]:
+    """The ports of ``ports`` where a replica answers /healthz (Serve starts a replica's server before the
+    deployment reports ready, so serve.run has returned once they listen)."""
+    import urllib.request
+
+    found = []
+    for port in ports:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                found.append(port)
+        except OSError:  # nothing listens there (connection refused): ports are handed out from the start
+            if found:
+                break
+    return found
 
 
 def _run_name(run_dir: str) -> str:
@@ -326,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1", help="HTTP host (default: 127.0.0.1)")
     sv.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000)")
     sv.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
+    sv.add_argument("--ingress", choices=("proxy", "direct"), default="proxy",
+                    help="proxy: requests reach the replicas through Serve's HTTP proxy on --port (Ray's "
+                         "default; one address for any number of replicas). direct: each replica also answers "
+                         "on its own port from --port + 1 (Serve's direct ingress, a local Ray only): one "
+                         "request through it took 3.0 ms against 11 ms through the proxy (README: Serving). "
+                         "(default: proxy)")
     sv.set_defaults(func=cmd_serve)
 
     pr = sub.add_parser("predict", help="batch inference over a Parquet data set with Ray Data",

@@ -224,8 +224,8 @@ class ServeOptions(Options):
     cpus_per_replica: float = _opt(1.0, "CPUs per replica", gt=0)
     gpus_per_replica: float = _opt(0.0, "GPUs per replica (0: CPU)", ge=0)
     max_batch_size: int = _opt(32, "requests batched into one forward", ge=1)
-    batch_wait_ms: float = _opt(0.0, "how long a batch waits to fill, in ms (0: a lone request goes at once; "
-                                "under load, requests that arrive during a forward still form the next batch)", ge=0)
+    batch_wait_ms: float = _opt(5.0, "how long a batch waits to fill, in ms, while other requests are in the "
+                                "replica; a lone request never waits", ge=0)
     max_instances: int = _opt(256, "instances allowed per request", ge=1)
     max_body_bytes: int = _opt(16 << 20, "request body limit in bytes; larger gets 413", ge=1)
     cascade: bool = _opt(False, "stop evaluating members once the answer cannot change")

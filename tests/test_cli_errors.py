@@ -147,3 +147,7 @@ def test_serve_refuses_bad_options_before_ray_starts(capsys, tmp_path):
     make_artifact(tmp_path / "run" / "ensemble")
     code, err = run_cli(capsys, ["serve", str(tmp_path / "run"), "--autoscale", "4:2"], None)
     assert code == 2 and err == ["boostray: error: --autoscale needs MIN <= MAX and MAX >= 1, got '4:2'"]
+    code, err = run_cli(capsys, ["serve", str(tmp_path / "run"), "--ingress", "direct", "--address", "127.0.0.1:1"], None)
+    assert code == 2 and err == ["boostray: error: --ingress direct needs the local Ray this command starts; on a "
+                                 "cluster, start every node with RAY_SERVE_ENABLE_DIRECT_INGRESS=1 instead (README: Serving)"]
+    assert "RAY_SERVE_ENABLE_DIRECT_INGRESS" not in os.environ  # refused before anything was set

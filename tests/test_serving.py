@@ -204,7 +204,11 @@ def test_killed_replica_is_replaced_and_requests_keep_being_answered(server, ray
     assert request(predict_url(server), {"instances": images[:1].tolist()})[0] == 200
 
 
-def test_serve_command_answers_then_shuts_down_on_ctrl_c(run_dir, tmp_path):
+@pytest.mark.parametrize("ingress", ["proxy", "direct"])
+def test_serve_command_answers_then_shuts_down_on_ctrl_c(run_dir, tmp_path, ingress):
+    """Both ingress modes answer on the proxy's port; direct ingress also on the replica's own port, with
+    the same predictions. Ctrl-C closes every port."""
+    import re
     import signal
     import subprocess
     import sys
@@ -213,20 +217,29 @@ def test_serve_command_answers_then_shuts_down_on_ctrl_c(run_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen(  # started as a background job of a shell starts it: with SIGINT ignored
         [os.path.join(os.path.dirname(sys.executable), "boostray"), "serve", run_dir, "--port", str(port),
-         "--cpus-per-replica", "0.25", "--model-name", "digits"],
+         "--cpus-per-replica", "0.25", "--model-name", "digits", "--ingress", ingress],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
-    lines = []
+    lines, ports = [], [port]
+    instances = {"instances": load_dataset("digits").test.images[:5].tolist()}
     try:
+        ready = "direct ingress:" if ingress == "direct" else "serving 'digits'"
         for line in proc.stdout:
             lines.append(line)
-            if line.startswith("serving 'digits'"):
+            if line.startswith(ready):
                 break
-        assert f"http://127.0.0.1:{port}/v1/models/digits:predict" in lines[-1], "".join(lines[-30:])
-        assert request(f"http://127.0.0.1:{port}/healthz")[0] == 200
-        status, body = request(predict_url(f"http://127.0.0.1:{port}", "digits"), {"instances": [np.zeros((8, 8)).tolist()]})
-        assert status == 200 and len(body["predictions"]) == 1
+        assert any(f"http://127.0.0.1:{port}/v1/models/digits:predict" in line for line in lines), "".join(lines[-30:])
+        if ingress == "direct":
+            ports += [int(p) for p in re.findall(r"http://127\.0\.0\.1:(\d+)", lines[-1])]
+            assert ports[1:] == [port + 1], lines[-1]
+        answers = []
+        for p in ports:
+            assert request(f"http://127.0.0.1:{p}/healthz")[0] == 200
+            status, body = request(predict_url(f"http://127.0.0.1:{p}", "digits"), instances)
+            assert status == 200 and len(body["predictions"]) == 5
+            answers.append(body["predictions"])
+        assert all(a == answers[0] for a in answers)
     except BaseException:  # a failed check must not leave a server (and its Ray) running for the rest of the suite
         proc.send_signal(signal.SIGINT)
         try:
@@ -238,5 +251,6 @@ def test_serve_command_answers_then_shuts_down_on_ctrl_c(run_dir, tmp_path):
     rest = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0, rest[-2000:]
     assert "shutting down" in rest
-    with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", port), timeout=2)
+    for p in ports:
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", p), timeout=2)

@@ -70,7 +70,19 @@ class EnsembleServer:
         self.shape = tuple(manifest["input_shape"])
         self.classes = manifest["classes"]
         self.predict_batch.set_max_batch_size(self.options.max_batch_size)
-        self.predict_batch.set_batch_wait_timeout_s(self.options.batch_wait_ms / 1000.0)
+        self.in_flight = 0  # requests in this replica between parsing and their answer
+
+    async def batched(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, float]:
+        """``predict_batch`` with a wait that depends on load: a lone request goes at once; while other
+        requests are in the replica (those of the forward now running among them) a batch waits up to
+        --batch-wait-ms for more. Serve reads the wait when a batch's first request arrives."""
+        self.in_flight += 1
+        try:
+            busy = self.in_flight > 1
+            self.predict_batch.set_batch_wait_timeout_s(self.options.batch_wait_ms / 1000.0 if busy else 0.0)
+            return await self.predict_batch(x)
+        finally:
+            self.in_flight -= 1
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def predict_batch(self, batches: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray | None, float]]:
@@ -125,7 +137,7 @@ class EnsembleServer:
         except RequestError as exc:
             return _error(exc.status, exc.message)
         parsed = time.perf_counter()
-        proba, used, forward_ms = await self.predict_batch(x)
+        proba, used, forward_ms = await self.batched(x)
         answered = time.perf_counter()
         response = JSONResponse({"predictions": format_predictions(proba, self.classes, top_k, used)})
         return _timed(response, started, parsed, answered, forward_ms)
@@ -177,7 +189,7 @@ class EnsembleServer:
                                              self.shape, self.options.max_instances)
         except RequestError as exc:
             return _error(exc.status, exc.message)
-        proba, _, _ = await self.predict_batch(parsed.pixels)
+        proba, _, _ = await self.batched(parsed.pixels)
         return JSONResponse(oip.infer_response(self.name, parsed, proba))
 
     @app.get("/v1/models/{name}")

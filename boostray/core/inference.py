@@ -4,7 +4,9 @@
 stack_module_state + functional_call + vmap, one batched kernel per layer) or as a loop; which is
 faster depends on device and batch size, so it is measured (bench/bench_serving.py) and chosen per device.
 ``cascade_predict`` evaluates members in order of weight and stops once the remaining weight cannot
-change any answer: its labels equal the full ensemble's.
+change any answer: its labels equal the full ensemble's. On a CPU the loop runs inference copies of the
+members (batch norm folded into the convolutions, channels-last): 1.4-1.6x faster for small_cnn at
+batches of 1-32, the same probabilities to about 1e-6.
 """
 
 from __future__ import annotations
@@ -102,8 +104,22 @@ def parse_top_k(payload: dict, num_classes: int) -> int | None:
 # -------------------------------------------------------------------------------------- the forward
 
 
+def inference_copy(net: torch.nn.Module) -> torch.nn.Module:
+    """An eval-only CPU copy of ``net``: batch norm folded into the preceding convolutions (torch.fx),
+    channels-last memory. A net that torch.fx cannot trace keeps its layers, channels-last only."""
+    from torch.fx.experimental.optimization import fuse
+
+    net = copy.deepcopy(net).eval()
+    try:
+        net = fuse(net)
+    except Exception:  # noqa: BLE001 - symbolic tracing fails on data-dependent control flow: keep it unfused
+        pass
+    return net.to(memory_format=torch.channels_last)
+
+
 class MemberStack:
-    """All members' softmax outputs for a batch, stacked (vmap) or in a loop."""
+    """All members' softmax outputs for a batch, stacked (vmap) or in a loop (on a CPU, over
+    ``inference_copy`` of each member)."""
 
     def __init__(self, ensemble: Ensemble, mode: str = "auto") -> None:
         self.ensemble = ensemble
@@ -121,19 +137,22 @@ class MemberStack:
             return torch.func.functional_call(self.base, (params, buffers), (x,))
 
         self._vmapped = torch.vmap(one, in_dims=(0, 0, None))
+        self.channels_last = self.mode == "loop" and self.device.type == "cpu"
+        self.nets = [inference_copy(m) for m in members] if self.channels_last else list(members)
 
     def normalize(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         x = torch.as_tensor(pixels, dtype=torch.float32, device=self.device)
-        return (x / 255.0 - self.mean) / self.std
+        x = (x / 255.0 - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def member_proba(self, pixels: np.ndarray | torch.Tensor, members: list[int] | None = None) -> np.ndarray:
         """(M, N, K) softmax outputs; ``members`` selects a subset (loop mode only)."""
         x = self.normalize(pixels)
         if self.mode == "stacked" and members is None:
             return torch.softmax(self._vmapped(self.params, self.buffers, x), dim=-1).cpu().numpy()
-        chosen = range(len(self.ensemble.members)) if members is None else members
-        return np.stack([torch.softmax(self.ensemble.members[i](x), dim=-1).cpu().numpy() for i in chosen])
+        chosen = range(len(self.nets)) if members is None else members
+        return np.stack([torch.softmax(self.nets[i](x), dim=-1).cpu().numpy() for i in chosen])
 
     def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
         return self.ensemble.combine(self.member_proba(pixels))
@@ -145,7 +164,7 @@ class CascadeResult:
     members_used: np.ndarray  # (N,)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def cascade_predict(stack: MemberStack, pixels: np.ndarray) -> CascadeResult:
     """Members by decreasing weight; a sample stops once its top vote leads the runner-up by more than
     all the weight still unspent (no remaining member can change its argmax). Soft and hard votes both
@@ -164,7 +183,7 @@ def cascade_predict(stack: MemberStack, pixels: np.ndarray) -> CascadeResult:
     for step, m in enumerate(order):
         if active.size == 0:
             break
-        p = torch.softmax(ens.members[m](x[torch.as_tensor(active, device=x.device)]), dim=-1).cpu().numpy().astype(np.float64)
+        p = torch.softmax(stack.nets[m](x[torch.as_tensor(active, device=x.device)]), dim=-1).cpu().numpy().astype(np.float64)
         if ens.vote_mode == "hard":
             p = np.eye(k)[p.argmax(1)]
         scores[active] += weights[step] * p

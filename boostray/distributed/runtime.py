@@ -16,6 +16,23 @@ def loopback_environment() -> None:
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
 
+DIRECT_INGRESS_PORTS = 64  # replica HTTP ports Serve may hand out per node under direct ingress
+
+
+def direct_ingress_environment(first_port: int) -> range:
+    """Must run before Ray starts: Serve's direct ingress (a Ray feature flag read by the controller and
+    every replica when they import Serve), where each ingress replica runs its own HTTP server on a port
+    from the returned range, so a request skips the proxy and its two Ray calls (the request, and the
+    replica's call back to the proxy for the body). The proxy keeps answering on its own port. A replica
+    drains for 1 s when it stops, not Serve's 30 s for external load balancers; both can be overridden."""
+    ports = range(first_port, first_port + DIRECT_INGRESS_PORTS)
+    os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
+    os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(ports.start)
+    os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(ports.stop)  # exclusive bound
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
+    return ports
+
+
 def cluster_address(address: str | None) -> str | None:
     return address or os.environ.get("RAY_ADDRESS") or None
 
