@@ -178,6 +178,42 @@ def test_concurrent_clients_are_all_answered(server, test_images):
     assert len(results) == 16 and all(status == 200 for status, _ in results)
 
 
+def test_a_lone_request_goes_at_once_and_a_busy_replica_waits_to_fill_a_batch(server, run_dir, test_images):
+    """--batch-wait-ms applies only while other requests are in the replica: with a 1.5 s wait, a lone
+    request is not held back, and among 8 concurrent ones some batch waits (Server-Timing's queue part)."""
+    from ray import serve
+
+    from boostray.apps.serving import build_app
+
+    serve.run(build_app({"run_dir": run_dir, "replicas": 1, "cpus_per_replica": 0.25, "batch_wait_ms": 1500}),
+              name="wait", route_prefix="/wait")
+    images, _ = test_images
+    url = predict_url(f"{server}/wait")
+
+    def queued_ms(i: int) -> float:
+        req = urllib.request.Request(url, data=json.dumps({"instances": images[i:i + 1].tolist()}).encode())
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            timing = dict(part.strip().split(";dur=") for part in resp.headers["Server-Timing"].split(","))
+        return float(timing["queue"])
+
+    try:
+        assert queued_ms(0) < 750  # alone: no wait
+        start, queued = threading.Barrier(8), []
+
+        def client(i: int) -> None:
+            start.wait()
+            queued.append(queued_ms(i))
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(queued) == 8 and max(queued) >= 750, queued
+    finally:
+        serve.delete("wait")
+
+
 def test_killed_replica_is_replaced_and_requests_keep_being_answered(server, ray_cluster, test_images):
     from ray import serve
     from ray.util.state import list_actors
