@@ -158,8 +158,7 @@ def bench_http(run_dir: str, images: np.ndarray, requests_per_level: int, ingres
     from ray import serve
 
     from boostray.apps.serving import build_app
-    from boostray.cli import _replica_ports
-    from boostray.distributed.runtime import ray_session
+    from boostray.distributed.runtime import ray_session, replica_ports
 
     payloads = [json.dumps({"instances": images[i:i + 1].tolist()}).encode() for i in range(min(len(images), 64))]
     name = json.load(open(os.path.join(run_dir, "ensemble", "manifest.json")))["name"]
@@ -171,7 +170,7 @@ def bench_http(run_dir: str, images: np.ndarray, requests_per_level: int, ingres
         for label, batch, wait in (("batching_on", 32, 5.0), ("batching_on_no_wait", 32, 0.0), ("batching_off", 1, 0.0)):
             serve.run(build_app({"run_dir": run_dir, "max_batch_size": batch, "batch_wait_ms": wait}),
                       name="bench", route_prefix="/")
-            target = port if ports is None else _replica_ports(ports)[0]  # a new replica takes a new port
+            target = port if ports is None else replica_ports(ports)[0]  # a new replica takes a new port
             _load(target, path, payloads, 4, 5)  # warm-up
             out[label] = [_load(target, path, payloads, c, max(1, requests_per_level // c)) for c in (1, 8, 32)]
             serve.delete("bench")

@@ -138,7 +138,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ray import serve
 
-    from boostray.distributed.runtime import cluster_address, direct_ingress_environment, ray_session
+    from boostray.distributed.runtime import cluster_address, direct_ingress_environment, ray_session, replica_ports
     from boostray.apps.serving import build_app
 
     if args.ingress == "direct" and cluster_address(args.address):
@@ -159,7 +159,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"serving {name!r} at http://{args.host}:{args.port}/v1/models/{name}:predict "
                   f"(docs: /docs); Ctrl-C stops", flush=True)
             if ports is not None:
-                found = _replica_ports(ports)
+                found = replica_ports(ports)
                 print(f"direct ingress: replicas answer at {', '.join(f'http://127.0.0.1:{p}' for p in found)} "
                       f"(the same routes, without the proxy; a replaced replica takes the next free port "
                       f"of {ports.start}-{ports.stop - 1})", flush=True)
@@ -169,22 +169,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         finally:
             serve.shutdown()
     return 0
-
-
-def _replica_ports(ports: range) -> list[int]:
-    """The ports of ``ports`` where a replica answers /healthz (Serve starts a replica's server before the
-    deployment reports ready, so serve.run has returned once they listen)."""
-    import urllib.request
-
-    found = []
-    for port in ports:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
-                found.append(port)
-        except OSError:  # nothing listens there (connection refused): ports are handed out from the start
-            if found:
-                break
-    return found
 
 
 def _run_name(run_dir: str) -> str:

@@ -139,3 +139,26 @@ def test_stacked_forward_equals_the_member_loop(tmp_path):
     stacked, loop = MemberStack(ens, "stacked"), MemberStack(ens, "loop")
     np.testing.assert_allclose(stacked.member_proba(x), loop.member_proba(x), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(stacked.predict_proba(x), loop.predict_proba(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "resnet20", "resnet18", "efficientnet_b0"])
+def test_inference_copies_fold_every_batch_norm_and_keep_the_outputs(name):
+    """Serving's CPU forward (MemberStack's loop) runs inference_copy of each member: no batch norm left,
+    channels-last, the same logits as the member in eval mode."""
+    from boostray.core.inference import inference_copy
+
+    torch.manual_seed(0)
+    net = create_model(name, num_classes=10, in_channels=3, image_size=32).eval()
+    for module in net.modules():  # batch norm that is not the identity, so that folding it is checked
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.8, 1.2)
+            module.weight.data.uniform_(0.8, 1.2)
+            module.bias.data.uniform_(-0.1, 0.1)
+    fast = inference_copy(net)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fast.modules())
+    x = torch.randn(4, 3, 32, 32)
+    with torch.inference_mode():
+        expected, got = net(x), fast(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())  # the member is untouched

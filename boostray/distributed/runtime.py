@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import urllib.request
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -31,6 +32,20 @@ def direct_ingress_environment(first_port: int) -> range:
     os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(ports.stop)  # exclusive bound
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
     return ports
+
+
+def replica_ports(ports: range) -> list[int]:
+    """The ports of ``ports`` where a replica answers /healthz (Serve starts a replica's server before the
+    deployment reports ready, so serve.run has returned once they listen)."""
+    found = []
+    for port in ports:
+        try:
+            with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/healthz", timeout=2):
+                found.append(port)
+        except OSError:  # nothing listens there (connection refused): ports are handed out from the start
+            if found:
+                break
+    return found
 
 
 def cluster_address(address: str | None) -> str | None:
