@@ -2,7 +2,8 @@
 
 The training split already lives in memory as a uint8 array, so a batch is one indexing operation on a
 tensor (on the training device), and random crop with zero padding plus horizontal flip are tensor ops
-over the batch: no per-sample Python, no DataLoader. The sample order is DistributedSampler's (seeded
+over the batch: no per-sample Python, no DataLoader. Where it augments, the split is padded once, so that
+gathering a batch and cropping it are a single indexing operation. The sample order is DistributedSampler's (seeded
 permutation per epoch, padded to a multiple of the world size, strided by rank), and the augmentation is
 drawn from a generator seeded by (seed, epoch, rank), so a resumed run replays it bit for bit.
 
@@ -35,25 +36,47 @@ def epoch_indices(n: int, epoch: int, seed: int, rank: int, world: int) -> torch
     return order[rank:total:world]
 
 
-def crop_and_flip(images: torch.Tensor, padding: int, hflip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Random crop of each (C, H, W) image out of its zero-padded version, and a horizontal flip with
-    probability 1/2 where ``hflip``; the same distribution as torchvision's RandomCrop(padding) +
-    RandomHorizontalFlip, drawn per image for the whole batch at once."""
-    b, c, h, w = images.shape
-    device = images.device
+def pad_images(images: torch.Tensor, padding: int) -> torch.Tensor:
+    """``images`` (N, C, H, W) with ``padding`` zero pixels on every side, contiguous."""
+    return torch.nn.functional.pad(images, (padding, padding, padding, padding)).contiguous()
+
+
+def crop_and_flip_padded(padded: torch.Tensor, rows: torch.Tensor, padding: int, hflip: bool,
+                         generator: torch.Generator) -> torch.Tensor:
+    """Random crops of the padded images ``padded[rows]`` (each the unpadded size, at an offset drawn
+    per image), flipped horizontally with probability 1/2 where ``hflip``: the distribution of
+    torchvision's RandomCrop(padding) + RandomHorizontalFlip, drawn for the whole batch at once.
+
+    The gather and the crop are one indexing operation over a strided view that holds every crop
+    offset of every image, so only three (batch-sized) index tensors are built, never one index per pixel.
+    """
+    b = rows.numel()
+    n, c, hp, wp = padded.shape
+    device = padded.device
     if padding:
-        padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
-        dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=device)
-        dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=device)
-        rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]
-        batch = torch.arange(b, device=device)[:, None, None, None]
-        chan = torch.arange(c, device=device)[None, :, None, None]
-        images = padded[batch, chan, rows, cols]
+        h, w, span = hp - 2 * padding, wp - 2 * padding, 2 * padding + 1
+        dy = torch.randint(0, span, (b,), generator=generator, device=device)
+        dx = torch.randint(0, span, (b,), generator=generator, device=device)
+        s = padded.stride()
+        offsets = padded.as_strided((n, span, span, c, h, w), (s[0], s[2], s[3], s[1], s[2], s[3]),
+                                    padded.storage_offset())
+        images = offsets[rows, dy, dx]
+    else:
+        images = padded[rows]
     if hflip:
         flip = torch.rand(b, generator=generator, device=device) < 0.5
-        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        if device.type == "cpu":  # flip only the chosen half, in place (``images`` is a fresh copy)
+            chosen = flip.nonzero().squeeze(1)
+            images[chosen] = images[chosen].flip(-1)
+        else:  # no host synchronisation on an accelerator
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
     return images
+
+
+def crop_and_flip(images: torch.Tensor, padding: int, hflip: bool, generator: torch.Generator) -> torch.Tensor:
+    """``crop_and_flip_padded`` of a batch that is not padded yet."""
+    rows = torch.arange(images.shape[0], device=images.device)
+    return crop_and_flip_padded(pad_images(images, padding), rows, padding, hflip, generator)
 
 
 def _augment_generator(device: torch.device, seed: int, epoch: int, rank: int) -> torch.Generator:
@@ -103,11 +126,13 @@ class TrainBatches:
                  hflip: bool = False) -> None:
         with warnings.catch_warnings():  # arrays from the object store are read-only; nothing writes them
             warnings.simplefilter("ignore", UserWarning)
-            self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+            images = torch.from_numpy(np.ascontiguousarray(images)).to(device)
             self.labels = torch.from_numpy(np.ascontiguousarray(labels)).to(device)
         self.n, self.batch_size, self.device = int(labels.shape[0]), batch_size, device
         self.seed, self.rank, self.world = seed, rank, world
         self.augment, self.crop_padding, self.hflip = augment, crop_padding, hflip
+        # Augmented batches are cut out of a copy padded once, here, not padded batch by batch.
+        self.images = pad_images(images, crop_padding) if augment else images
 
     def __len__(self) -> int:
         return math.ceil(math.ceil(self.n / self.world) / self.batch_size)
@@ -117,9 +142,10 @@ class TrainBatches:
         generator = _augment_generator(self.device, self.seed, epoch, self.rank)
         for start in range(0, index.numel(), self.batch_size):
             idx = index[start:start + self.batch_size]
-            x = self.images[idx]
             if self.augment:
-                x = crop_and_flip(x, self.crop_padding, self.hflip, generator)
+                x = crop_and_flip_padded(self.images, idx, self.crop_padding, self.hflip, generator)
+            else:
+                x = self.images[idx]
             yield x, self.labels[idx], idx
 
 
