@@ -138,7 +138,7 @@ class TrainConfig(Options):
     # compute
     workers: int = _opt(1, "Ray Train workers (DDP ranks); 0 trains in this process without Ray", ge=0)
     cpus_per_worker: float = _opt(1.0, "CPUs reserved per worker (and its torch threads)", gt=0)
-    gpu: bool = _opt(False, "one GPU per worker (NCCL); otherwise CPU workers (gloo)")
+    gpu: bool = _opt(False, "one GPU per worker (NCCL), or with --workers 0 this machine's GPU; otherwise CPU workers (gloo)")
     amp: Literal["bf16", "fp16"] | None = _opt(None, "autocast dtype on CUDA: bf16 or fp16")
     channels_last: bool = _opt(False, "channels-last memory format for training (faster convolutions on GPUs, and on "
                                "CPUs too: +24 %% images/s for small_cnn on 28x28 on one core here; evaluation passes "

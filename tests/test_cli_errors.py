@@ -43,6 +43,15 @@ def test_bad_options(capsys, tmp_path, args, message):
     assert not out.exists()
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has the GPU it asks for")
+def test_gpu_in_process_without_a_gpu(capsys, tmp_path):
+    out = tmp_path / "out"
+    code, err = run_cli(capsys, ["train", "--workers", "0", "--gpu"], out)
+    assert code == 2
+    assert len(err) == 1 and "--gpu with --workers 0 trains on this machine's GPU, and torch finds none" in err[0]
+    assert not out.exists()
+
+
 def bad_parquet(tmp_path, kind):
     images, labels = synthetic_images(20)
     folder = tmp_path / kind

@@ -70,6 +70,18 @@ def check_streamable(data: ImageDataset, config: TrainConfig) -> None:
                             f"workers: the training split has {groups}, fewer than --workers {config.workers}")
 
 
+def in_process_device(config: TrainConfig) -> str:
+    """Where ``--workers 0`` trains: this machine's GPU with ``--gpu``, else its CPU."""
+    if not config.gpu:
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("--gpu with --workers 0 trains on this machine's GPU, and torch finds none "
+                          "(torch.cuda.is_available() is False)")
+    return "cuda"
+
+
 def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list | None = None, *,
                  hold_after_round: int | None = None) -> BoostState:
     """Run the train loop and return rank 0's final state: on Ray Train, or for workers=0 without Ray
@@ -81,7 +93,8 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
         from boostray.core.engine import train_in_process
 
         _, _, ray_storage = resolve_paths(config)  # checkpoints as a Ray Train run keeps them: the same --name resumes
-        return train_in_process(config, data, checkpoint_dir=os.path.join(ray_storage, config.name))
+        return train_in_process(config, data, device=in_process_device(config),
+                                checkpoint_dir=os.path.join(ray_storage, config.name))
 
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -328,6 +341,8 @@ def train(config: TrainConfig, *, hold_after_round: int | None = None, tracker=N
     # a local run directory appears whole (rename); one at a URI is complete once its marker is there
     if storage.exists(storage.join(run_dir, storage.COMPLETE_MARKER) if storage.is_uri(run_dir) else run_dir):
         raise ConfigError(f"run {config.name!r} already finished in {run_dir}; pick another --name")
+    if config.workers == 0:
+        in_process_device(config)  # --gpu without one fails here, before any file
     data = load_training_data(config)  # bad data fails here, before Ray or any file
     check_streamable(data, config)
     if not storage.is_uri(output):
