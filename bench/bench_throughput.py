@@ -9,10 +9,14 @@ and the input path alone (no model):
   - per_sample: the path before batches.py: a per-sample torchvision RandomCrop/flip Dataset collated
                 by a DataLoader;
   - batched   : batches.TrainBatches, one gather and one crop/flip per batch.
-With CUDA, also each member's forward looped against vmap-stacked members (inference.MemberStack).
+and the train-set correctness pass (Engine.eval_correctness, error_source=eval) in images/s.
+With CUDA, also boostray's loop with --amp bf16, with channels-last + bf16 and, for resnet20, with
+--compile (its first, compiling epoch timed apart); the correctness pass under bf16; and each member's
+forward looped against vmap-stacked members (inference.MemberStack).
 32x32 RGB data is random pixels (CIFAR cannot be downloaded here; throughput does not depend on content).
 
-Usage: python bench/bench_throughput.py [--epochs N] [--threads T] [--device cpu|cuda] [--json-out F]
+Usage: python bench/bench_throughput.py [--repeat N] [--threads T] [--device cpu|cuda] [--data-dir D]
+       [--fashion-mnist-subset N] [--json-out F]
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from report_json import emit  # noqa: E402  (bench/, beside this script)
+from report_json import emit, emit_file  # noqa: E402  (bench/, beside this script)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -63,19 +67,45 @@ def per_sample_loader(data: ImageDataset, batch_size: int):
     return DataLoader(Indexed(), batch_size=batch_size, shuffle=True)
 
 
-def images_per_second(fn, images: int, repeat: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def images_per_second(fn, images: int, repeat: int, warmup: dict | None = None) -> float:
+    """Best of ``repeat`` timed calls after one untimed warm-up call (its seconds into ``warmup["s"]``)."""
+    first = _timed(fn)
+    if warmup is not None:
+        warmup["s"] = first
+    return images / min(_timed(fn) for _ in range(repeat))
+
+
+def interleaved_images_per_second(fns: dict, images: int, repeat: int) -> dict[str, float]:
+    """Like images_per_second for several loops, timed in turn round after round, so that a drift of the
+    machine (clocks, other load) during the measurement reaches all of them alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    best = {name: float("inf") for name in fns}
     for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - started)
-    return images / best
+        for name, fn in fns.items():
+            best[name] = min(best[name], _timed(fn))
+    return {name: images / seconds for name, seconds in best.items()}
 
 
-def bench_case(name: str, data: ImageDataset, model: str, batch_size: int, device: torch.device, repeat: int) -> dict:
+def cuda_variants(model: str) -> dict[str, dict]:
+    """TrainConfig overrides measured on CUDA besides the fp32 default."""
+    variants = {"bf16": {"amp": "bf16"}, "channels_last_bf16": {"amp": "bf16", "channels_last": True}}
+    if model == "resnet20":
+        variants["compile"] = {"compile": True}
+        variants["compile_bf16"] = {"compile": True, "amp": "bf16"}
+    return variants
+
+
+def bench_case(name: str, data: ImageDataset, model: str, batch_size: int, device: torch.device, repeat: int,
+               variants: bool) -> dict:
     n = len(data.train)
     out: dict = {"case": name, "model": model, "images": n, "batch_size": batch_size, "input_shape": list(data.input_shape)}
     loader = per_sample_loader(data, batch_size)
@@ -99,12 +129,26 @@ def bench_case(name: str, data: ImageDataset, model: str, batch_size: int, devic
             loss.backward()
             opt.step()
 
-    out["bare"] = images_per_second(bare_epoch, n, repeat)
-    config = TrainConfig(model=model, batch_size=batch_size, epochs=4, checkpoints=1, method="cbnn").resolved()
-    engine = Engine(config, data, store=LocalWeightStore(), device=device)
     weights = torch.full((n,), 1.0 / n, device=device)
-    out["boostray"] = images_per_second(lambda: engine.train_epoch(1, weights, record=False), n, repeat)
+
+    def engine_for(**overrides) -> Engine:
+        config = TrainConfig(model=model, batch_size=batch_size, epochs=4, checkpoints=1, method="cbnn",
+                             **overrides).resolved()
+        return Engine(config, data, store=LocalWeightStore(), device=device)
+
+    engine = engine_for()
+    out.update(interleaved_images_per_second(
+        {"bare": bare_epoch, "boostray": lambda: engine.train_epoch(1, weights, record=False)}, n, repeat))
     out["boostray_over_bare"] = out["boostray"] / out["bare"]
+    out["correctness_pass"] = images_per_second(engine.eval_correctness, n, repeat)
+    if variants:
+        for label, overrides in cuda_variants(model).items():
+            variant, warmup = engine_for(**overrides), {}
+            out[f"boostray_{label}"] = images_per_second(lambda: variant.train_epoch(1, weights, record=False),
+                                                         n, repeat, warmup)
+            out[f"boostray_{label}_first_epoch_s"] = warmup["s"]
+            if label == "bf16":
+                out["correctness_pass_bf16"] = images_per_second(variant.eval_correctness, n, repeat)
     return out
 
 
@@ -132,20 +176,33 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed epochs per figure; the best counts (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: one Ray worker's CPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--fashion-mnist-subset", type=int, default=4000, help="training images of the 28x28 case")
-    parser.add_argument("--json-out", help="also write the JSON here")
+    parser.add_argument("--fashion-mnist-subset", type=int, default=4000,
+                        help="training images of the 28x28 case (default 4000; 0: the whole training split)")
+    parser.add_argument("--variants", action=argparse.BooleanOptionalAction, default=None,
+                        help="also the bf16 / channels-last / compile variants (default: on CUDA only)")
+    parser.add_argument("--data-dir", help="Fashion-MNIST's IDX files (default: the Debian package's folder)")
+    parser.add_argument("--json-out", help="also write the JSON here (rewritten after each case)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.variants is None:
+        args.variants = device.type == "cuda"
     cases = [("digits 8x8 grey", load_dataset("digits"), "small_cnn", 64)]
     try:
-        cases.append(("fashion-mnist 28x28 grey", load_dataset("fashion-mnist", train_subset=args.fashion_mnist_subset),
+        subset = args.fashion_mnist_subset or None
+        cases.append(("fashion-mnist 28x28 grey", load_dataset("fashion-mnist", args.data_dir, train_subset=subset),
                       "small_cnn", 64))
     except Exception as exc:  # the Debian package is missing: say so, bench the rest
         print(f"skipping fashion-mnist: {exc}", file=sys.stderr)
     cases.append(("random 32x32 RGB", random_rgb(2000 if device.type == "cpu" else 20000), "resnet20", 128))
-    result = {"device": str(device), "threads": args.threads, "torch": torch.__version__,
-              "cases": [bench_case(name, data, model, bs, device, args.repeat) for name, data, model, bs in cases]}
+    result: dict = {"device": str(device), "threads": args.threads, "torch": torch.__version__, "cases": []}
+    if device.type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(device)
+    for name, data, model, bs in cases:
+        result["cases"].append(bench_case(name, data, model, bs, device, args.repeat, args.variants))
+        print(f"done: {name}", file=sys.stderr, flush=True)
+        if args.json_out:  # what a long run has measured so far survives its interruption
+            emit_file(result, args.json_out)
     if device.type == "cuda":
         result["member_forward"] = bench_stacked(device)
     emit(result, args.json_out)

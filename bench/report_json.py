@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 
 
+def emit_file(report: dict, json_out: str) -> None:
+    with open(json_out, "w") as f:
+        f.write(json.dumps(report, indent=2) + "\n")
+
+
 def emit(report: dict, json_out: str | None) -> None:
-    text = json.dumps(report, indent=2)
-    print(text)
+    print(json.dumps(report, indent=2))
     if json_out:
-        with open(json_out, "w") as f:
-            f.write(text + "\n")
+        emit_file(report, json_out)
