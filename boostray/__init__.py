@@ -1,8 +1,29 @@
 """boostray: an ensemble of a network's own checkpoints, boosted AdaBoost-style, for the training cost
-of one network (CBNN, Wang et al., NeurIPS 2021), on Ray Train, Tune and Serve."""
+of one network (CBNN, Wang et al., NeurIPS 2021), on Ray Train, Tune and Serve.
 
-from boostray.core.ensemble import Ensemble, load_ensemble
-from boostray.core.models import create_model, list_models
+The names below are imported on first use: a Ray actor that only needs ``boostray.distributed.weight_store``
+(the weight registry) then starts without importing PyTorch."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 __all__ = ["Ensemble", "load_ensemble", "create_model", "list_models", "__version__"]
+
+_LAZY = {"Ensemble": "boostray.core.ensemble", "load_ensemble": "boostray.core.ensemble",
+         "create_model": "boostray.core.models", "list_models": "boostray.core.models"}
+
+if TYPE_CHECKING:
+    from boostray.core.ensemble import Ensemble, load_ensemble
+    from boostray.core.models import create_model, list_models
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'boostray' has no attribute {name!r}")

@@ -65,6 +65,24 @@ def test_the_core_runs_where_ray_cannot_be_imported(tmp_path):
     assert out.stdout.strip().splitlines()[-1].startswith("members 2 ess 0.")
 
 
+def test_the_weight_registry_module_imports_without_torch():
+    """The weight registry is a Ray actor of its own: importing its module must not pull in PyTorch (about
+    1 s of CPU and 400 MB per process at a run's start), while the package's public names still work."""
+    script = textwrap.dedent("""
+        import sys
+        import boostray.distributed.weight_store
+        assert "torch" not in sys.modules, "torch imported"
+        import boostray
+        assert boostray.create_model("small_cnn", num_classes=3, in_channels=1, image_size=8) is not None
+        assert boostray.load_ensemble.__module__ == "boostray.core.ensemble"
+        from boostray import Ensemble, list_models
+        print(Ensemble.__name__, "small_cnn" in list_models())
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["Ensemble", "True"]
+
+
 def test_compiled_training_keeps_plain_member_state_dicts(digits):
     """--compile trains through torch.compile; members and checkpoints stay the plain network's."""
     from boostray.core.models import create_model
