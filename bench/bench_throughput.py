@@ -175,7 +175,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="timed epochs per figure; the best counts (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: one Ray worker's CPU)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu or cuda (default: cuda when PyTorch sees a GPU)")
     parser.add_argument("--fashion-mnist-subset", type=int, default=4000,
                         help="training images of the 28x28 case (default 4000; 0: the whole training split)")
     parser.add_argument("--variants", action=argparse.BooleanOptionalAction, default=None,
