@@ -75,24 +75,24 @@ def _timed(fn) -> float:
     return time.perf_counter() - started
 
 
-def images_per_second(fn, images: int, repeat: int, warmup: dict | None = None) -> float:
-    """Best of ``repeat`` timed calls after one untimed warm-up call (its seconds into ``warmup["s"]``)."""
-    first = _timed(fn)
-    if warmup is not None:
-        warmup["s"] = first
-    return images / min(_timed(fn) for _ in range(repeat))
-
-
-def interleaved_images_per_second(fns: dict, images: int, repeat: int) -> dict[str, float]:
-    """Like images_per_second for several loops, timed in turn round after round, so that a drift of the
+def images_per_second(fns: dict, images: int, repeat: int, warmup: dict | None = None) -> dict[str, float]:
+    """Each loop's images/s: the best of ``repeat`` timed calls after one untimed warm-up call (its seconds
+    into ``warmup[name]``). Several loops are timed in turn, round after round, so that a drift of the
     machine (clocks, other load) during the measurement reaches all of them alike."""
-    for fn in fns.values():
-        fn()  # warm-up
+    for name, fn in fns.items():
+        first = _timed(fn)
+        if warmup is not None:
+            warmup[name] = first
     best = {name: float("inf") for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
             best[name] = min(best[name], _timed(fn))
     return {name: images / seconds for name, seconds in best.items()}
+
+
+def rate(fn, images: int, repeat: int) -> float:
+    """``images_per_second`` of one loop."""
+    return images_per_second({"fn": fn}, images, repeat)["fn"]
 
 
 def cuda_variants(model: str) -> dict[str, dict]:
@@ -109,10 +109,10 @@ def bench_case(name: str, data: ImageDataset, model: str, batch_size: int, devic
     n = len(data.train)
     out: dict = {"case": name, "model": model, "images": n, "batch_size": batch_size, "input_shape": list(data.input_shape)}
     loader = per_sample_loader(data, batch_size)
-    out["input_per_sample"] = images_per_second(lambda: [None for _ in loader], n, repeat)
+    out["input_per_sample"] = rate(lambda: [None for _ in loader], n, repeat)
     batches = TrainBatches(data.train.images, data.train.labels, batch_size=batch_size, device=device, seed=0,
                            crop_padding=data.crop_padding, hflip=data.hflip)
-    out["input_batched"] = images_per_second(lambda: [None for _ in batches.epoch(0)], n, repeat)
+    out["input_batched"] = rate(lambda: [None for _ in batches.epoch(0)], n, repeat)
     out["input_speedup"] = out["input_batched"] / out["input_per_sample"]
 
     c, h, _ = data.input_shape
@@ -137,18 +137,19 @@ def bench_case(name: str, data: ImageDataset, model: str, batch_size: int, devic
         return Engine(config, data, store=LocalWeightStore(), device=device)
 
     engine = engine_for()
-    out.update(interleaved_images_per_second(
+    out.update(images_per_second(
         {"bare": bare_epoch, "boostray": lambda: engine.train_epoch(1, weights, record=False)}, n, repeat))
     out["boostray_over_bare"] = out["boostray"] / out["bare"]
-    out["correctness_pass"] = images_per_second(engine.eval_correctness, n, repeat)
+    out["correctness_pass"] = rate(engine.eval_correctness, n, repeat)
     if variants:
         for label, overrides in cuda_variants(model).items():
             variant, warmup = engine_for(**overrides), {}
-            out[f"boostray_{label}"] = images_per_second(lambda: variant.train_epoch(1, weights, record=False),
-                                                         n, repeat, warmup)
-            out[f"boostray_{label}_first_epoch_s"] = warmup["s"]
+            key = f"boostray_{label}"
+            out.update(images_per_second({key: lambda: variant.train_epoch(1, weights, record=False)}, n, repeat,
+                                         warmup))
+            out[f"{key}_first_epoch_s"] = warmup[key]
             if label == "bf16":
-                out["correctness_pass_bf16"] = images_per_second(variant.eval_correctness, n, repeat)
+                out["correctness_pass_bf16"] = rate(variant.eval_correctness, n, repeat)
     return out
 
 
@@ -167,7 +168,7 @@ def bench_stacked(device: torch.device) -> dict:
         stack = MemberStack(ens, mode)
         for batch in (1, 256):
             x = torch.randint(0, 256, (batch, 3, 32, 32), device=device).float()
-            out[f"{mode}_batch{batch}_images_per_s"] = images_per_second(lambda: stack.member_proba(x), batch, 20)
+            out[f"{mode}_batch{batch}_images_per_s"] = rate(lambda: stack.member_proba(x), batch, 20)
     return out
 
 

@@ -37,7 +37,9 @@ def epoch_indices(n: int, epoch: int, seed: int, rank: int, world: int) -> torch
 
 
 def pad_images(images: torch.Tensor, padding: int) -> torch.Tensor:
-    """``images`` (N, C, H, W) with ``padding`` zero pixels on every side, contiguous."""
+    """``images`` (N, C, H, W) with ``padding`` zero pixels on every side, contiguous (no copy for 0)."""
+    if not padding:
+        return images.contiguous()
     return torch.nn.functional.pad(images, (padding, padding, padding, padding)).contiguous()
 
 
