@@ -1,8 +1,6 @@
 """`python -m boostray ...` is the `boostray` command."""
 
-import sys
-
-from boostray.cli import main
+from boostray.cli import run_command
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command()

@@ -152,6 +152,8 @@ class TrainConfig(Options):
     output: str = _opt(os.path.join("~", "boostray_runs"), "folder that receives the run directory, or a storage URI "
                        "(file://, s3://, gs://, hdfs://; needs --workers 1 or more): Ray Train's checkpoints go there too")
     address: str | None = _opt(None, "Ray cluster to join (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
+    dashboard: bool = _opt(False, "run Ray's dashboard (http://127.0.0.1:8265) on the local Ray that this command "
+                           "starts: ten more Python processes at its start; no effect on a cluster")
     mlflow: str | None = _opt(None, "log the finished run to MLflow (the mlflow extra): a tracking URI, or auto "
                               "(a bare --mlflow): MLflow's embedded SQLite store under --output", min_length=1)
 

@@ -1,10 +1,13 @@
 """Real Ray Train runs: 2 DDP workers, a worker killed mid-run, a driver killed and resumed, and the
 main job's own loopback Ray instance."""
 
+import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import sys
 import threading
 import uuid
@@ -150,22 +153,60 @@ def test_driver_killed_and_rerun_with_same_name_resumes(ray_cluster, tmp_path):
     assert metrics["resumed_at_rounds"] and metrics["resumed_at_rounds"][0] >= 1
 
 
+def actors_started(ray_tmpdir: str) -> set[str]:
+    """Names of the actors a Ray instance ran, from its session logs (each actor's worker log names it)."""
+    logs = glob.glob(os.path.join(ray_tmpdir, "ray", "session_*", "logs", "worker-*.out"))
+    names = set()
+    for path in logs:
+        with open(path) as f:
+            names.update(line.strip().partition(":actor_name:")[2] for line in f if line.startswith(":actor_name:"))
+    return names
+
+
 def test_main_job_starts_its_own_ray_on_loopback_only(tmp_path):
-    env = {**os.environ, "HOME": str(tmp_path)}  # default --output is ~/boostray_runs
+    """`boostray train` starts a local Ray of its own, only on loopback, without the dashboard and
+    without Ray Train's helpers for shared clusters (owned_instance.py); it stops it at the end."""
+    ray_tmpdir = tempfile.mkdtemp(prefix="br-", dir="/tmp")  # Ray's socket paths must stay short
+    env = {**os.environ, "HOME": str(tmp_path), "RAY_TMPDIR": ray_tmpdir}  # default --output is ~/boostray_runs
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen([BOOSTRAY, "train", "--epochs", "3", "--checkpoints", "3", "--name", "main"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    listeners, lines = [], []
-    for line in proc.stdout:
-        lines.append(line)
-        if "epoch 2/3" in line and not listeners:  # training is running: every Ray port is open
-            listeners = ray_listeners()
-    assert proc.wait() == 0, "".join(lines[-40:])
+    try:
+        proc = subprocess.Popen([BOOSTRAY, "train", "--epochs", "3", "--checkpoints", "3", "--name", "main"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        listeners, lines = [], []
+        for line in proc.stdout:
+            lines.append(line)
+            if "epoch 2/3" in line and not listeners:  # training is running: every Ray port is open
+                listeners = ray_listeners()
+        assert proc.wait() == 0, "".join(lines[-40:])
+        actors = actors_started(ray_tmpdir)
+        dashboard_modules = glob.glob(os.path.join(ray_tmpdir, "ray", "session_*", "logs", "dashboard_StateHead.log"))
+    finally:
+        shutil.rmtree(ray_tmpdir, ignore_errors=True)
     assert listeners, "found no Ray listeners to check"
     assert [l for l in listeners if not is_loopback(l[1])] == []
     out = "".join(lines)
     assert "validation: ensemble of" in out and "final network alone" in out
     assert os.path.isfile(tmp_path / "boostray_runs" / "main" / "ensemble" / "manifest.json")
+    assert {"TrainController", "RayTrainWorker", "SynchronizationActor", "WeightRegistry"} <= actors, actors
+    assert not actors & {"PlacementGroupCleaner", "DatasetManager", "PreemptionWatcher"}, actors
+    assert dashboard_modules == []  # no --dashboard
+
+
+def test_a_trainer_on_an_owned_instance_leaves_out_the_cluster_helpers(ray_cluster):
+    """Ray Train's default callbacks, read from Ray itself: if a Ray upgrade renames the helpers or the
+    private method that builds them, this fails (and the run would quietly start them again)."""
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from boostray.distributed.owned_instance import OwnedInstanceTorchTrainer
+
+    def names(cls) -> set[str]:
+        trainer = cls(lambda: None, scaling_config=ScalingConfig(num_workers=1))
+        return {type(c).__name__ for c in trainer._create_default_callbacks()}
+
+    plain, owned = names(TorchTrainer), names(OwnedInstanceTorchTrainer)
+    assert {"PlacementGroupCleanerCallback", "DatasetsCallback", "BackendSetupCallback"} <= plain
+    assert plain - owned == {"PlacementGroupCleanerCallback", "DatasetsCallback"}
 
 
 def test_the_private_ray_helpers_of_the_loopback_backend_are_still_there():

@@ -119,7 +119,7 @@ class SweepConfig(_Strict):
         if not isinstance(train, dict):
             raise ConfigError("train must be a mapping of boostray train options")
         return parse_options(train, unknown=lambda key: f"unknown key 'train.{key}'", where="train.{key}",
-                             exclude=("name", "output", "address"))
+                             exclude=("name", "output", "address", "dashboard"))
 
     @model_validator(mode="after")
     def _check_together(self) -> "SweepConfig":

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import threading
 import urllib.request
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Sequence
 
 LOOPBACK = "127.0.0.1"
+_owned = False  # whether Ray runs as a local instance that ray_session started in this process
 
 
 def loopback_environment() -> None:
@@ -54,14 +57,48 @@ def cluster_address(address: str | None) -> str | None:
 
 @contextmanager
 def ray_session(address: str | None = None, *, num_cpus: int | None = None,
-                object_store_bytes: int = 1 << 30) -> Iterator[bool]:
+                object_store_bytes: int = 1 << 30, dashboard: bool = True,
+                preload: Sequence[str] = ()) -> Iterator[bool]:
     """Join ``address`` (or RAY_ADDRESS), or start a loopback-only local Ray; yields whether this
-    call started Ray (and so shuts it down on exit). An already initialised Ray is reused as is."""
+    call started Ray (and so shuts it down on exit). An already initialised Ray is reused as is.
+    ``dashboard``: whether a local instance runs Ray's dashboard (and the state API it serves).
+    ``preload``: modules to import on a helper thread while Ray starts, which is mostly waiting for
+    Ray's processes to come up (importing Ray Train takes about 1 s here)."""
+    global _owned
     import ray
 
     if ray.is_initialized():
         yield False
         return
+    importing = _import_meanwhile(preload)
+    try:
+        _start(address, num_cpus, object_store_bytes, dashboard)
+    finally:
+        importing.join()
+    _owned = not cluster_address(address)
+    try:
+        yield True
+    finally:
+        _owned = False
+        ray.shutdown()
+
+
+def _import_meanwhile(modules: Sequence[str]) -> threading.Thread:
+    def run() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - shows again, with its traceback, where the module is used
+                return
+
+    thread = threading.Thread(target=run, name="boostray-preload", daemon=True)
+    thread.start()
+    return thread
+
+
+def _start(address: str | None, num_cpus: int | None, object_store_bytes: int, dashboard: bool) -> None:
+    import ray
+
     target = cluster_address(address)
     if target:
         ray.init(address=target, log_to_driver=True)
@@ -70,7 +107,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         ray.init(
             num_cpus=num_cpus,
             object_store_memory=object_store_bytes,
-            include_dashboard=True,  # serves the state API (Ray Train's cleanup and `ray list` use it)
+            include_dashboard=dashboard,
             dashboard_host=LOOPBACK,
             _node_ip_address=LOOPBACK,
             log_to_driver=True,
@@ -78,9 +115,15 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
                 "GLOO_SOCKET_IFNAME": "lo",  # gloo's pair sockets on loopback
                 # Ray Train gives a worker group 60 s to start; a loaded machine needs more
                 "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600"),
+                # no cloud node under a local run is preempted: one helper actor fewer (owned_instance.py)
+                "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"),
             }},
         )
-    try:
-        yield True
-    finally:
-        ray.shutdown()
+
+
+def owns_local_instance() -> bool:
+    """Whether Ray is a local instance that this process started and stops (not a cluster it joined):
+    Ray Train can then leave out its helpers for shared clusters (owned_instance.py)."""
+    import ray
+
+    return _owned and ray.is_initialized()

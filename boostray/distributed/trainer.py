@@ -100,6 +100,8 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from boostray.distributed.owned_instance import OwnedInstanceTorchTrainer
+    from boostray.distributed.runtime import owns_local_instance
     from boostray.distributed.train_loop import train_loop_per_worker
     from boostray.core.weights import LocalWeightStore
     from boostray.distributed.weight_store import RayWeightStore
@@ -115,7 +117,8 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
         data_ref = data
     else:
         data_ref = ray.put(data)
-    trainer = TorchTrainer(
+    trainer_class = OwnedInstanceTorchTrainer if owns_local_instance() else TorchTrainer
+    trainer = trainer_class(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "data": data_ref, "store": store,
                            "members_dir": storage.join(ray_storage, config.name, MEMBERS_FOLDER),
@@ -260,9 +263,10 @@ def write_sample_weights(path: str, state: BoostState, data: ImageDataset) -> No
 
 
 def start_up_timing(stamps: dict[str, float], state: BoostState) -> dict[str, float]:
-    """Where a run's wall time went, in seconds: loading the data, starting Ray, from fit() to the first
-    epoch (Train controller, worker group, data to the workers, model set-up), the training loop (with
-    its per-round evaluation and checkpoints), from the last round to fit() returning, stopping Ray."""
+    """Where a run's wall time went, in seconds: loading the data, starting Ray (with Ray Train's import
+    alongside), from fit() to the first epoch (Train controller, worker group, data to the workers, model
+    set-up), the training loop (with its per-round evaluation and checkpoints), from the last round to
+    fit() returning, stopping Ray."""
     began, ended = (state.loop_wall + [math.nan, math.nan])[:2]
     return {"load_data": stamps["data"] - stamps["start"], "ray_start": stamps["ray"] - stamps["data"],
             "to_first_epoch": began - stamps["ray"], "training_loop": ended - began,
@@ -348,8 +352,9 @@ def train(config: TrainConfig, *, hold_after_round: int | None = None, tracker=N
     if not storage.is_uri(output):
         os.makedirs(output, exist_ok=True)
     stamps["data"] = time.time()
-    # workers=0 trains in this process without Ray
-    with ray_session(config.address) if config.workers else contextlib.nullcontext():
+    # workers=0 trains in this process without Ray. With Ray, Ray Train's import runs while Ray's processes start
+    preload = ("ray.train.torch", "boostray.distributed.owned_instance", "boostray.distributed.train_loop")
+    with ray_session(config.address, dashboard=config.dashboard, preload=preload) if config.workers else contextlib.nullcontext():
         stamps["ray"] = time.time()
         state = run_training(config, data, hold_after_round=hold_after_round)
         stamps["fit"] = time.time()
