@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 
+from report_json import emit  # bench/, beside this script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET_OVERHEAD_S = 15.0
 VARIANTS = {  # name -> extra `boostray train` arguments
@@ -82,11 +84,7 @@ def main() -> None:
     out = {"command": "boostray train --output OUT --name run [variant's options]", "runs": args.runs,
            "target": f"process wall <= training loop + {TARGET_OVERHEAD_S:g} s",
            "variants": {name: {"summary": summarise(runs), "runs": runs} for name, runs in results.items()}}
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            f.write(text + "\n")
+    emit(out, args.json_out)
 
 
 if __name__ == "__main__":

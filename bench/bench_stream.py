@@ -10,7 +10,6 @@ thread, no Ray), from memory and then streamed. About 10 minutes here.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -22,6 +21,7 @@ import torch
 from boostray.config import TrainConfig
 from boostray.core.data import load_dataset
 from boostray.core.engine import train_in_process
+from report_json import emit  # bench/, beside this script
 
 FOLDER = os.path.join(os.environ.get("TMPDIR", "/tmp"), "boostray-fmnist-parquet")
 
@@ -56,11 +56,7 @@ def main() -> None:
                 "load_s": round(load, 2), "train_seconds": round(state.train_seconds, 2),
                 "test_acc": state.members[-1].test_accuracy, "peak_groups": state.peak_chunks_held})
             out["samples_train"] = len(data.train)
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            f.write(text + "\n")
+    emit(out, args.json_out)
 
 
 if __name__ == "__main__":
