@@ -262,6 +262,9 @@ class PredictOptions(Options):
 
 
 FIELDS = TrainConfig.model_fields
+#: options that say where a run goes and what runs it, not what it trains: a finished run is reused, and
+#: a comparison's or sweep's runs share them, whatever their values
+PLACEMENT_OPTIONS = ("output", "address", "dashboard")
 REMOVED_KEYS = {"loader_workers"}  # batches are gathered in memory now (batches.py): no DataLoader workers
 PRESET_KEYS = tuple(k for k, f in FIELDS.items() if (f.json_schema_extra or {}).get("preset"))
 

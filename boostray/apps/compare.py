@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import yaml
 
-from boostray.config import FIELDS, TrainConfig, coerce_option, saved_options
+from boostray.config import FIELDS, PLACEMENT_OPTIONS, TrainConfig, coerce_option, saved_options
 from boostray.errors import ConfigError
 
 
@@ -39,7 +39,7 @@ def parse_methods(text: str) -> list[MethodSpec]:
         for pair in [p for p in rest.split("+") if p]:
             key, eq, value = pair.partition("=")
             key = key.strip().replace("-", "_")
-            if not eq or key not in FIELDS or key in ("method", "seed", "name", "output", "address", "dashboard"):
+            if not eq or key not in FIELDS or key in ("method", "seed", "name", *PLACEMENT_OPTIONS):
                 raise ConfigError(f"--methods: bad override {pair!r} in {item!r} (use method:key=value+key=value)")
             try:
                 overrides[key] = coerce_option(key, yaml.safe_load(value))
@@ -97,7 +97,7 @@ def check_finished_run_matches(config: TrainConfig) -> None:
     with open(saved_path) as f:
         saved = saved_options(yaml.safe_load(f) or {})
     wanted = {k: v for k, v in config.resolved().to_dict().items() if k != "name"}
-    changed = sorted(k for k in wanted if k not in ("output", "address", "dashboard", "mlflow") and saved.get(k, wanted[k]) != wanted[k])
+    changed = sorted(k for k in wanted if k not in (*PLACEMENT_OPTIONS, "mlflow") and saved.get(k, wanted[k]) != wanted[k])
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted[k]!r}" for k in changed)
         raise ConfigError(f"finished run {run_dir} was trained with other options ({detail}); use another --report folder")

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from boostray.core import storage
-from boostray.config import TrainConfig, coerce_option, describe_error, load_yaml_mapping, parse_options
+from boostray.config import PLACEMENT_OPTIONS, TrainConfig, coerce_option, describe_error, load_yaml_mapping, parse_options
 from boostray.errors import ConfigError, require_extra
 
 SEARCHABLE = {
@@ -119,7 +119,7 @@ class SweepConfig(_Strict):
         if not isinstance(train, dict):
             raise ConfigError("train must be a mapping of boostray train options")
         return parse_options(train, unknown=lambda key: f"unknown key 'train.{key}'", where="train.{key}",
-                             exclude=("name", "output", "address", "dashboard"))
+                             exclude=("name", *PLACEMENT_OPTIONS))
 
     @model_validator(mode="after")
     def _check_together(self) -> "SweepConfig":

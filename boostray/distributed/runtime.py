@@ -72,10 +72,9 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         return
     importing = _import_meanwhile(preload)
     try:
-        _start(address, num_cpus, object_store_bytes, dashboard)
+        _owned = _start(address, num_cpus, object_store_bytes, dashboard)
     finally:
         importing.join()
-    _owned = not cluster_address(address)
     try:
         yield True
     finally:
@@ -96,29 +95,31 @@ def _import_meanwhile(modules: Sequence[str]) -> threading.Thread:
     return thread
 
 
-def _start(address: str | None, num_cpus: int | None, object_store_bytes: int, dashboard: bool) -> None:
+def _start(address: str | None, num_cpus: int | None, object_store_bytes: int, dashboard: bool) -> bool:
+    """ray.init; returns whether it started a local instance (rather than joining a cluster)."""
     import ray
 
     target = cluster_address(address)
     if target:
         ray.init(address=target, log_to_driver=True)
-    else:
-        loopback_environment()
-        ray.init(
-            num_cpus=num_cpus,
-            object_store_memory=object_store_bytes,
-            include_dashboard=dashboard,
-            dashboard_host=LOOPBACK,
-            _node_ip_address=LOOPBACK,
-            log_to_driver=True,
-            runtime_env={"env_vars": {
-                "GLOO_SOCKET_IFNAME": "lo",  # gloo's pair sockets on loopback
-                # Ray Train gives a worker group 60 s to start; a loaded machine needs more
-                "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600"),
-                # no cloud node under a local run is preempted: one helper actor fewer (owned_instance.py)
-                "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"),
-            }},
-        )
+        return False
+    loopback_environment()
+    ray.init(
+        num_cpus=num_cpus,
+        object_store_memory=object_store_bytes,
+        include_dashboard=dashboard,
+        dashboard_host=LOOPBACK,
+        _node_ip_address=LOOPBACK,
+        log_to_driver=True,
+        runtime_env={"env_vars": {
+            "GLOO_SOCKET_IFNAME": "lo",  # gloo's pair sockets on loopback
+            # Ray Train gives a worker group 60 s to start; a loaded machine needs more
+            "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600"),
+            # no cloud node under a local run is preempted: one helper actor fewer (owned_instance.py)
+            "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"),
+        }},
+    )
+    return True
 
 
 def owns_local_instance() -> bool:
