@@ -102,10 +102,17 @@ def format_summary(run_dir: str, metrics: dict) -> str:
         f"temperature {metrics['temperature']:.3f}), final network alone {test['single_accuracy']:.4f}",
         f"train_seconds {metrics['train_seconds']:.1f}, wall_seconds {metrics['wall_seconds']:.1f}",
     ]
+    if "shipped" in metrics:  # runs written before these records have neither
+        lines.append(f"shipped: {metrics['shipped']['reason']}")
+        lines.append(f"regime: {metrics['diagnostics']['regime']}")
     if gain < 0:
         lines.append(f"warning: on validation the ensemble is {-gain:.2f} points WORSE than its own final network; "
                      "deploy the final network (--combine final), or use a longer budget or --combine greedy")
     return "\n".join(lines)
+
+
+# every method of the same budget, against one network on both schedules, with the M x cost ceiling
+DEFAULT_COMPARE_METHODS = "single,single:schedule=step,checkpoint,snapshot,fge,swa,cbnn,cbnn-tail,deep"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -371,8 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "and write a report folder: results.md/.csv (mean +- std over seeds), PNG plots, report.html. "
                         "A method may carry overrides: cbnn:eta=0.1+error_source=running. Rerunning the same "
                         "command skips finished runs.")
-    cp.add_argument("--methods", default="single,checkpoint,snapshot,fge,swa,cbnn",
-                    help="comma-separated methods (default: single,checkpoint,snapshot,fge,swa,cbnn)")
+    cp.add_argument("--methods", default=DEFAULT_COMPARE_METHODS,
+                    help=f"comma-separated methods; deep trains M networks, M x the cost (default: {DEFAULT_COMPARE_METHODS})")
     cp.add_argument("--seeds", type=int, default=3, help="seeds per method (default: 3)")
     cp.add_argument("--report", default=os.path.join("~", "boostray_runs", "compare"), help="report folder")
     add_train_options(cp, budgets=True)

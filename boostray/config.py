@@ -94,12 +94,16 @@ class TrainConfig(Options):
                               "groups dealt to the workers in a seeded permutation each epoch)", ge=1)
     # model and method
     model: str = _opt("small_cnn", "model name from the registry (see 'boostray models')")
-    method: str = _opt("cbnn", "a preset of the four method axes below: cbnn (the default: plain training to half the "
-                       "budget, then a restart cycle per round with SAMME at eta 0.1, members weighted equally); cbnn-paper (the paper's form); snapshot-boost; baselines single, checkpoint, snapshot, "
-                       "fge, swa. Any axis given explicitly wins over the preset")
-    schedule: Literal["decay", "restart", "fge", "swa"] | None = _opt(
-        None, "LR schedule: decay (one cosine over the budget), restart (a cosine cycle per round: every member at "
-        "an LR minimum), fge (decay, then a triangular cycle per round), swa", preset=True)
+    method: str = _opt("cbnn-tail", "a preset of the four method axes below: cbnn-tail (the default: the single "
+                       "network's cosine schedule, SAMME re-weighting at eta 0.1 from half the budget on, members "
+                       "from the tail chosen greedily from the final network on validation; the final network alone "
+                       "when no member helps); cbnn (the paper's form); snapshot-boost; baselines single, checkpoint, "
+                       "snapshot, fge, swa; deep (M independent networks, M x the cost). Any axis given explicitly "
+                       "wins over the preset")
+    schedule: Literal["decay", "step", "restart", "fge", "swa"] | None = _opt(
+        None, "LR schedule: decay (one cosine over the budget), step (LR / 10 at 50 %% and at 75 %% of the budget, "
+        "the papers' single baseline), restart (a cosine cycle per round: every member at an LR minimum), fge "
+        "(decay, then a triangular cycle per round), swa", preset=True)
     placement: Literal["spread", "tail"] | None = _opt(
         None, "where the rounds end: spread (evenly over the budget) or tail (plain training until member 1 at "
         "--first-member x epochs, the other rounds evenly after it)", preset=True)
@@ -108,10 +112,15 @@ class TrainConfig(Options):
     reweight: Literal["none", "samme"] | None = _opt(
         None, "re-weighting of the samples at each round's end: none or samme (AdaBoost SAMME with --eta)", preset=True)
     combine: Literal["lambda", "uniform", "greedy", "final"] | None = _opt(
-        None, "how members combine: lambda (lambda_m-weighted), uniform, greedy (selection with replacement on "
-        "validation data, never below the best member there), final (last network only)", preset=True)
+        None, "which members enter the ensemble and with what weight: lambda (lambda_m-weighted), uniform, greedy "
+        "(selection with replacement on validation data, grown from the final network; the final network alone "
+        "when no member helps, or when the selection does not beat it cross-fitted), final (last network only)",
+        preset=True)
     restart_lr: float | None = _opt(None, "restart schedule: peak LR of each cycle after member 1, as a fraction of "
                                     "--lr, in (0, 1] (default 1)", preset=True, gt=0, le=1)
+    deep_budget: Literal["full", "split"] = _opt(
+        "full", "method deep: each of the M networks trains the whole budget (full: M x the cost of one) or "
+        "E/M epochs (split: the cost of one)")
     calibrate: bool | None = _opt(None, "fit one temperature for the ensemble's probabilities on validation data "
                                   "(NLL); on unless the preset says otherwise", preset=True)
     epochs: int = _opt(12, "training budget E in epochs, shared by all checkpoints", ge=1)
@@ -199,7 +208,7 @@ class TrainConfig(Options):
         from boostray.core.methods import AXES, create_method
 
         return create_method(self.method, epochs=self.epochs, checkpoints=self.checkpoints,
-                             **{k: getattr(self, k) for k in AXES})
+                             deep_budget=self.deep_budget, **{k: getattr(self, k) for k in AXES})
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()

@@ -5,8 +5,8 @@ import pytest
 
 from boostray.core.boosting import apply_temperature, checkpoint_weight, clamp_error, vote
 from boostray.core.combine import (
-    crossfit_halves, crossfit_proba, fit_combination, fit_temperature, fit_weights, greedy_selection,
-    lambda_from_validation,
+    _score, choose_combination, crossfit_halves, crossfit_proba, fit_combination, fit_temperature, fit_weights,
+    greedy_selection, lambda_from_validation,
 )
 from boostray.core.metrics import accuracy, nll
 
@@ -23,16 +23,16 @@ def noisy_members(rng, n=400, k=5, m=5, skill=(0.9, 0.7, 0.6, 0.55, 0.5)):
 
 
 @pytest.mark.parametrize("seed", range(20))
-def test_greedy_selection_is_never_below_its_start_member_on_the_data_it_fits(seed):
+def test_greedy_selection_is_never_below_the_final_member_on_the_data_it_fits(seed):
     rng = np.random.default_rng(seed)
     skill = tuple(rng.uniform(0.3, 0.9, 4))
     proba, labels = noisy_members(rng, n=int(rng.integers(20, 300)), m=4, skill=skill)
     counts = greedy_selection(proba, labels)
-    member_acc = [accuracy(p, labels) for p in proba]
     assert counts.sum() >= 1 and counts.min() >= 0
-    assert accuracy(vote(proba, counts), labels) >= max(member_acc)
-    start = max(range(4), key=lambda i: (member_acc[i], -nll(proba[i], labels), i))
-    assert counts[start] >= 1  # it starts from the best member
+    assert counts[-1] >= 1  # it starts from the final network
+    assert _score(vote(proba, counts), labels) >= _score(proba[-1], labels)
+    if counts.sum() == 1:  # nothing added: exactly the final network
+        assert counts.tolist() == [0, 0, 0, 1]
 
 
 def test_greedy_selection_adds_complementary_members_and_leaves_out_a_useless_one():
@@ -42,9 +42,9 @@ def test_greedy_selection_adds_complementary_members_and_leaves_out_a_useless_on
     b = eye[[0, 1, 2, 0, 2, 2]] * 0.6 + 0.4 / 3  # wrong on sample 4
     c = eye[[0, 1, 2, 0, 1, 0]] * 0.6 + 0.4 / 3  # wrong on sample 5
     bad = eye[[1, 2, 0, 1, 2, 0]] * 0.9 + 0.1 / 3
-    proba = np.stack([a, b, c, bad])
+    proba = np.stack([bad, a, b, c])  # c is the final network
     counts = greedy_selection(proba, labels)
-    assert counts[3] == 0 and (counts[:3] > 0).all()  # the vote of a, b, c fixes every single mistake
+    assert counts[0] == 0 and (counts[1:] > 0).all()  # the vote of a, b, c fixes every single mistake
     assert accuracy(vote(proba, counts), labels) == 1.0
 
 
@@ -88,3 +88,37 @@ def test_crossfit_scores_each_half_with_the_combination_fitted_on_the_other():
     for fit, score in ((a := crossfit_halves(600)[0], crossfit_halves(600)[1]), (crossfit_halves(600)[1], a)):
         comb = fit_combination("greedy", proba[:, fit], labels[fit], num_classes=5)
         np.testing.assert_allclose(oof[score], comb.predict_proba(proba[:, score]))
+
+
+def test_greedy_ships_the_final_network_alone_when_no_member_helps_and_says_so():
+    rng = np.random.default_rng(3)
+    proba, labels = noisy_members(rng, n=600, m=3, skill=(0.3, 0.35, 0.95))  # weak early members, strong final
+    choice = choose_combination("greedy", proba, labels, num_classes=5)
+    assert choice.rule == "final" and choice.combination.weights.tolist() == [0, 0, 1]
+    assert "final network alone" in choice.reason
+
+
+def test_greedy_ships_the_selection_when_it_holds_the_final_networks_accuracy_out_of_fold():
+    rng = np.random.default_rng(4)
+    proba, labels = noisy_members(rng, n=2000, m=4, skill=(0.7, 0.7, 0.7, 0.7))  # independent mistakes: averaging pays
+    choice = choose_combination("greedy", proba, labels, num_classes=5)
+    assert choice.rule == "greedy" and (choice.combination.weights > 0).sum() >= 2
+    oof = crossfit_proba("greedy", proba, labels, num_classes=5, calibrate=False)
+    assert accuracy(oof, labels) >= accuracy(proba[-1], labels)
+    assert f"{accuracy(oof, labels):.4f}" in choice.reason
+
+
+def test_a_selection_that_loses_out_of_fold_falls_back_to_the_final_network():
+    """On each half a different member fits by chance, so the selection fitted on one half hurts the
+    other: the cross-fitted check catches what the in-sample selection cannot."""
+    rng = np.random.default_rng(5)
+    n = 400
+    proba, labels = noisy_members(rng, n=n, m=2, skill=(0.6, 0.8))
+    noise = np.eye(5)[(labels + 1) % 5]
+    a, b = crossfit_halves(n)
+    proba[0, a] = np.eye(5)[labels[a]] * 0.9 + 0.02  # member 0 is confidently right on one half ...
+    proba[0, b] = noise[b] * 0.5 + 0.1  # ... and mildly wrong on the other
+    assert greedy_selection(proba, labels).tolist() == [1, 1]  # in sample, it looks like it helps
+    choice = choose_combination("greedy", proba, labels, num_classes=5)
+    assert choice.rule == "final" and choice.combination.weights.tolist() == [0, 1]
+    assert "cross-fitted against the final network's" in choice.reason

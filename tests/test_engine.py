@@ -32,6 +32,19 @@ def test_engine_trains_boosts_and_captures_members_in_process(digits):
     assert state.members[-1].test_accuracy > 0.8
 
 
+def test_deep_trains_independent_networks_the_first_of_which_is_the_single_network(digits):
+    single = train_in_process(TrainConfig(epochs=3, checkpoints=1, method="single", seed=2), digits)
+    deep = train_in_process(TrainConfig(epochs=3, checkpoints=3, method="deep", seed=2), digits)
+    assert [m.epoch for m in deep.members] == [3, 6, 9] and len(deep.epoch_log) == 9  # 3x the budget
+    for key, value in single.member_states[0].items():  # network 1: the single run's seed, batches and schedule
+        np.testing.assert_array_equal(value.numpy(), deep.member_states[0][key].numpy())
+    first, second = deep.member_states[0]["0.weight"], deep.member_states[1]["0.weight"]
+    assert not torch.equal(first, second)  # network 2 started from its own initialisation
+    quarter = 0.05 * 0.25  # the LR after 2 of 3 epochs of a cosine from 0.05: each network runs its own
+    assert [e["lr"] for e in deep.epoch_log[1::3]] == pytest.approx([quarter] * 3)
+    assert 0 < deep.probe_val_accuracy <= 1 and 0 < single.probe_val_accuracy <= 1
+
+
 def test_same_seed_same_run_in_process(digits):
     config = TrainConfig(epochs=2, checkpoints=2, method="snapshot", seed=5)
     a, b = train_in_process(config, digits), train_in_process(config, digits)

@@ -131,12 +131,34 @@ def test_resolved_config_records_every_axis_of_its_preset():
     assert (paper.lambda_source, paper.calibrate, paper.combine, paper.placement) == ("train", False, "lambda", "spread")
 
 
-def test_default_cbnn_boosts_restart_cycles_in_the_budgets_second_half():
+def test_default_trains_the_single_schedule_and_boosts_gently_from_half_the_budget():
     from boostray.config import TrainConfig
 
-    m = create_method("cbnn", epochs=96, checkpoints=4)
-    assert m.boundaries() == [48, 64, 80, 96] and m.reweights and m.combine == "uniform"
-    assert m.lr_factor(0) == 1.0 and m.lr_factor(48) == 1.0 and m.lr_factor(64 - 1e-9) == pytest.approx(0.0, abs=1e-6)
+    m = create_method("cbnn-tail", epochs=96, checkpoints=4)
+    single = create_method("single", epochs=96, checkpoints=4)
+    assert m.boundaries() == [48, 64, 80, 96] and m.reweights and m.combine == "greedy"
+    assert all(m.lr_factor(t) == single.lr_factor(t) for t in (0, 30.5, 48, 63.9, 95))  # no restart
     resolved = TrainConfig().resolved()
-    assert (resolved.method, resolved.eta, resolved.lambda_source, resolved.calibrate) == ("cbnn", 0.1, "val", True)
+    assert (resolved.method, resolved.eta, resolved.lambda_source, resolved.calibrate) == ("cbnn-tail", 0.1, "val", True)
     assert TrainConfig(eta=0.3).resolved().eta == 0.3  # an explicit option wins over the preset
+    paper = TrainConfig(method="cbnn").resolved()  # the paper's form, one option away
+    assert (paper.schedule, paper.placement, paper.combine, paper.lambda_source) == ("decay", "spread", "lambda", "train")
+
+
+def test_step_schedule_divides_the_lr_by_ten_at_half_and_three_quarters():
+    m = create_method("single", epochs=20, checkpoints=1, schedule="step")
+    assert [m.lr_factor(t) for t in (0, 9.99, 10, 14.99, 15, 19.99)] == [1.0, 1.0, 0.1, 0.1, 0.01, 0.01]
+
+
+@pytest.mark.parametrize("budget,epochs_each,total", [("full", 10, 30), ("split", 3, 9)])
+def test_deep_runs_the_whole_schedule_once_per_network(budget, epochs_each, total):
+    m = create_method("deep", epochs=10, checkpoints=3, deep_budget=budget)
+    assert m.independent and m.network_epochs == epochs_each and m.total_epochs == total
+    assert m.boundaries() == [epochs_each, 2 * epochs_each, total]
+    for r in range(3):  # every network starts at the peak LR and decays to ~0 by its end
+        start = m.network_start(r)
+        assert m.lr_factor(start) == 1.0 and m.lr_factor(start + epochs_each - 1e-9) == pytest.approx(0.0, abs=1e-6)
+    assert m.network_start(2) < m.probe_epoch() < total  # probed inside the last network's schedule
+    assert m.describe()["cost"] == total / 10
+    with pytest.raises(ConfigError, match="not boosted"):
+        create_method("deep", epochs=10, checkpoints=3, reweight="samme")

@@ -12,6 +12,7 @@ import base64
 import csv
 import html
 import json
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -160,7 +161,10 @@ def run_comparison(base: TrainConfig, specs: list[MethodSpec], seeds: int, out_d
 # --------------------------------------------------------------------------------------------- report
 
 FIGURES = ("val_crossfit_accuracy", "val_crossfit_nll", "val_crossfit_ece", "error", "nll", "ece", "balanced_accuracy",
-           "disagreement", "train_seconds", "val_accuracy", "val_balanced_accuracy", "members")
+           "disagreement", "train_seconds", "val_accuracy", "val_balanced_accuracy", "members", "cost",
+           "val_disagreement", "diversity_ratio", "late_gain")
+# the baselines every method is set against: one network on the cosine schedule and on the papers' step schedule
+BASELINES = (("single", "vs single"), ("single:schedule=step", "vs single (step)"))
 # (key, header, scale, format) of the Markdown/HTML table; the CSV has every figure
 COLUMNS = (
     ("val_crossfit_accuracy", "val acc. (cross-fit)", 100, "{:.2f} ± {:.2f} %"),
@@ -172,6 +176,8 @@ COLUMNS = (
     ("balanced_accuracy", "balanced acc.", 100, "{:.2f} ± {:.2f} %"),
     ("disagreement", "disagreement", 100, "{:.2f} ± {:.2f} %"),
     ("members", "members", 1, "{:.1f} ± {:.1f}"),
+    ("diversity_ratio", "diversity ratio", 1, "{:.2f} ± {:.2f}"),
+    ("late_gain", "late gain", 100, "{:+.2f} ± {:.2f}"),
     ("train_seconds", "train s", 1, "{:.1f} ± {:.1f}"),
     ("val_balanced_accuracy", "val bal. acc.", 100, "{:.2f} ± {:.2f} %"),
 )
@@ -179,6 +185,7 @@ COLUMNS = (
 
 def _row(metrics: dict) -> dict:
     test, val = metrics["test"], metrics["val"]
+    diag = metrics.get("diagnostics", {})  # runs written before the diagnostics: NaN
     crossfit = metrics.get("val_crossfit") or {"accuracy": val["accuracy"], "nll": val["nll"], "ece": val["ece"]}
     return {
         "val_crossfit_accuracy": crossfit["accuracy"], "val_crossfit_nll": crossfit["nll"], "val_crossfit_ece": crossfit["ece"],
@@ -186,12 +193,31 @@ def _row(metrics: dict) -> dict:
         "balanced_accuracy": test["balanced_accuracy"], "disagreement": test["disagreement"],
         "train_seconds": metrics["train_seconds"], "val_accuracy": val["accuracy"],
         "val_balanced_accuracy": val["balanced_accuracy"], "members": len(test["member_accuracy"]),
+        "cost": metrics.get("cost", 1.0),  # runs written before the record: one network's budget
+        "val_disagreement": diag.get("disagreement", math.nan), "diversity_ratio": diag.get("diversity_ratio", math.nan),
+        "late_gain": diag.get("late_gain", math.nan),
     }
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
     a = np.asarray(values, dtype=np.float64)
-    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+    if np.isnan(a).all():
+        return float("nan"), float("nan")
+    return float(np.nanmean(a)), float(np.nanstd(a, ddof=1)) if np.count_nonzero(~np.isnan(a)) > 1 else 0.0
+
+
+def shown(label: str, cost: float) -> str:
+    """A method's label as tables and plots show it: marked with its cost when that is not one network's."""
+    return label if abs(cost - 1.0) < 1e-9 else f"{label} ({cost:g}x cost)"
+
+
+def baseline_gaps(table: list[dict]) -> None:
+    """Add to each row its test accuracy minus each baseline's (BASELINES), in points; None where the
+    baseline was not run."""
+    errors = {row["method"]: row["error"] for row in table}
+    for row in table:
+        for label, _ in BASELINES:
+            row[f"gap_{label}"] = (errors[label] - row["error"]) * 100 if label in errors else None
 
 
 def summary_table(specs: list[MethodSpec], results: list[RunResult]) -> list[dict]:
@@ -204,6 +230,7 @@ def summary_table(specs: list[MethodSpec], results: list[RunResult]) -> list[dic
         for key in FIGURES:
             entry[key], entry[f"{key}_std"] = _mean_std([r[key] for r in rows])
         table.append(entry)
+    baseline_gaps(table)
     return table
 
 
@@ -236,8 +263,15 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _main_rows(table: list[dict]) -> tuple[list[str], list[list[str]]]:
-    header = ["method", *[h for _, h, _, _ in COLUMNS]]
-    rows = [[row["method"], *[fmt.format(row[k] * scale, row[f"{k}_std"] * scale) for k, _, scale, fmt in COLUMNS]]
+    header = ["method", *[h for _, h, _, _ in COLUMNS[:4]], *[h for _, h in BASELINES], *[h for _, h, _, _ in COLUMNS[4:]]]
+
+    def gap(value: float | None) -> str:
+        return "–" if value is None else f"{value:+.2f}"
+
+    rows = [[shown(row["method"], row["cost"]),
+             *[fmt.format(row[k] * scale, row[f"{k}_std"] * scale) for k, _, scale, fmt in COLUMNS[:4]],
+             *[gap(row[f"gap_{label}"]) for label, _ in BASELINES],
+             *[fmt.format(row[k] * scale, row[f"{k}_std"] * scale) for k, _, scale, fmt in COLUMNS[4:]]]
             for row in table]
     return header, rows
 
@@ -256,11 +290,15 @@ def _combination_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
               f"{r['val_nll']:.4f}", f"{r['test_accuracy'] * 100:.2f} ± {r['test_std'] * 100:.2f} %"] for r in rows])
 
 
+def _cost(spec: MethodSpec, results: list[RunResult]) -> float:
+    return max((r.metrics.get("cost", 1.0) for r in results if r.spec == spec), default=1.0)
+
+
 def budget_table(specs: list[MethodSpec], results: list[RunResult], budgets: list[int]) -> list[dict]:
     """Per method and budget: validation (cross-fitted) and test error, mean and std over seeds."""
     out = []
     for spec in specs:
-        entry: dict = {"method": spec.label}
+        entry: dict = {"method": spec.label, "cost": _cost(spec, results)}
         for e in budgets:
             rows = [_row(r.metrics) for r in results if r.spec == spec and r.epochs == e]
             if rows:
@@ -274,7 +312,7 @@ def _budget_rows(table: list[dict], budgets: list[int]) -> tuple[list[str], list
     header = ["method", *[f"{what} error, {e} ep." for e in budgets for what in ("val", "test")]]
     rows = []
     for entry in table:
-        cells = [entry["method"]]
+        cells = [shown(entry["method"], entry["cost"])]
         for e in budgets:
             for what in ("val", "test"):
                 key = f"{what}_error_{e}"
@@ -324,7 +362,7 @@ def make_plots(out_dir: str, base: TrainConfig, specs: list[MethodSpec], results
                 xs = [e for e in budgets if f"{what}_error_{e}" in entry]
                 ys = [entry[f"{what}_error_{e}"] * 100 for e in xs]
                 err = [entry[f"{what}_error_{e}_std"] * 100 for e in xs]
-                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=short(entry["method"]))
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=short(shown(entry["method"], entry["cost"]), 44))
             ax.set(xscale="log", xlabel="budget (epochs)", ylabel="error (%)", title=f"{title} error vs budget")
             ax.set_xticks(budgets, [str(b) for b in budgets])
             ax.minorticks_off()  # the log axis' own minor labels (2x10^1, ...) would overlap the budgets
@@ -337,7 +375,7 @@ def make_plots(out_dir: str, base: TrainConfig, specs: list[MethodSpec], results
         if staged:
             length = min(len(x) for x in staged)
             mean = np.mean([x[:length] for x in staged], axis=0)
-            ax.plot(range(1, length + 1), mean, marker="o", label=short(spec.label))
+            ax.plot(range(1, length + 1), mean, marker="o", label=short(shown(spec.label, _cost(spec, at_top)), 44))
     ax.set(xlabel="members", ylabel="test accuracy", title=f"Ensemble accuracy vs number of members ({top} epochs)")
     ax.legend(fontsize=8)
     save(fig, "staged_accuracy.png", f"Ensemble test accuracy using the first k members, {top} epochs (mean over seeds)")
@@ -345,8 +383,8 @@ def make_plots(out_dir: str, base: TrainConfig, specs: list[MethodSpec], results
     fig, ax = plt.subplots(figsize=(6, 4))
     for spec in specs:
         method = base.replace(**spec.overrides, method=spec.method, epochs=top).resolved().build_method()
-        t = np.linspace(0, top, 400, endpoint=False)
-        ax.plot(t, [base.lr * method.lr_factor(x) for x in t], label=short(spec.label))
+        t = np.linspace(0, method.total_epochs, 400, endpoint=False)
+        ax.plot(t, [base.lr * method.lr_factor(x) for x in t], label=short(shown(spec.label, _cost(spec, at_top)), 44))
     ax.set(xlabel="epoch", ylabel="learning rate", title=f"LR schedule of each method ({top} epochs)")
     ax.legend(fontsize=8)
     save(fig, "lr_schedules.png", "The learning-rate schedule of each method over the same budget")
@@ -388,13 +426,17 @@ def write_report(out_dir: str, base: TrainConfig, specs: list[MethodSpec], resul
     budgets = sorted({r.epochs for r in results})
     tables = {e: summary_table(specs, [r for r in results if r.epochs == e]) for e in budgets}
     with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["epochs", "method", "seeds", *[c for k in FIGURES for c in (k, f"{k}_std")]])
+        writer = csv.DictWriter(f, fieldnames=["epochs", "method", "seeds", *[c for k in FIGURES for c in (k, f"{k}_std")],
+                                               *[f"gap_{label}" for label, _ in BASELINES]])
         writer.writeheader()
         writer.writerows({"epochs": e, **row} for e in budgets for row in tables[e])
     setup = _setup(base, results, budgets)
     note = ("Validation columns are cross-fitted: a combination that fits on validation data (greedy selection, "
             "lambda from validation error, the temperature) is fitted on one half and scored on the other, both ways. "
-            "Mean ± std over seeds.")
+            "Mean ± std over seeds. 'vs single' columns: test accuracy minus that of one network on the cosine or "
+            "the step schedule, in points. A method marked 'Nx cost' trains N times the budget. Diversity ratio: "
+            "the members' disagreement on validation over their mean error; late gain: the final network's "
+            "validation accuracy gain over the last quarter of its schedule (points; rising means compute-limited).")
     sections = []  # (title, header, rows)
     if len(budgets) > 1:
         sections.append(("Error against budget", *_budget_rows(budget_table(specs, results, budgets), budgets)))

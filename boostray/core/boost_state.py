@@ -60,6 +60,7 @@ class BoostState:
     loop_wall: list[float] = field(default_factory=list)  # wall clock (time.time) when this session's loop began and ended
     placements: list[list[str]] = field(default_factory=list)  # per worker group that trained: each rank's Ray node id
     peak_chunks_held: int = 0  # --stream: most training chunks (row groups) rank 0 held at once
+    probe_val_accuracy: float = float("nan")  # the last network's validation accuracy at 3/4 of its schedule
 
     @classmethod
     def initial(cls, n: int) -> "BoostState":

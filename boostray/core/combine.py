@@ -4,14 +4,16 @@ Pure NumPy, no torch, no Ray. Member probabilities are (M, n, K) arrays on the v
 
 - ``fit_weights``: ``lambda`` (lambda_m, from the boosting step or from each member's validation error),
   ``uniform``, ``final`` (the last member alone) or ``greedy``: ensemble selection with replacement
-  (Caruana et al., ICML 2004), started from the member with the best validation accuracy and growing
-  only while validation accuracy (then NLL) improves, so it is never below that member on the data it
-  was fitted on.
+  (Caruana et al., ICML 2004), started from the final network and growing only while validation
+  accuracy (then NLL) improves, so it is never below the final network on the data it was fitted on.
 - ``fit_temperature``: one temperature T for the combined probabilities, softmax(log p / T), by
   minimising validation NLL (Guo et al. 2017); argmax, hence accuracy, is unchanged.
 - ``crossfit``: a rule that fits on validation data cannot be scored on the same samples. Fit on one
   half and predict the other, both ways; the out-of-fold predictions score the rule as fairly as a
   rule that fits nothing.
+- ``choose_combination``: the combination a run ships. For ``greedy`` that is the selection only when
+  it is at least as accurate as the final network out of fold; otherwise the final network alone, with
+  the reason in one line.
 """
 
 from __future__ import annotations
@@ -46,14 +48,14 @@ def _score(proba: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 
 def greedy_selection(member_proba: np.ndarray, labels: np.ndarray, mode: str = "soft",
                      max_steps: int | None = None) -> np.ndarray:
-    """Selection counts per member (with replacement); the weights are these counts."""
+    """Selection counts per member (with replacement), started from the final (last) member; the
+    weights are these counts. Starting from the final network rather than the best-scoring member means
+    a selection that adds nothing is exactly the network one plain training run would ship."""
     p = np.asarray(member_proba, dtype=np.float64)
     m = p.shape[0]
-    scores = [_score(p[i], labels) for i in range(m)]
-    start = max(range(m), key=lambda i: (scores[i], i))  # ties: the later (longer trained) member
     counts = np.zeros(m, dtype=np.int64)
-    counts[start] = 1
-    best = scores[start]
+    counts[-1] = 1
+    best = _score(p[-1], labels)
     for _ in range(max_steps if max_steps is not None else 4 * m):
         trials = []
         for i in range(m):
@@ -157,3 +159,37 @@ def crossfit_proba(rule: str, member_proba: np.ndarray, labels: np.ndarray, *, n
 def scores(proba: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {"accuracy": accuracy(proba, labels), "nll": nll(proba, labels),
             "ece": expected_calibration_error(proba, labels)}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The combination a run ships, the rule behind it, and one line saying why."""
+
+    combination: Combination
+    rule: str
+    reason: str
+
+
+def choose_combination(rule: str, member_proba: np.ndarray, labels: np.ndarray, *, num_classes: int,
+                       lambdas: np.ndarray | None = None, crossfit_lambdas: np.ndarray | None = None,
+                       mode: str = "soft", calibrate: bool = True) -> Choice:
+    """``rule``'s combination fitted on the whole validation split; for ``greedy``, the final network
+    alone unless the selection holds at least the final network's accuracy out of fold (cross-fitted)."""
+    fitted = fit_combination(rule, member_proba, labels, num_classes=num_classes, lambdas=lambdas, mode=mode,
+                             calibrate=calibrate)
+    used = int((fitted.weights > 0).sum())
+    if rule != "greedy":
+        return Choice(fitted, rule, f"{rule} combination of {used} member(s)")
+    final_only = fit_combination("final", member_proba, labels, num_classes=num_classes, mode=mode, calibrate=calibrate)
+    if fitted.weights[:-1].sum() == 0:
+        return Choice(final_only, "final", "no member improved on the final network on validation: "
+                                           "shipped the final network alone")
+    oof = crossfit_proba(rule, member_proba, labels, num_classes=num_classes, lambdas=crossfit_lambdas, mode=mode,
+                         calibrate=False)
+    ensemble_acc, final_acc = accuracy(oof, labels), accuracy(member_proba[-1], labels)
+    if ensemble_acc < final_acc:
+        return Choice(final_only, "final", f"the greedy selection ({used} members) scored {ensemble_acc:.4f} "
+                                           f"cross-fitted against the final network's {final_acc:.4f}: shipped "
+                                           "the final network alone")
+    return Choice(fitted, rule, f"greedy selection of {used} members from {member_proba.shape[0]}: "
+                                f"{ensemble_acc:.4f} cross-fitted against the final network's {final_acc:.4f}")

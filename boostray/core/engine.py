@@ -260,12 +260,33 @@ class Engine:
         return state
 
     # -- rounds -------------------------------------------------------------------------------------
+    def reinitialise(self, r: int) -> None:
+        """A fresh network for round ``r`` of independent networks: its own initialisation (seed + r, the
+        same on every rank), and an optimizer without momentum. The LR schedule restarts by itself
+        (Method.lr_factor); the parameters are copied in place, so a DDP or compiled wrapper keeps them."""
+        c, h, _ = self.data.input_shape
+        torch.manual_seed(self.config.seed + r)
+        fresh = create_model(self.config.model, num_classes=self.data.num_classes, in_channels=c, image_size=h)
+        with torch.no_grad():
+            self.net.load_state_dict(fresh.state_dict())
+        self.optimizer.state.clear()
+
+    def probe(self, state: BoostState, clock: dict) -> None:
+        """The network's validation accuracy at 3/4 of the last network's schedule (diagnostics'
+        late_gain); its time stays out of train_seconds, like every pass made for the record."""
+        started = time.perf_counter()
+        state.probe_val_accuracy = accuracy(self.predict_proba(self.data.val.images).numpy(), self.data.val.labels)
+        clock["record_seconds"] += time.perf_counter() - started
+
     def train_round(self, state: BoostState, r: int, weights: torch.Tensor, clock: dict) -> tuple | None:
         """The epochs of round ``r`` (0-based), with a progress line each; returns the last epoch's
         on-the-fly correctness when error_source is running."""
         config, method = self.config, self.method
         bounds = method.boundaries()
         start, end = (bounds[r - 1] if r else 0), bounds[r]
+        total = method.total_epochs
+        if method.independent and r > 0:
+            self.reinitialise(r)
         recorded = None
         for epoch in range(start, end):
             record = method.reweights and config.error_source == "running" and epoch == end - 1
@@ -275,11 +296,13 @@ class Engine:
             recorded = rec if rec is not None else recorded
             session = time.perf_counter() - clock["started"]
             elapsed, done = clock["seconds_before"] + session, epoch + 1
-            eta_s = session / (done - clock["first_epoch"]) * (config.epochs - done)
+            eta_s = session / (done - clock["first_epoch"]) * (total - done)
             stats.update(epoch=done, round=r + 1, elapsed=elapsed)
             state.epoch_log.append(stats)
+            if done == method.probe_epoch():
+                self.probe(state, clock)
             if self.rank == 0:
-                emit(f"epoch {done}/{config.epochs} round {r + 1}/{config.checkpoints} "
+                emit(f"epoch {done}/{total} round {r + 1}/{config.checkpoints} "
                      f"loss {stats['loss']:.4f} acc {stats['accuracy']:.4f} lr {stats['lr']:.4g} "
                      f"elapsed {elapsed:.1f}s eta {eta_s:.1f}s")
         return recorded
@@ -340,9 +363,9 @@ class Engine:
         state.weights = np.array(synced)  # a copy: the object store hands out read-only views
         bounds = method.boundaries()
         clock = {"started": time.perf_counter(), "first_epoch": bounds[state.rounds_done - 1] if state.rounds_done else 0,
-                 "seconds_before": state.train_seconds}
+                 "seconds_before": state.train_seconds, "record_seconds": 0.0}
         for r in range(state.rounds_done, config.checkpoints):
-            round_start = time.perf_counter()
+            round_start, clock["record_seconds"] = time.perf_counter(), 0.0
             weights = torch.as_tensor(state.weights, dtype=torch.float32, device=self.device)
             recorded = self.train_round(state, r, weights, clock)
             state.weights_history.append(np.asarray(state.weights, dtype=np.float32))
@@ -352,7 +375,7 @@ class Engine:
             else:
                 out = RoundOutcome(train_accuracy=state.epoch_log[-1]["accuracy"])
             state.ess.append(effective_sample_size(state.weights))
-            state.train_seconds += time.perf_counter() - round_start - out.record_seconds
+            state.train_seconds += time.perf_counter() - round_start - out.record_seconds - clock["record_seconds"]
             val_p = self.capture(state, r, out)  # evaluation for the record: not part of train_seconds
             state.rounds_done = r + 1
             if isinstance(self.batches, ChunkedBatches):

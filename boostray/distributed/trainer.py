@@ -22,7 +22,8 @@ import numpy as np
 from boostray.core import storage
 from boostray.core.boost_state import BoostState
 from boostray.core.boosting import vote
-from boostray.core.combine import Combination, crossfit_proba, fit_combination, scores
+from boostray.core.combine import Choice, choose_combination, crossfit_proba, fit_combination, scores
+from boostray.core.diagnostics import diagnostics
 from boostray.config import TrainConfig
 from boostray.core.data import ImageDataset, load_training_data
 from boostray.core.ensemble import write_ensemble
@@ -171,11 +172,13 @@ def describe_failure(exc: BaseException, config: TrainConfig, run_storage: str) 
             f"--name {config.name} to resume {where}; --max-failures N lets Ray Train replace lost workers itself")
 
 
-def combine_members(state: BoostState, data: ImageDataset, config: TrainConfig) -> Combination:
-    """The deployed combination: the run's rule and temperature, fitted on the whole validation split."""
+def combine_members(state: BoostState, data: ImageDataset, config: TrainConfig) -> Choice:
+    """The deployed combination: the run's rule and temperature, fitted on the whole validation split
+    (greedy: the final network alone unless the selection holds its accuracy cross-fitted)."""
     lambdas = np.array([m.lambda_ for m in state.members])
-    return fit_combination(config.combine, np.stack(state.val_proba), data.val.labels, num_classes=data.num_classes,
-                           lambdas=lambdas, mode=config.vote, calibrate=config.calibrate)
+    return choose_combination(config.combine, np.stack(state.val_proba), data.val.labels, num_classes=data.num_classes,
+                              lambdas=lambdas, crossfit_lambdas=crossfit_alphas(state, config), mode=config.vote,
+                              calibrate=config.calibrate)
 
 
 def crossfit_alphas(state: BoostState, config: TrainConfig) -> np.ndarray | None:
@@ -199,11 +202,11 @@ def rule_figures(rule: str, state: BoostState, data: ImageDataset, config: Train
             "test": scores(fitted.predict_proba(test_p, config.vote), data.test.labels)}
 
 
-def build_metrics(state: BoostState, data: ImageDataset, config: TrainConfig, combination: Combination) -> dict:
-    """metrics.json: per member and ensemble figures of the method reference's "What to record", for
-    the deployed combination (members of weight 0 left out), plus every other combination rule's
-    figures over the same members."""
-    k = data.num_classes
+def build_metrics(state: BoostState, data: ImageDataset, config: TrainConfig, choice: Choice) -> dict:
+    """metrics.json: per member and ensemble figures (lambda, errors, accuracy, NLL, ECE, staged accuracy,
+    disagreement, effective sample size), for the deployed combination (members of weight 0 left out),
+    every other combination rule's figures over the same members, and the regime diagnostics."""
+    k, combination = data.num_classes, choice.combination
     keep = combination.weights > 0
     splits = {}
     for name, split, proba in (("val", data.val, state.val_proba), ("test", data.test, state.test_proba)):
@@ -215,14 +218,19 @@ def build_metrics(state: BoostState, data: ImageDataset, config: TrainConfig, co
         single = state.last_val_proba if name == "val" else state.last_test_proba
         report["single_accuracy"] = accuracy(single, split.labels)  # the final network alone
         splits[name] = report
-    rule = rule_figures(config.combine, state, data, config)
+    rule = rule_figures(choice.rule, state, data, config)
+    method = config.build_method()
     members = [{**m.to_json(), "weight": float(w)} for m, w in zip(state.members, combination.weights)]
     return {
         "method": config.method,
-        "method_axes": config.build_method().describe(),
+        "method_axes": method.describe(),
+        "cost": method.total_epochs / method.epochs,  # training epochs over the budget E: deep full is M
         "dataset": config.dataset,
         "model": config.model,
         "samples": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        "shipped": {"rule": choice.rule, "members": int((combination.weights > 0).sum()), "reason": choice.reason},
+        "diagnostics": diagnostics(np.stack(state.val_proba), data.val.labels,
+                                   accuracy(state.last_val_proba, data.val.labels), state.probe_val_accuracy),
         "members": members,
         "temperature": combination.temperature,
         "ess": state.ess,
@@ -282,7 +290,8 @@ def write_run_directory(run_dir: str, state: BoostState, data: ImageDataset, con
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
-        combination = combine_members(state, data, config)
+        choice = combine_members(state, data, config)
+        combination = choice.combination
         kept = [i for i, w in enumerate(combination.weights) if w > 0]
         c, h, w = data.input_shape
         write_ensemble(
@@ -306,7 +315,7 @@ def write_run_directory(run_dir: str, state: BoostState, data: ImageDataset, con
                 "dataset": config.dataset,
             },
         )
-        metrics = build_metrics(state, data, config, combination)
+        metrics = build_metrics(state, data, config, choice)
         metrics["wall_seconds"] = wall_seconds
         if timing is not None:
             metrics["timing_seconds"] = {**timing, "other": wall_seconds - sum(
