@@ -17,24 +17,33 @@ from boostray.core.data import load_dataset, normalize
 from boostray.errors import ConfigError
 
 TINY = ["--workers", "0", "--epochs", "4", "--checkpoints", "2"]
+METHODS = "single,single:schedule=step,checkpoint,snapshot,fge,swa,cbnn,cbnn-tail,deep"
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
-    methods = "single,checkpoint,snapshot,fge,swa,cbnn,cbnn:eta=0.1"
-    assert main(["compare", *TINY, "--methods", methods, "--seeds", "2", "--report", str(out)]) == 0
+    assert main(["compare", *TINY, "--methods", METHODS, "--seeds", "2", "--report", str(out)]) == 0
     return out
 
 
 def test_compare_writes_table_plots_and_one_page_report(report):
     rows = list(csv.DictReader(open(report / "results.csv")))
-    assert [r["method"] for r in rows] == ["single", "checkpoint", "snapshot", "fge", "swa", "cbnn", "cbnn:eta=0.1"]
+    assert [r["method"] for r in rows] == ["single", "single:schedule=step", "checkpoint", "snapshot", "fge", "swa",
+                                           "cbnn", "cbnn-tail", "deep"]
     assert all(r["seeds"] == "2" and 0 <= float(r["error"]) < 0.5 for r in rows)
+    by = {r["method"]: r for r in rows}
+    assert float(by["deep"]["cost"]) == 2.0 and float(by["cbnn-tail"]["cost"]) == 1.0  # deep: M networks, M x
+    assert float(by["single"]["gap_single"]) == 0.0
+    gap = (float(by["single:schedule=step"]["error"]) - float(by["cbnn-tail"]["error"])) * 100
+    assert float(by["cbnn-tail"]["gap_single:schedule=step"]) == pytest.approx(gap)
+    assert 0 <= float(by["cbnn-tail"]["diversity_ratio"]) and by["cbnn-tail"]["late_gain"] != "nan"
     md = (report / "results.md").read_text()
     assert "| fge |" in md and "±" in md and "val bal. acc." in md
-    assert "Per-class test accuracy" in md and md.count("| cbnn:eta=0.1 |") == 2 + 4  # main, per-class, 4 rules
-    assert "val acc. (cross-fit)" in md and "| cbnn:eta=0.1 | greedy |" in md
+    assert "| deep (2x cost) |" in md and "| vs single | vs single (step) |" in md
+    assert "diversity ratio" in md and "late gain" in md
+    assert "Per-class test accuracy" in md and md.count("| cbnn-tail |") == 2 + 4  # main, per-class, 4 rules
+    assert "val acc. (cross-fit)" in md and "| cbnn-tail | greedy |" in md
     pngs = sorted(p for p in os.listdir(report) if p.endswith(".png"))
     assert pngs == ["cbnn_lambda_ess.png", "cbnn_weight_histogram.png", "lr_schedules.png", "staged_accuracy.png"]
     for p in pngs:
@@ -52,14 +61,16 @@ def test_compare_members_follow_each_method(report):
         members[run["method"]] = (manifest["method"], [m["weight"] for m in manifest["members"]])
     assert members["single"] == ("single", [1.0]) and members["swa"] == ("swa", [1.0])
     assert members["snapshot"] == ("snapshot", [1.0, 1.0]) and members["fge"] == ("fge", [1.0, 1.0])
-    assert members["cbnn"] == ("cbnn", [1.0, 1.0])
+    assert members["deep"] == ("deep", [1.0, 1.0])
+    assert members["cbnn"][0] == "cbnn" and members["cbnn"][1][0] != members["cbnn"][1][1]  # lambda-weighted
+    assert members["cbnn-tail"][0] == "cbnn-tail" and members["cbnn-tail"][1][-1] >= 1  # grown from the final network
     fge = json.loads(open(os.path.join([r for r in summary["runs"] if r["method"] == "fge"][0]["run_dir"], "metrics.json")).read())
     assert [m["epoch"] for m in fge["members"]] == [3, 4]  # first phase 2 epochs, cycles of 1 epoch
 
 
 def test_rerun_skips_finished_runs(report):
     before = {d: os.path.getmtime(report / "runs" / d / "metrics.json") for d in os.listdir(report / "runs") if not d.startswith(".")}
-    assert main(["compare", *TINY, "--methods", "single,checkpoint,snapshot,fge,swa,cbnn,cbnn:eta=0.1", "--seeds", "2",
+    assert main(["compare", *TINY, "--methods", METHODS, "--seeds", "2",
                  "--report", str(report)]) == 0
     after = {d: os.path.getmtime(report / "runs" / d / "metrics.json") for d in os.listdir(report / "runs") if not d.startswith(".")}
     assert after == before
@@ -115,7 +126,7 @@ def test_a_run_saved_before_an_option_existed_counts_as_trained_with_its_old_beh
     from boostray.apps.compare import check_finished_run_matches
     from boostray.config import TrainConfig
 
-    config = TrainConfig(name="cbnn-seed0", output=str(tmp_path))
+    config = TrainConfig(name="cbnn-seed0", output=str(tmp_path), method="cbnn", lambda_source="val", calibrate=True)
     run_dir = tmp_path / "cbnn-seed0"
     run_dir.mkdir()
     newer = ("name", "lambda_source", "ess_min", "mix_uniform", "schedule", "placement", "first_member", "reweight",
@@ -126,11 +137,12 @@ def test_a_run_saved_before_an_option_existed_counts_as_trained_with_its_old_beh
     with pytest.raises(ConfigError, match="lambda_source: 'train' -> 'val'"):  # the default changed since
         check_finished_run_matches(config)
     with pytest.raises(ConfigError, match="calibrate: False -> True"):  # no temperature before it existed
-        check_finished_run_matches(TrainConfig(name="cbnn-seed0", output=str(tmp_path), lambda_source="train"))
+        check_finished_run_matches(TrainConfig(name="cbnn-seed0", output=str(tmp_path), method="cbnn",
+                                               lambda_source="train", calibrate=True))
     # cbnn before the method axes: today's cbnn-paper axes, λ from the training error, no temperature
     old_cbnn = dict(schedule="decay", placement="spread", reweight="samme", combine="lambda", lambda_source="train",
                     calibrate=False, eta=0.3)
-    check_finished_run_matches(TrainConfig(name="cbnn-seed0", output=str(tmp_path), **old_cbnn))
+    check_finished_run_matches(TrainConfig(name="cbnn-seed0", output=str(tmp_path), method="cbnn", **old_cbnn))
 
 
 def test_budget_sweep_runs_every_method_at_every_budget_and_plots_error_against_budget(tmp_path):
