@@ -132,7 +132,7 @@ def bench_case(name: str, data: ImageDataset, model: str, batch_size: int, devic
     weights = torch.full((n,), 1.0 / n, device=device)
 
     def engine_for(**overrides) -> Engine:
-        config = TrainConfig(model=model, batch_size=batch_size, epochs=4, checkpoints=1, method="cbnn",
+        config = TrainConfig(model=model, batch_size=batch_size, epochs=4, members=1, method="cbnn",
                              **overrides).resolved()
         return Engine(config, data, store=LocalWeightStore(), device=device)
 

@@ -136,14 +136,14 @@ def main() -> None:
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--train-subset", type=int, default=5000)
     parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--checkpoints", type=int, default=3)
+    parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--sizes", default="1000000,10000000")
     parser.add_argument("--repeats", type=int, default=2, help="overhead: interleaved repeats, the fastest counts")
     parser.add_argument("--json-out", help="also write the JSON here (stdout carries the workers' progress lines too)")
     args = parser.parse_args()
     output = tempfile.mkdtemp(prefix="boostray-bench-")
     base = dict(dataset=args.dataset, train_subset=args.train_subset, epochs=args.epochs,
-                checkpoints=args.checkpoints, workers=1, output=output)
+                members=args.members, workers=1, output=output)
     report: dict = {"setup": {**base, "cpus": os.cpu_count()}}
     if args.which in ("overhead", "all"):
         report["overhead"] = bench_overhead(base, args.repeats)

@@ -22,7 +22,7 @@ if [ "$what" = throughput ] || [ "$what" = all ]; then
 fi
 if [ "$what" = compare ] || [ "$what" = all ]; then
     timeout "${COMPARE_TIMEOUT:-600}" python3 -m boostray compare --workers 0 --gpu --dataset fashion-mnist \
-        --data-dir "$data" --checkpoints 4 --epochs "${COMPARE_EPOCHS:-12}" --seeds 3 \
+        --data-dir "$data" --members 4 --epochs "${COMPARE_EPOCHS:-12}" --seeds 3 \
         --methods single,checkpoint,cbnn ${COMPARE_EXTRA:-} --report /tmp/boostray-compare > "$out/compare.log" 2>&1
     echo "compare rc=$?"; tail -n 30 "$out/compare.log"
     # the device returns a few files: the tables, and the report without its runs' models in one archive

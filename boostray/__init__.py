@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["Ensemble", "load_ensemble", "create_model", "list_models", "__version__"]
 
 _LAZY = {"Ensemble": "boostray.core.ensemble", "load_ensemble": "boostray.core.ensemble",

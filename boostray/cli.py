@@ -68,11 +68,22 @@ def add_model_options(parser: argparse.ArgumentParser, fields: dict, *, skip: tu
                                 metavar=None if choices else name.upper(), help=help_text)
 
 
+class _FormerName(argparse.Action):
+    """A flag's former name: sets the option under its new name and says so in one line on stderr."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        new = "--" + self.dest.replace("_", "-")
+        print(f"boostray: {option_string} is now {new}; the old name will be removed in a later release", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def add_train_options(parser: argparse.ArgumentParser, budgets: bool = False) -> None:
     """--config FILE and one flag per TrainConfig field. ``budgets``: --epochs takes a comma-separated
     list (compare's budget sweep)."""
     parser.add_argument("--config", metavar="FILE", help="YAML file whose keys mirror these options (flags win over it)")
     add_model_options(parser, FIELDS, suppress=True, budgets=budgets)
+    parser.add_argument("--checkpoints", dest="members", type=int, action=_FormerName, default=argparse.SUPPRESS,
+                        metavar="M", help="former name of --members")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -313,15 +324,19 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from boostray import __version__
+
     parser = _Parser(prog="boostray", description="Checkpoint-boosted neural network ensembles (CBNN) on Ray.")
+    parser.add_argument("--version", action="version", version=f"boostray {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     train = sub.add_parser(
         "train", help="train one network, boost its checkpoints, write the run directory",
-        description="Train one network for --epochs, take --checkpoints checkpoints, re-weight the samples "
-        "AdaBoost-style at each (method cbnn) and write an ensemble run directory. With no options: digits, "
-        "small_cnn, 12 epochs, 4 checkpoints, one Ray Train worker on a local Ray.",
+        description="Train one network for --epochs, take --members members along the way, re-weight the "
+        "samples AdaBoost-style at each and write an ensemble run directory; the default method (cbnn-tail) "
+        "ships its final network alone when no member helps on validation. With no options: digits, "
+        "small_cnn, 12 epochs, 4 members, one Ray Train worker on a local Ray.",
     )
     add_train_options(train)
     train.set_defaults(func=cmd_train)

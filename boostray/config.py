@@ -123,8 +123,9 @@ class TrainConfig(Options):
         "E/M epochs (split: the cost of one)")
     calibrate: bool | None = _opt(None, "fit one temperature for the ensemble's probabilities on validation data "
                                   "(NLL); on unless the preset says otherwise", preset=True)
-    epochs: int = _opt(12, "training budget E in epochs, shared by all checkpoints", ge=1)
-    checkpoints: int = _opt(4, "number of checkpoints / rounds M (1 <= M <= E)", ge=1)
+    epochs: int = _opt(12, "training budget E in epochs, shared by all members", ge=1)
+    members: int = _opt(4, "ensemble size M: one member candidate at the end of each of M rounds (1 <= M <= E); "
+                        "--checkpoints is its former name", ge=1)
     lr: float = _opt(0.05, "peak learning rate (SGD, Nesterov momentum 0.9)", gt=0)
     weight_decay: float = _opt(5e-4, "SGD weight decay", ge=0)
     batch_size: int = _opt(64, "global batch size, split evenly over the workers", ge=1)
@@ -207,7 +208,7 @@ class TrainConfig(Options):
         """The Method (schedule, rounds, members) of the resolved options."""
         from boostray.core.methods import AXES, create_method
 
-        return create_method(self.method, epochs=self.epochs, checkpoints=self.checkpoints,
+        return create_method(self.method, epochs=self.epochs, members=self.members,
                              deep_budget=self.deep_budget, **{k: getattr(self, k) for k in AXES})
 
     def to_dict(self) -> dict[str, Any]:
@@ -275,6 +276,12 @@ FIELDS = TrainConfig.model_fields
 #: a comparison's or sweep's runs share them, whatever their values
 PLACEMENT_OPTIONS = ("output", "address", "dashboard")
 REMOVED_KEYS = {"loader_workers"}  # batches are gathered in memory now (batches.py): no DataLoader workers
+RENAMED_KEYS = {"checkpoints": "members"}  # former name: new name (read from older YAML and config.yaml files)
+
+
+def renamed(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with former option names replaced by the current ones."""
+    return {RENAMED_KEYS.get(k, k): v for k, v in values.items()}
 PRESET_KEYS = tuple(k for k, f in FIELDS.items() if (f.json_schema_extra or {}).get("preset"))
 
 
@@ -305,6 +312,7 @@ def saved_options(saved: dict[str, Any]) -> dict[str, Any]:
     (cbnn: today's cbnn-paper) without a temperature."""
     from boostray.core.methods import preset_options
 
+    saved = renamed(saved)
     out = {**LEGACY_VALUES, **saved}
     if "schedule" not in saved and saved.get("method"):
         name = "cbnn-paper" if saved["method"] == "cbnn" else saved["method"]
@@ -333,6 +341,7 @@ def parse_options(data: dict, *, unknown: Callable[[str], str], where: str, excl
     out = {}
     for raw_key, value in data.items():
         key = str(raw_key).replace("-", "_")
+        key = RENAMED_KEYS.get(key, key)
         if key in REMOVED_KEYS:  # written by an older boostray into a saved config.yaml: no effect now
             continue
         if key not in FIELDS or key in exclude:

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.ray
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("predict-run")
-    assert main(["train", "--workers", "0", "--epochs", "2", "--checkpoints", "2", "--output", str(out), "--name", "p"]) == 0
+    assert main(["train", "--workers", "0", "--epochs", "2", "--members", "2", "--output", str(out), "--name", "p"]) == 0
     return str(out / "p")
 
 

@@ -23,13 +23,13 @@ def run_cli(capsys, args, output):
     (["--dataset", "mnist-ish"], "unknown dataset 'mnist-ish'"),
     (["--model", "vgg"], "unknown model 'vgg'"),
     (["--method", "bagging"], "unknown method 'bagging'"),
-    (["--checkpoints", "0"], "--checkpoints must be >= 1, got 0"),
-    (["--epochs", "3", "--checkpoints", "4"], "--checkpoints must be between 1 and --epochs (3)"),
+    (["--members", "0"], "--members must be >= 1, got 0"),
+    (["--epochs", "3", "--members", "4"], "--members must be between 1 and --epochs (3)"),
     (["--eta", "1.5"], "--eta must be <= 1, got 1.5"),
     (["--eta", "0"], "--eta must be > 0, got 0.0"),
-    (["--method", "fge", "--checkpoints", "0"], "--checkpoints must be >= 1, got 0"),
-    (["--method", "fge", "--checkpoints", "-1"], "--checkpoints must be >= 1, got -1"),
-    (["--method", "fge", "--epochs", "4", "--checkpoints", "4"], "fge needs --epochs > checkpoints x cycle epochs"),
+    (["--method", "fge", "--members", "0"], "--members must be >= 1, got 0"),
+    (["--method", "fge", "--members", "-1"], "--members must be >= 1, got -1"),
+    (["--method", "fge", "--epochs", "4", "--members", "4"], "fge needs --epochs > members x cycle epochs"),
     (["--placement", "tail", "--first-member", "0.95"], "--first-member puts member 1 at epoch 11"),
     (["--schedule", "swa", "--method", "cbnn"], "--schedule swa makes one averaged network"),
     (["--dataset", "parquet", "--data-dir", "/nonexistent/folder"], "does not exist"),
@@ -107,11 +107,11 @@ def test_finished_run_name_is_not_overwritten(capsys, tmp_path):
 
 def test_real_process_exit_code_and_single_line():
     proc = subprocess.run(
-        [os.path.join(os.path.dirname(sys.executable), "boostray"), "train", "--checkpoints", "99"],
+        [os.path.join(os.path.dirname(sys.executable), "boostray"), "train", "--members", "99"],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["boostray: error: --checkpoints must be between 1 and --epochs (12), got 99"]
+    assert proc.stderr.strip().splitlines() == ["boostray: error: --members must be between 1 and --epochs (12), got 99"]
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
@@ -122,7 +122,7 @@ def test_compare_without_the_report_extra_stops_before_training(tmp_path):
         found = importlib.util.find_spec
         importlib.util.find_spec = lambda name, *a: None if name.split(".")[0] == "matplotlib" else found(name, *a)
         from boostray.cli import main
-        sys.exit(main(["compare", "--workers", "0", "--epochs", "2", "--checkpoints", "1", "--methods", "single",
+        sys.exit(main(["compare", "--workers", "0", "--epochs", "2", "--members", "1", "--methods", "single",
                        "--seeds", "1", "--report", {str(tmp_path / "report")!r}]))
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -160,3 +160,33 @@ def test_serve_refuses_bad_options_before_ray_starts(capsys, tmp_path):
     assert code == 2 and err == ["boostray: error: --ingress direct needs the local Ray this command starts; on a "
                                  "cluster, start every node with RAY_SERVE_ENABLE_DIRECT_INGRESS=1 instead (README: Serving)"]
     assert "RAY_SERVE_ENABLE_DIRECT_INGRESS" not in os.environ  # refused before anything was set
+
+
+def test_the_command_reference_in_docs_is_the_parsers_own():
+    """docs/cli.md is generated from the parser; regenerate it with the command its first lines name."""
+    from boostray.cli_reference import render
+
+    path = os.path.join(os.path.dirname(__file__), "..", "docs", "cli.md")
+    with open(path) as f:
+        assert f.read() == render(), "docs/cli.md is stale: python -m boostray.cli_reference > docs/cli.md"
+
+
+def test_checkpoints_is_the_former_name_of_members_and_says_so(tmp_path, capsys):
+    from boostray.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["train", "--checkpoints", "3", "--epochs", "6"])
+    assert config_from_args(args).members == 3
+    assert capsys.readouterr().err.strip() == ("boostray: --checkpoints is now --members; the old name will be "
+                                               "removed in a later release")
+    config = tmp_path / "old.yaml"
+    config.write_text("checkpoints: 2\nepochs: 4\n")  # a YAML or config.yaml written before the rename
+    args = build_parser().parse_args(["train", "--config", str(config)])
+    assert config_from_args(args).members == 2
+
+
+def test_version_names_the_package(capsys):
+    from boostray import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"boostray {__version__}"

@@ -24,7 +24,7 @@ from cluster import BIN, LocalCluster, free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN = {"workers": 2, "cpus_per_worker": 1, "epochs": 4, "checkpoints": 2, "seed": 3}  # one rank per 1-CPU node
+RUN = {"workers": 2, "cpus_per_worker": 1, "epochs": 4, "members": 2, "seed": 3}  # one rank per 1-CPU node
 
 
 def run_options(name: str, output: str, **extra) -> list[str]:
@@ -164,7 +164,7 @@ def test_without_max_failures_a_lost_node_fails_the_job_saying_how_to_resume(clu
 
 def test_a_sweep_and_a_comparison_run_as_jobs(cluster, tmp_path):
     sweep = {"name": "cluster-sweep", "output": str(tmp_path / "sweeps"),
-             "train": {"dataset": "digits", "epochs": 2, "checkpoints": 2, "workers": 1, "cpus_per_worker": 0.9},
+             "train": {"dataset": "digits", "epochs": 2, "members": 2, "workers": 1, "cpus_per_worker": 0.9},
              "search_space": {"lr": {"type": "grid", "values": [0.05]}}, "num_samples": 1}
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
     job = submit(cluster, "tune.py", str(tmp_path / "sweep.yaml"))
@@ -174,7 +174,7 @@ def test_a_sweep_and_a_comparison_run_as_jobs(cluster, tmp_path):
     assert evaluate_run(summary["best_run_dir"])["accuracy"] == pytest.approx(summary["best_test_accuracy"])
 
     report = tmp_path / "report"
-    job = submit(cluster, "compare.py", "--methods", "single,cbnn", "--seeds", "1", "--epochs", "2", "--checkpoints", "2",
+    job = submit(cluster, "compare.py", "--methods", "single,cbnn", "--seeds", "1", "--epochs", "2", "--members", "2",
                  "--cpus-per-worker", "0.9", "--output", str(tmp_path / "runs"), "--report", str(report))
     assert job.returncode == 0, job.stdout[-4000:]
     rows = [line.split(",")[:3] for line in (report / "results.csv").read_text().splitlines()]

@@ -59,7 +59,7 @@ def test_a_job_streams_training_data_larger_than_the_object_store(small_store_cl
     assert size > STORE_BYTES
     output = str(tmp_path / "runs")
     done = submit(cluster, "train.py", "--dataset", "parquet", "--data-dir", data, "--stream", "--workers", "2",
-                  "--cpus-per-worker", "1", "--epochs", "2", "--checkpoints", "2", "--name", "large",
+                  "--cpus-per-worker", "1", "--epochs", "2", "--members", "2", "--name", "large",
                   "--output", output)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "epoch 2/2 round 2/2" in done.stdout

@@ -16,7 +16,7 @@ from boostray.apps.compare import parse_methods
 from boostray.core.data import load_dataset, normalize
 from boostray.errors import ConfigError
 
-TINY = ["--workers", "0", "--epochs", "4", "--checkpoints", "2"]
+TINY = ["--workers", "0", "--epochs", "4", "--members", "2"]
 METHODS = "single,single:schedule=step,checkpoint,snapshot,fge,swa,cbnn,cbnn-tail,deep"
 
 
@@ -146,7 +146,7 @@ def test_a_run_saved_before_an_option_existed_counts_as_trained_with_its_old_beh
 
 
 def test_budget_sweep_runs_every_method_at_every_budget_and_plots_error_against_budget(tmp_path):
-    assert main(["compare", "--workers", "0", "--epochs", "2,4", "--checkpoints", "2", "--methods", "single,cbnn",
+    assert main(["compare", "--workers", "0", "--epochs", "2,4", "--members", "2", "--methods", "single,cbnn",
                  "--seeds", "1", "--report", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["budgets"] == [2, 4] and sorted(summary["tables"]) == ["2", "4"]

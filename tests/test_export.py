@@ -21,7 +21,7 @@ TOLERANCE = 1e-5  # float32 graphs: ONNX Runtime and PyTorch differ by rounding 
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
-    return train_digits_run(tmp_path_factory.mktemp("export"), "r", "--checkpoints", "2", "--method", "checkpoint")
+    return train_digits_run(tmp_path_factory.mktemp("export"), "r", "--members", "2", "--method", "checkpoint")
 
 
 def resnet_artifact(path, vote="soft", temperature=1.7):

@@ -51,7 +51,7 @@ def bad_values(name: str, field) -> st.SearchStrategy[str]:
             options.append(st.sampled_from([bounds["lt"], bounds["lt"] + step]))
         if "le" in bounds:
             options.append(st.just(bounds["le"] + step))
-        if name == "checkpoints":
+        if name == "members":
             options.append(st.integers(13, 10_000))  # more rounds than the default 12 epochs
         return st.one_of(*options).map(lambda v: v if isinstance(v, str) else repr(kind(v)))
     if name in ("dataset", "model", "method"):

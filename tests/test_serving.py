@@ -22,7 +22,7 @@ pytestmark = pytest.mark.ray
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     # four members of unequal weight (what --cascade needs)
-    return train_digits_run(tmp_path_factory.mktemp("serve-run"), "served", "--checkpoints", "4", "--combine", "lambda")
+    return train_digits_run(tmp_path_factory.mktemp("serve-run"), "served", "--members", "4", "--combine", "lambda")
 
 
 @pytest.fixture(scope="module")

@@ -70,7 +70,7 @@ def check_uri_run(uri: str, name: str, local_dir: str | None, monkeypatch, tmp_p
 
 
 def train_to(uri: str, ray_address: str) -> int:
-    return main(["train", "--epochs", "2", "--checkpoints", "2", "--address", ray_address, "--name", "uri-run", "--output", uri])
+    return main(["train", "--epochs", "2", "--members", "2", "--address", ray_address, "--name", "uri-run", "--output", uri])
 
 
 @pytest.fixture(scope="module")

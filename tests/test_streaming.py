@@ -84,7 +84,7 @@ def grouped(tmp_path_factory):
 def test_a_streamed_run_equals_the_same_split_in_memory_and_holds_a_window_of_row_groups(grouped, method, options):
     folder, streamed, twin = grouped
     assert isinstance(twin.train, ImageSplit) and not twin.streamed
-    config = TrainConfig(dataset="parquet", data_dir=folder, stream=True, stream_window=2, epochs=4, checkpoints=2,
+    config = TrainConfig(dataset="parquet", data_dir=folder, stream=True, stream_window=2, epochs=4, members=2,
                          method=method, seed=5, **options)
     a, b = train_in_process(config, streamed), train_in_process(config, twin)
     equal_states(a, b)
@@ -97,7 +97,7 @@ def test_a_streamed_run_equals_the_same_split_in_memory_and_holds_a_window_of_ro
 
 def test_a_streamed_run_resumes_bit_identically(grouped, tmp_path):
     folder, streamed, _ = grouped
-    config = TrainConfig(dataset="parquet", data_dir=folder, stream=True, epochs=4, checkpoints=2, seed=2)
+    config = TrainConfig(dataset="parquet", data_dir=folder, stream=True, epochs=4, members=2, seed=2)
     reference = train_in_process(config, streamed)
     crash_after_round(config, streamed, str(tmp_path), 1)
     resumed = train_in_process(config, streamed, checkpoint_dir=str(tmp_path))
@@ -136,7 +136,7 @@ def test_an_image_folder_streams_in_mixed_groups_and_trains_as_in_memory(tmp_pat
     # the folder is sorted by class; its groups are drawn from a permutation, so each holds every class
     assert all(len(set(streamed.train.labels[c].tolist())) == 3 for c in chunks)
     config = TrainConfig(dataset="imagefolder", data_dir=folder, stream=True, stream_window=2, epochs=2,
-                         checkpoints=2, seed=1, augment=True)
+                         members=2, seed=1, augment=True)
     twin = dataclasses.replace(streamed, train=streamed.train.materialize())
     equal_states(train_in_process(config, streamed), train_in_process(config, twin))
 
@@ -177,7 +177,7 @@ def test_a_streamed_ray_train_run_on_two_workers_equals_the_same_split_in_memory
     from boostray.distributed.trainer import run_training, train
 
     folder, _, twin = grouped
-    config = TrainConfig(dataset="parquet", data_dir=folder, stream=True, stream_window=2, epochs=4, checkpoints=2,
+    config = TrainConfig(dataset="parquet", data_dir=folder, stream=True, stream_window=2, epochs=4, members=2,
                          seed=5, workers=2, output=str(tmp_path), name="streamed")
     run_dir, metrics = train(config)
     reference = run_training(config.replace(name="in-memory"), twin)

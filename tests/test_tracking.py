@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from boostray.cli import main
 
-FAST = ["--workers", "0", "--epochs", "4", "--checkpoints", "2"]
+FAST = ["--workers", "0", "--epochs", "4", "--members", "2"]
 
 
 def runs_of(uri: str):

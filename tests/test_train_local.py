@@ -12,7 +12,7 @@ import yaml
 from boostray import load_ensemble
 from boostray.cli import main
 
-FAST = ["--workers", "0", "--epochs", "4", "--checkpoints", "2"]
+FAST = ["--workers", "0", "--epochs", "4", "--members", "2"]
 
 
 @pytest.fixture(scope="module")

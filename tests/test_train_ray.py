@@ -25,7 +25,7 @@ BOOSTRAY = os.path.join(os.path.dirname(sys.executable), "boostray")
 
 def two_worker_config(tmp_path, **overrides) -> TrainConfig:
     return TrainConfig(
-        workers=2, epochs=6, checkpoints=3, seed=1, output=str(tmp_path), name=f"ddp-{uuid.uuid4().hex[:6]}",
+        workers=2, epochs=6, members=3, seed=1, output=str(tmp_path), name=f"ddp-{uuid.uuid4().hex[:6]}",
         **overrides,
     )
 
@@ -104,7 +104,7 @@ def test_resumed_swa_run_equals_an_uninterrupted_one(ray_cluster, tmp_path):
     from boostray import load_ensemble
 
     def swa_config(**kw) -> TrainConfig:
-        return TrainConfig(method="swa", workers=1, epochs=8, checkpoints=4, seed=2, output=str(tmp_path),
+        return TrainConfig(method="swa", workers=1, epochs=8, members=4, seed=2, output=str(tmp_path),
                            name=f"swa-{uuid.uuid4().hex[:6]}", **kw)
 
     reference_dir, reference = train(swa_config())
@@ -129,7 +129,7 @@ def test_resumed_swa_run_equals_an_uninterrupted_one(ray_cluster, tmp_path):
 
 def test_driver_killed_and_rerun_with_same_name_resumes(ray_cluster, tmp_path):
     name = f"resume-{uuid.uuid4().hex[:6]}"
-    cmd = [BOOSTRAY, "train", "--address", ray_cluster, "--epochs", "6", "--checkpoints", "3",
+    cmd = [BOOSTRAY, "train", "--address", ray_cluster, "--epochs", "6", "--members", "3",
            "--name", name, "--output", str(tmp_path)]
     storage = os.path.join(str(tmp_path), ".ray", name)
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -170,7 +170,7 @@ def test_main_job_starts_its_own_ray_on_loopback_only(tmp_path):
     env = {**os.environ, "HOME": str(tmp_path), "RAY_TMPDIR": ray_tmpdir}  # default --output is ~/boostray_runs
     env.pop("RAY_ADDRESS", None)
     try:
-        proc = subprocess.Popen([BOOSTRAY, "train", "--epochs", "3", "--checkpoints", "3", "--name", "main"],
+        proc = subprocess.Popen([BOOSTRAY, "train", "--epochs", "3", "--members", "3", "--name", "main"],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         listeners, lines = [], []
         for line in proc.stdout:

@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(__file__))
 
 BASE = {
     "name": "s",
-    "train": {"dataset": "digits", "epochs": 3, "checkpoints": 3, "workers": 1, "cpus_per_worker": 0.9},
+    "train": {"dataset": "digits", "epochs": 3, "members": 3, "workers": 1, "cpus_per_worker": 0.9},
     "search_space": {"lr": {"type": "grid", "values": [0.05, 0.0003, 0.0001]}},
     "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
     "num_samples": 1,
@@ -62,7 +62,7 @@ def test_shipped_sweep_configs_validate(path):
     ({"search_space": {"schedule": {"type": "choice", "values": ["cyclic"]}}}, "search_space.schedule"),
     ({"search_space": {"first_member": {"type": "uniform", "low": 0.5, "high": 1.5}}}, "search_space.first_member"),
     ({"search_space": {"placement": {"type": "choice", "values": ["tail"]}},
-      "train.first_member": 0.9, "train.checkpoints": 3}, "--first-member"),
+      "train.first_member": 0.9, "train.members": 3}, "--first-member"),
 ])
 def test_bad_sweep_configs_name_the_key(tmp_path, changes, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):

@@ -417,7 +417,7 @@ def make_plots(out_dir: str, base: TrainConfig, specs: list[MethodSpec], results
 def _setup(base: TrainConfig, results: list[RunResult], budgets: list[int]) -> str:
     return (f"{base.dataset}" + (f" (imbalance ratio {base.imbalance_ratio:g})" if base.imbalance_ratio else "")
             + (f", training subset {base.train_subset}" if base.train_subset else "")
-            + f", {base.model}, {', '.join(map(str, budgets))} epochs, {base.checkpoints} checkpoints, "
+            + f", {base.model}, {', '.join(map(str, budgets))} epochs, {base.members} checkpoints, "
             f"{len({r.seed for r in results})} seeds, {base.workers} worker(s) per run")
 
 

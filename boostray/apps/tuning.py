@@ -24,7 +24,7 @@ from boostray.config import PLACEMENT_OPTIONS, TrainConfig, coerce_option, descr
 from boostray.errors import ConfigError, require_extra
 
 SEARCHABLE = {
-    "lr": float, "weight_decay": float, "eta": float, "checkpoints": int, "error_source": str, "vote": str,
+    "lr": float, "weight_decay": float, "eta": float, "members": int, "error_source": str, "vote": str,
     "min_error": float, "batch_size": int, "epochs": int, "max_weight_ratio": float,
     "lambda_source": str, "ess_min": float, "mix_uniform": float,
     "method": str, "schedule": str, "placement": str, "first_member": float, "reweight": str, "combine": str,
@@ -286,7 +286,7 @@ def summarize(config: SweepConfig, results, data, wall_seconds: float) -> dict:
         df = result.metrics_dataframe
         params = {k: result.config.get(k) for k in config.search_space}
         rounds = int(df["round"].max()) if df is not None and "round" in df else 0
-        checkpoints = int(params.get("checkpoints") or config.train.get("checkpoints", TrainConfig().checkpoints))
+        checkpoints = int(params.get("members") or config.train.get("members", TrainConfig().members))
         best = float(df[config.metric].max() if config.mode == "max" else df[config.metric].min()) if df is not None and config.metric in df else math.nan
         trial_id = "_".join(os.path.basename(result.path).split("_")[2:4]) if result.path else "?"
         last = df.iloc[-1] if df is not None and len(df) else None

@@ -256,7 +256,7 @@ class Engine:
         state = load_boost_state(saved["boost"], members_dir)
         state.resumed_at_rounds.append(state.rounds_done)
         if self.rank == 0:
-            emit(f"resuming from the checkpoint of round {state.rounds_done}/{self.config.checkpoints}")
+            emit(f"resuming from the checkpoint of round {state.rounds_done}/{self.config.members}")
         return state
 
     # -- rounds -------------------------------------------------------------------------------------
@@ -302,7 +302,7 @@ class Engine:
             if done == method.probe_epoch():
                 self.probe(state, clock)
             if self.rank == 0:
-                emit(f"epoch {done}/{total} round {r + 1}/{config.checkpoints} "
+                emit(f"epoch {done}/{total} round {r + 1}/{config.members} "
                      f"loss {stats['loss']:.4f} acc {stats['accuracy']:.4f} lr {stats['lr']:.4g} "
                      f"elapsed {elapsed:.1f}s eta {eta_s:.1f}s")
         return recorded
@@ -323,7 +323,7 @@ class Engine:
             out.val_proba = self.predict_proba(data.val.images).numpy()
             val_error = 1.0 - accuracy(out.val_proba, data.val.labels)
             out.record_seconds = time.perf_counter() - started
-        last = r == config.checkpoints - 1
+        last = r == config.members - 1
         entry = boost_round(state, correct, k, config, last, val_error) if self.rank == 0 else None
         synced, out.digests = sync_weights(self.store, self.rank, r + 1, state, entry)
         state.weights = np.array(synced)
@@ -364,7 +364,7 @@ class Engine:
         bounds = method.boundaries()
         clock = {"started": time.perf_counter(), "first_epoch": bounds[state.rounds_done - 1] if state.rounds_done else 0,
                  "seconds_before": state.train_seconds, "record_seconds": 0.0}
-        for r in range(state.rounds_done, config.checkpoints):
+        for r in range(state.rounds_done, config.members):
             round_start, clock["record_seconds"] = time.perf_counter(), 0.0
             weights = torch.as_tensor(state.weights, dtype=torch.float32, device=self.device)
             recorded = self.train_round(state, r, weights, clock)
@@ -383,7 +383,7 @@ class Engine:
             state.rank_digests.append(digests)  # one per rank, equal by construction (checked in sync_weights)
             metrics = round_metrics(state, self.data, config)
             if self.rank == 0:
-                emit(f"round {r + 1}/{config.checkpoints}: member val acc {accuracy(val_p, self.data.val.labels):.4f} "
+                emit(f"round {r + 1}/{config.members}: member val acc {accuracy(val_p, self.data.val.labels):.4f} "
                      f"ensemble val acc {metrics['val_accuracy']:.4f}"
                      + (f" e={out.error:.4f} lambda={out.lambda_:.3f} eta={out.eta:.3g} ess={state.ess[-1]:.3f}"
                         if method.reweights else ""))

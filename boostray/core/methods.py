@@ -37,20 +37,20 @@ DEFAULT_FIRST_MEMBER = 0.5
 def round_boundaries(epochs: int, rounds: int) -> list[int]:
     """End epoch (exclusive) of each round: [round(E/M), round(2E/M), ..., E]."""
     if rounds < 1 or rounds > epochs:
-        raise ConfigError(f"--checkpoints must be between 1 and --epochs ({epochs}), got {rounds}")
+        raise ConfigError(f"--members must be between 1 and --epochs ({epochs}), got {rounds}")
     return [int(math.floor(m * epochs / rounds + 0.5)) for m in range(1, rounds + 1)]
 
 
 def tail_boundaries(epochs: int, rounds: int, first: int) -> list[int]:
     """Member 1 at epoch ``first``, the other M - 1 rounds spread evenly over [first, E]."""
     if rounds < 1 or rounds > epochs:
-        raise ConfigError(f"--checkpoints must be between 1 and --epochs ({epochs}), got {rounds}")
+        raise ConfigError(f"--members must be between 1 and --epochs ({epochs}), got {rounds}")
     if rounds == 1:
         return [epochs]
     if not 1 <= first <= epochs - (rounds - 1):
         raise ConfigError(
             f"--first-member puts member 1 at epoch {first}, which leaves {epochs - first} epochs for "
-            f"{rounds - 1} more rounds; lower --first-member or --checkpoints, or raise --epochs"
+            f"{rounds - 1} more rounds; lower --first-member or --members, or raise --epochs"
         )
     tail = epochs - first
     return [first] + [first + int(math.floor(m * tail / (rounds - 1) + 0.5)) for m in range(1, rounds)]
@@ -71,7 +71,7 @@ class Method:
     """One point in the method space; ``name`` is the preset it came from (for records only)."""
 
     epochs: int
-    checkpoints: int
+    members: int
     schedule: str = "decay"
     placement: str = "spread"
     first_member: float | None = None  # tail: member 1 at this fraction of E (None: 0.5; fge: its classic start)
@@ -87,8 +87,8 @@ class Method:
     swa_start_fraction: float = 0.75
 
     def __post_init__(self) -> None:
-        if not 1 <= self.checkpoints <= self.epochs:
-            raise ConfigError(f"--checkpoints must be between 1 and --epochs ({self.epochs}), got {self.checkpoints}")
+        if not 1 <= self.members <= self.epochs:
+            raise ConfigError(f"--members must be between 1 and --epochs ({self.epochs}), got {self.members}")
         for key, value, allowed in (("schedule", self.schedule, SCHEDULES), ("placement", self.placement, PLACEMENTS),
                                     ("reweight", self.reweight, REWEIGHTINGS), ("combine", self.combine, COMBINATIONS)):
             if value not in allowed:
@@ -108,20 +108,20 @@ class Method:
         bounds = self.boundaries()  # validates M against E and the placement
         if self.schedule == "fge" and bounds[0] - self.fge_cycle < 1:
             raise ConfigError(
-                f"fge needs --epochs > checkpoints x cycle epochs ({self.checkpoints} x {self.fge_cycle}); raise --epochs"
+                f"fge needs --epochs > members x cycle epochs ({self.members} x {self.fge_cycle}); raise --epochs"
             )
 
     # -- rounds ---------------------------------------------------------------------------------------
     @property
     def classic_fge_cycle(self) -> int:
         """FGE's cycle c = E // 2M (Garipov et al. take their members from the budget's tail)."""
-        return max(1, self.epochs // (2 * self.checkpoints))
+        return max(1, self.epochs // (2 * self.members))
 
     def first_member_epoch(self) -> int:
         if self.first_member is None and self.schedule == "fge":
-            return self.epochs - (self.checkpoints - 1) * self.classic_fge_cycle
+            return self.epochs - (self.members - 1) * self.classic_fge_cycle
         if self.first_member is None:  # the default half-way point gives way when the budget is short
-            latest = self.epochs - (self.checkpoints - 1)  # the rounds after member 1 need an epoch each
+            latest = self.epochs - (self.members - 1)  # the rounds after member 1 need an epoch each
             return max(1, min(latest, int(math.floor(DEFAULT_FIRST_MEMBER * self.epochs + 0.5))))
         return max(1, int(math.floor(self.first_member * self.epochs + 0.5)))
 
@@ -129,13 +129,13 @@ class Method:
     def network_epochs(self) -> int:
         """Epochs one network trains: E, or E/M for split independent networks."""
         if self.independent and self.deep_budget == "split":
-            return max(1, self.epochs // self.checkpoints)
+            return max(1, self.epochs // self.members)
         return self.epochs
 
     @property
     def total_epochs(self) -> int:
         """Epochs the whole run trains: E, or M x network_epochs for independent networks."""
-        return self.checkpoints * self.network_epochs if self.independent else self.epochs
+        return self.members * self.network_epochs if self.independent else self.epochs
 
     def network_start(self, round_index: int) -> int:
         """Epoch at which the network of round ``round_index`` began: 0 unless networks are independent."""
@@ -144,16 +144,16 @@ class Method:
     def probe_epoch(self) -> int:
         """The epoch after which the last network's validation accuracy is probed: 3/4 of its schedule
         (what ``late_gain`` compares the final network with)."""
-        start = self.network_start(self.checkpoints - 1)
+        start = self.network_start(self.members - 1)
         return start + max(1, min(self.network_epochs - 1, int(math.floor(0.75 * self.network_epochs + 0.5))))
 
     def boundaries(self) -> list[int]:
         """End epoch (exclusive) of each round; a member (candidate) is taken at each."""
         if self.independent:
-            return [(m + 1) * self.network_epochs for m in range(self.checkpoints)]
+            return [(m + 1) * self.network_epochs for m in range(self.members)]
         if self.placement == "tail":
-            return tail_boundaries(self.epochs, self.checkpoints, self.first_member_epoch())
-        return round_boundaries(self.epochs, self.checkpoints)
+            return tail_boundaries(self.epochs, self.members, self.first_member_epoch())
+        return round_boundaries(self.epochs, self.members)
 
     @property
     def reweights(self) -> bool:
@@ -166,7 +166,7 @@ class Method:
 
     def is_member(self, round_index: int) -> bool:
         """Whether the checkpoint at the end of round ``round_index`` (0-based) is a member candidate."""
-        return self.combine != "final" or round_index == self.checkpoints - 1
+        return self.combine != "final" or round_index == self.members - 1
 
     # -- learning rate --------------------------------------------------------------------------------
     @property
@@ -183,7 +183,7 @@ class Method:
         """Multiplier of the base LR at fractional epoch t."""
         if self.independent:  # every network runs the schedule from its own start
             length = self.network_epochs
-            local = t - min(int(t // length), self.checkpoints - 1) * length
+            local = t - min(int(t // length), self.members - 1) * length
             return cosine_lr(local, length) if self.schedule == "decay" else step_lr(local, length)
         if self.schedule == "decay":
             return cosine_lr(t, self.epochs)
@@ -264,7 +264,7 @@ def preset_options(name: str) -> dict[str, Any]:
     return {**OPTION_DEFAULTS, **PRESETS[name]}
 
 
-def create_method(name: str, *, epochs: int, checkpoints: int, deep_budget: str = "full", **overrides: Any) -> Method:
+def create_method(name: str, *, epochs: int, members: int, deep_budget: str = "full", **overrides: Any) -> Method:
     """The preset ``name`` over E epochs and M rounds, with any axis in ``overrides`` replaced
     (None means: the preset's). ``deep_budget`` applies to a preset of independent networks."""
     options = preset_options(name)
@@ -272,5 +272,5 @@ def create_method(name: str, *, epochs: int, checkpoints: int, deep_budget: str 
     if unknown:
         raise TypeError(f"not method axes: {sorted(unknown)}")
     options.update({k: v for k, v in overrides.items() if v is not None})
-    return Method(epochs=epochs, checkpoints=checkpoints, name=name, independent=options.get("independent", False),
+    return Method(epochs=epochs, members=members, name=name, independent=options.get("independent", False),
                   deep_budget=deep_budget, **{k: options[k] for k in AXES})

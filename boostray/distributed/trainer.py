@@ -165,7 +165,7 @@ def describe_failure(exc: BaseException, config: TrainConfig, run_storage: str) 
             else f"rank {ranks} stopped answering (on node {', '.join(n[:12] for n in node_ids) or '?'}: lost or overloaded)")
     rounds = sorted(d for d in (os.listdir(run_storage) if os.path.isdir(run_storage) else [])
                     if re.fullmatch(r"round_\d{4}", d))
-    where = (f"from its checkpoint of round {int(rounds[-1][6:])}/{config.checkpoints}" if rounds
+    where = (f"from its checkpoint of round {int(rounds[-1][6:])}/{config.members}" if rounds
              else "from its last checkpoint" if storage.is_uri(run_storage)
              else "from the start (no round was checkpointed)")
     return (f"training failed with --max-failures {config.max_failures}: {what}. Rerun with the same "
