@@ -361,9 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--ingress", choices=("proxy", "direct"), default="proxy",
                     help="proxy: requests reach the replicas through Serve's HTTP proxy on --port (Ray's "
                          "default; one address for any number of replicas). direct: each replica also answers "
-                         "on its own port from --port + 1 (Serve's direct ingress, a local Ray only): one "
-                         "request through it took 3.0 ms against 11 ms through the proxy (README: Serving). "
-                         "(default: proxy)")
+                         "on its own port from --port + 1 (Serve's direct ingress, a local Ray only), skipping "
+                         "the proxy's two Ray calls per request (docs/serving.md) (default: proxy)")
     sv.set_defaults(func=cmd_serve)
 
     pr = sub.add_parser("predict", help="batch inference over a Parquet data set with Ray Data",
@@ -445,8 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_command() -> typing.NoReturn:
     """The ``boostray`` executable: ``main()``, then an exit that skips the interpreter's last garbage
-    collections over the millions of objects torch and Ray allocate (``gc.freeze``): they took 0.4-0.9 s
-    of every command's exit here. Every file boostray writes is closed by then."""
+    collections over the millions of objects torch and Ray allocate (``gc.freeze``), a noticeable part of
+    a short command's exit. Every file boostray writes is closed by then."""
     code = main()
     gc.freeze()
     sys.exit(code)

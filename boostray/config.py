@@ -150,11 +150,11 @@ class TrainConfig(Options):
     cpus_per_worker: float = _opt(1.0, "CPUs reserved per worker (and its torch threads)", gt=0)
     gpu: bool = _opt(False, "one GPU per worker (NCCL), or with --workers 0 this machine's GPU; otherwise CPU workers (gloo)")
     amp: Literal["bf16", "fp16"] | None = _opt(None, "autocast dtype on CUDA: bf16 or fp16")
-    channels_last: bool = _opt(False, "channels-last memory format for training (faster convolutions on GPUs, and on "
-                               "CPUs too: +24 %% images/s for small_cnn on 28x28 on one core here; evaluation passes "
-                               "on a CPU use it either way)")
+    channels_last: bool = _opt(False, "channels-last memory format for training (faster convolutions on GPUs and, "
+                               "for small_cnn, on CPUs: docs/performance.md; evaluation passes on a CPU use it "
+                               "either way)")
     compile: bool = _opt(False, "torch.compile the training forward and backward (a one-off compile of tens of "
-                         "seconds; pays on long runs: +23 %% images/s for small_cnn on one CPU core here)")
+                         "seconds that pays on long runs: docs/performance.md)")
     max_failures: int = _opt(0, "worker failures to recover from (Ray FailureConfig); -1 for unlimited", ge=-1)
     seed: int = _opt(0, "seed of the model's initialisation, the sampling order and the augmentation")
     # run

@@ -17,7 +17,6 @@ from boostray.core.boosting import (
     effective_sample_size,
     ess_bounded_eta,
     mix_with_uniform,
-    samme_r_step,
     uniform_weights,
     vote,
 )
@@ -140,13 +139,6 @@ def test_effective_sample_size_and_weight_cap():
     capped = cap_weight_ratio(w / w.sum(), 3.0)
     assert capped.max() / capped.mean() <= 3.0 + 1e-9
     assert capped.sum() == pytest.approx(1.0)
-
-
-def test_samme_r_update_raises_weight_of_confidently_wrong_samples():
-    labels = np.array([0, 1])
-    logp = np.log(np.array([[0.9, 0.05, 0.05], [0.9, 0.05, 0.05]]))  # right on 0, wrong on 1
-    w = samme_r_step(uniform_weights(2), logp, labels, eta=1.0)
-    assert w[1] > w[0] and w.sum() == pytest.approx(1.0)
 
 
 def test_bad_arguments_are_rejected():

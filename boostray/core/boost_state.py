@@ -57,7 +57,7 @@ class BoostState:
     rank_digests: list[list[list[float]]] = field(default_factory=list)  # per round: each rank's weights digest
     train_seconds: float = 0.0
     resumed_at_rounds: list[int] = field(default_factory=list)  # rounds_done at each restore from a checkpoint
-    loop_wall: list[float] = field(default_factory=list)  # wall clock (time.time) when this session's loop began and ended
+    loop_wall: list[float] = field(default_factory=list)  # wall clock (time.time) when this process's training loop began and ended
     placements: list[list[str]] = field(default_factory=list)  # per worker group that trained: each rank's Ray node id
     peak_chunks_held: int = 0  # --stream: most training chunks (row groups) rank 0 held at once
     probe_val_accuracy: float = float("nan")  # the last network's validation accuracy at 3/4 of its schedule

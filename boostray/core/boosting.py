@@ -1,6 +1,6 @@
 """The CBNN boosting step: pure functions over NumPy arrays, no torch, no Ray.
 
-Follows ../shared/cbnn-method.md (multi-class AdaBoost, SAMME form): one `boost_step` per round takes
+Multi-class AdaBoost in its SAMME form (Zhu et al. 2009; docs/method.md): one `boost_step` per round takes
 the current sample weights and the checkpoint's per-sample correctness on the training set and returns
 the weighted error e_m, the checkpoint weight lambda_m and the new sample weights. Read it like
 scikit-learn's ``AdaBoostClassifier._boost``.
@@ -174,50 +174,21 @@ def boost_step(
     return BoostResult(error=err, raw_error=raw, lambda_=lam, weights=new, chance_level=False, eta=eta if update else math.nan)
 
 
-def samme_r_step(
-    weights: np.ndarray, log_proba: np.ndarray, labels: np.ndarray, *, eta: float = DEFAULT_ETA
-) -> np.ndarray:
-    """SAMME.R update: w_i <- w_i exp(-eta (K-1)/K * Y_i . log p(x_i)), normalised.
-
-    Y_ik = 1 if k == y_i else -1/(K-1). ``log_proba`` is (n, K), clipped by the caller's softmax.
-    """
-    lp = np.asarray(log_proba, dtype=np.float64)
-    n, k = lp.shape
-    y = np.full((n, k), -1.0 / (k - 1))
-    y[np.arange(n), np.asarray(labels)] = 1.0
-    exponent = -eta * (k - 1) / k * np.einsum("ik,ik->i", y, lp)
-    exponent -= exponent.max()  # stable: the constant cancels in the normalisation
-    new = np.asarray(weights, dtype=np.float64) * np.exp(exponent)
-    return new / new.sum()
-
-
-def samme_r_scores(log_proba: np.ndarray) -> np.ndarray:
-    """SAMME.R member score h_k = (K-1)(log p_k - mean_k' log p_k')."""
-    lp = np.asarray(log_proba, dtype=np.float64)
-    k = lp.shape[-1]
-    return (k - 1) * (lp - lp.mean(axis=-1, keepdims=True))
-
-
 def vote(member_proba: np.ndarray, lambdas: np.ndarray, mode: str = "soft") -> np.ndarray:
     """Combine members' class probabilities (M, n, K) into ensemble scores (n, K) summing to 1.
 
-    ``soft``: sum_m lambda_m p_m / sum lambda; ``hard``: the same over one-hot argmax votes;
-    ``samme_r``: softmax of the summed SAMME.R scores (argmax equals the SAMME.R decision).
+    ``soft``: sum_m lambda_m p_m / sum lambda; ``hard``: the same over one-hot argmax votes.
     """
     p = np.asarray(member_proba, dtype=np.float64)
     a = np.asarray(lambdas, dtype=np.float64)
     if p.ndim != 3 or p.shape[0] != a.shape[0]:
         raise ValueError(f"expected (M, n, K) probabilities for {a.shape[0]} members, got {p.shape}")
-    if mode == "samme_r":
-        s = samme_r_scores(np.log(np.clip(p, 1e-12, 1.0))).sum(axis=0)
-        s = np.exp(s - s.max(axis=-1, keepdims=True))
-        return s / s.sum(axis=-1, keepdims=True)
     if a.sum() <= 0:
         a = np.ones_like(a)  # every member at chance level: fall back to a plain average
     if mode == "hard":
         p = np.eye(p.shape[-1])[p.argmax(axis=-1)]
     elif mode != "soft":
-        raise ValueError(f"unknown vote mode {mode!r} (soft, hard, samme_r)")
+        raise ValueError(f"unknown vote mode {mode!r} (soft, hard)")
     return np.einsum("m,mnk->nk", a, p) / a.sum()
 
 

@@ -44,10 +44,8 @@ EVAL_BATCH = 1024  # SWA's batch-norm recount; on CUDA, the evaluation passes to
 
 
 def eval_batch_size(device: torch.device, image_shape: tuple[int, ...]) -> int:
-    """Images per forward of an evaluation pass. Large on CUDA. On a CPU, where the activations of a
-    batch should stay in cache, about 50,000 pixels a batch: measured on one core, small_cnn's pass over
-    28x28 images ran at 3,282 images/s in batches of 64 against 1,572 in batches of 1,024 (8x8 digits:
-    16,685 against 17,213, within 10 % of the best size)."""
+    """Images per forward of an evaluation pass. Large on CUDA. On a CPU about 50,000 pixels a batch, so
+    that a batch's activations stay in cache (larger batches ran slower: docs/performance.md)."""
     if device.type == "cuda":
         return EVAL_BATCH
     pixels = int(image_shape[-1]) * int(image_shape[-2])
@@ -161,8 +159,8 @@ class Engine:
 
     def eval_net(self, module: torch.nn.Module | None = None) -> tuple[torch.nn.Module, bool]:
         """The network an evaluation pass runs, in eval mode, and whether its inputs go channels-last.
-        On a CPU that is a channels-last copy: measured on one core, small_cnn's forward ran 1.8x (8x8),
-        3.0x (28x28) and resnet20's 1.13x (32x32 RGB) faster so; training keeps its own format."""
+        On a CPU that is a channels-last copy, whose convolutions run faster there; training keeps its
+        own format."""
         net = self.net if module is None else module
         net.eval()
         if self.device.type == "cuda" or self.config.channels_last:

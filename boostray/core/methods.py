@@ -5,7 +5,7 @@
   round, so every member ends at an LR minimum; with SAMME re-weighting this is Snapshot Boosting),
   ``fge`` (ordinary decay, then a triangular cycle per round), ``swa`` (decay to a constant LR, weights
   averaged);
-- placement: ``spread`` (round m ends at round(mE/M), the method reference's rounds) or ``tail``
+- placement: ``spread`` (round m ends at round(mE/M), the paper's rounds) or ``tail``
   (plain training until the first member at ``first_member`` x E, the other rounds evenly after it);
 - re-weighting: ``none`` or ``samme`` (the boosting step of boosting.py at every round's end);
 - combination: ``lambda``, ``uniform``, ``greedy`` (selection on validation data) or ``final`` (the

@@ -1,4 +1,4 @@
-"""Evaluation figures of the method reference's "What to record": pure NumPy, no torch, no Ray."""
+"""Evaluation figures of a run: accuracy, NLL, ECE, disagreement, staged accuracy. Pure NumPy, no torch, no Ray."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ def create_model(name: str, *, num_classes: int, in_channels: int, image_size: i
 def small_cnn(*, num_classes: int, in_channels: int, image_size: int, width: int = 32, dropout: float = 0.1) -> nn.Module:
     """Four 3x3 conv layers and a linear head, for tiny images: digits (8x8) keeps full resolution for
     two layers; 16 px and larger inputs are pooled after the first layer, so a 28x28 image costs ~5M
-    multiply-adds (MNIST-like data at a few thousand images/s on one CPU core)."""
+    multiply-adds."""
 
     def block(cin: int, cout: int) -> list[nn.Module]:
         return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]

@@ -1,17 +1,14 @@
 """What Ray Train can leave out on a Ray instance that this process started for itself and stops at exit.
 
-Ray Train's controller starts helper actors meant for long-lived, shared clusters. Each is a Python
-process importing Ray Train, Ray Data, pyarrow and pandas (1.3-1.6 s of CPU each here), started
-while the worker group starts:
+Ray Train's controller starts helper actors meant for long-lived, shared clusters, each a Python
+process that imports Ray Train and Ray Data while the worker group starts:
 
 - the placement-group cleaner removes a run's placement groups if the controller dies while the
-  cluster lives on. An instance owned by this process goes when the driver does, placement groups and
-  all; and stopping the cleaner costs up to 1 s after the last round (it joins a thread that sleeps
-  ``check_interval_s``, fixed at 1.0 s).
-- the dataset manager hands out Ray Data shards: created even when the run passes no dataset.
-- the preemption watcher polls for cloud node preemption notices. One machine is not preempted under
-  its own run: ``runtime.ray_session`` sets Ray's ``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0`` in the
-  local job's environment.
+  cluster lives on; an instance owned by this process goes when the driver does, placement groups and
+  all, and stopping the cleaner waits on a thread that sleeps for a second;
+- the dataset manager hands out Ray Data shards, and boostray passes no dataset;
+- the preemption watcher polls for cloud preemption notices, which one machine never gets
+  (``runtime.ray_session`` turns it off with ``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0``).
 
 Fault tolerance is untouched: the controller still restarts lost workers from the last checkpoint
 (``--max-failures``), and a rerun with the same ``--name`` resumes.

@@ -63,7 +63,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
     call started Ray (and so shuts it down on exit). An already initialised Ray is reused as is.
     ``dashboard``: whether a local instance runs Ray's dashboard (and the state API it serves).
     ``preload``: modules to import on a helper thread while Ray starts, which is mostly waiting for
-    Ray's processes to come up (importing Ray Train takes about 1 s here)."""
+    Ray's processes to come up."""
     global _owned
     import ray
 
