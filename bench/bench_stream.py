@@ -51,7 +51,7 @@ def main() -> None:
             data = load_dataset("parquet", FOLDER, stream=stream)
             load = time.perf_counter() - started
             config = TrainConfig(dataset="parquet", data_dir=FOLDER, stream=stream, epochs=2, members=2, workers=0, seed=seed)
-            state = train_in_process(config, data)
+            state = train_in_process(config.spec(), data)
             out.setdefault("stream" if stream else "memory", []).append({
                 "load_s": round(load, 2), "train_seconds": round(state.train_seconds, 2),
                 "test_acc": state.members[-1].test_accuracy, "peak_groups": state.peak_chunks_held})

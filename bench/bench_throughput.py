@@ -134,7 +134,7 @@ def bench_case(name: str, data: ImageDataset, model: str, batch_size: int, devic
     def engine_for(**overrides) -> Engine:
         config = TrainConfig(model=model, batch_size=batch_size, epochs=4, members=1, method="cbnn",
                              **overrides).resolved()
-        return Engine(config, data, store=LocalWeightStore(), device=device)
+        return Engine(config.spec(), data, store=LocalWeightStore(), device=device)
 
     engine = engine_for()
     out.update(images_per_second(

@@ -73,7 +73,7 @@ def _sync_worker(loop_config: dict) -> dict | None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     store, results = loop_config["store"], {}
-    config = TrainConfig().resolved()  # the preset fills eta and the other preset-dependent options
+    config = TrainConfig().spec()  # the preset fills eta and the other preset-dependent options
     for n in loop_config["sizes"]:
         shard = torch.arange(rank, n, world)  # DistributedSampler's interleaved shard
         rng = np.random.default_rng(rank)

@@ -15,6 +15,7 @@ import sys
 import typing
 from typing import Sequence
 
+from boostray import __version__
 from boostray.config import FIELDS, PredictOptions, ServeOptions, TrainConfig, read_config_file
 from boostray.errors import BoostrayError, ConfigError, RunFailedError
 
@@ -131,6 +132,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     run_dir, metrics = train(config)
+    if config.mlflow:
+        from boostray.apps.tracking import log_finished_run
+
+        log_finished_run(config, run_dir, metrics)
     print(format_summary(run_dir, metrics))
     return 0
 
@@ -323,14 +328,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from boostray import __version__
-
-    parser = _Parser(prog="boostray", description="Checkpoint-boosted neural network ensembles (CBNN) on Ray.")
-    parser.add_argument("--version", action="version", version=f"boostray {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-
+def _add_train_command(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser(
         "train", help="train one network, boost its checkpoints, write the run directory",
         description="Train one network for --epochs, take --members members along the way, re-weight the "
@@ -341,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_options(train)
     train.set_defaults(func=cmd_train)
 
+
+def _add_evaluate_command(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("evaluate", help="score a run directory's ensemble on a data split",
                         description="Load RUN_DIR's ensemble (checking every member's sha256) and score it.")
     ev.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
@@ -350,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print the full report as JSON")
     ev.set_defaults(func=cmd_evaluate)
 
+
+def _add_serve_command(sub: argparse._SubParsersAction) -> None:
     sv = sub.add_parser("serve", help="serve a run's ensemble over HTTP with Ray Serve (blocks until Ctrl-C)",
                         description="POST /v1/models/NAME:predict {\"instances\": [...]} -> {\"predictions\": [...]}; "
                         "GET /v1/models/NAME, GET /healthz, OpenAPI docs at /docs.")
@@ -365,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "the proxy's two Ray calls per request (docs/serving.md) (default: proxy)")
     sv.set_defaults(func=cmd_serve)
 
+
+def _add_predict_command(sub: argparse._SubParsersAction) -> None:
     pr = sub.add_parser("predict", help="batch inference over a Parquet data set with Ray Data",
                         description="Score every row of a Parquet data set with an actor pool; writes a Parquet "
                         "folder with the id, label, class_name and probabilities.")
@@ -375,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
     pr.set_defaults(func=cmd_predict)
 
+
+def _add_tune_command(sub: argparse._SubParsersAction) -> None:
     tn = sub.add_parser("tune", help="Ray Tune sweep of boosting and LR hyperparameters on validation data",
                         description="Run the sweep a YAML describes (see tune_configs/): each trial is a Ray Train run, "
                         "ASHA stops weak trials after any round; writes trials.csv/.md, best_config.yaml and the "
@@ -386,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     tn.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
     tn.set_defaults(func=cmd_tune)
 
+
+def _add_compare_command(sub: argparse._SubParsersAction) -> None:
     cp = sub.add_parser("compare", help="several methods x seeds at the same budget, and a report",
                         description="Train every method in --methods for --seeds seeds with the same data, model and "
                         "budget (the train options below), as concurrent Ray Train runs when the cluster has room, "
@@ -399,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_options(cp, budgets=True)
     cp.set_defaults(func=cmd_compare)
 
+
+def _add_inspect_command(sub: argparse._SubParsersAction) -> None:
     ins = sub.add_parser("inspect", help="the training samples with the largest final boosting weights",
                          description="Table and PNG grid of the N training samples the boosting weighted most at "
                          "the end: the examples the ensemble found hardest (often mislabeled ones).")
@@ -407,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--output", help="folder for hardest.csv and hardest.png (default: RUN_DIR/inspect)")
     ins.set_defaults(func=cmd_inspect)
 
+
+def _add_export_command(sub: argparse._SubParsersAction) -> None:
     ex = sub.add_parser("export", help="one ONNX (or torch.export) file computing the whole ensemble",
                         description="Write one graph that takes raw uint8 pixels (any batch size), normalises them, "
                         "runs every member, combines them with the ensemble's weights and temperature and returns "
@@ -419,8 +431,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run the ONNX file in ONNX Runtime on N random images and compare with the ensemble")
     ex.set_defaults(func=cmd_export)
 
+
+def _add_models_command(sub: argparse._SubParsersAction) -> None:
     models = sub.add_parser("models", help="list the model registry")
     models.set_defaults(func=cmd_models)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="boostray", description="Checkpoint-boosted neural network ensembles (CBNN) on Ray.")
+    parser.add_argument("--version", action="version", version=f"boostray {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    _add_train_command(sub)
+    _add_evaluate_command(sub)
+    _add_serve_command(sub)
+    _add_predict_command(sub)
+    _add_tune_command(sub)
+    _add_compare_command(sub)
+    _add_inspect_command(sub)
+    _add_export_command(sub)
+    _add_models_command(sub)
     return parser
 
 

@@ -16,7 +16,11 @@ from typing import Annotated, Any, Callable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from boostray.errors import ConfigError
+from boostray.core.data import DATASETS, STREAMABLE
+from boostray.core.methods import AXES, Method, create_method, preset_options
+from boostray.core.models import list_models
+from boostray.core.spec import SPEC_FIELDS, RunSpec
+from boostray.errors import ConfigError, require_extra
 
 
 def _opt(default: Any, help: str, *, preset: bool = False, **bounds: Any) -> Any:
@@ -170,10 +174,6 @@ class TrainConfig(Options):
     @model_validator(mode="after")
     def _check_together(self) -> "TrainConfig":
         """What no single field can check: names that must exist, and options that depend on each other."""
-        from boostray.core.data import DATASETS, STREAMABLE
-        from boostray.core.methods import preset_options
-        from boostray.core.models import list_models
-
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}")
         if self.model not in list_models():
@@ -187,8 +187,6 @@ class TrainConfig(Options):
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
             raise ConfigError(f"--name must be a plain folder name, got {self.name!r}")
         if self.mlflow is not None:
-            from boostray.errors import require_extra
-
             require_extra("mlflow", "mlflow", "--mlflow")
         return self
 
@@ -199,26 +197,26 @@ class TrainConfig(Options):
     def resolved(self) -> "TrainConfig":
         """A copy with every preset-dependent option (axes, eta, lambda_source, calibrate) filled in from
         the method's preset where it was not given: what a run is trained with, saved and compared."""
-        from boostray.core.methods import preset_options
-
         options = preset_options(self.method)
         return self.model_copy(update={k: options[k] for k in PRESET_KEYS if getattr(self, k) is None and k in options})
 
-    def build_method(self):
+    def build_method(self) -> Method:
         """The Method (schedule, rounds, members) of the resolved options."""
-        from boostray.core.methods import AXES, create_method
-
         return create_method(self.method, epochs=self.epochs, members=self.members,
                              deep_budget=self.deep_budget, **{k: getattr(self, k) for k in AXES})
+
+    def spec(self) -> RunSpec:
+        """What the run trains, resolved, as the Ray-free core takes it."""
+        resolved = self.resolved()
+        return RunSpec(**{k: getattr(resolved, k) for k in SPEC_FIELDS}, method=resolved.build_method())
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
 
-    def save(self, path: str) -> None:
-        """The resolved configuration, minus the run name, so ``--config`` repeats the run under a new name."""
-        data = {k: v for k, v in self.to_dict().items() if k != "name"}
-        with open(path, "w") as f:
-            yaml.safe_dump(data, f, sort_keys=False)
+    def saved(self) -> dict[str, Any]:
+        """The resolved options as a run's config.yaml keeps them: without the run name, so that
+        ``--config RUN_DIR/config.yaml`` repeats the run under a new one."""
+        return {k: v for k, v in self.resolved().to_dict().items() if k != "name"}
 
 
 class ServeOptions(Options):
@@ -309,9 +307,7 @@ LEGACY_VALUES: dict[str, Any] = {"lambda_source": "train", "ess_min": None, "mix
 def saved_options(saved: dict[str, Any]) -> dict[str, Any]:
     """A saved config.yaml's options as the run was trained. Keys written before an option existed take
     that time's behaviour: before the method axes, each method was today's preset of the same name
-    (cbnn: today's cbnn-paper) without a temperature."""
-    from boostray.core.methods import preset_options
-
+    (cbnn: the paper's form, as today) without a temperature."""
     saved = renamed(saved)
     out = {**LEGACY_VALUES, **saved}
     if "schedule" not in saved and saved.get("method"):

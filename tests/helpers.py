@@ -67,4 +67,4 @@ def crash_after_round(config, data, checkpoint_dir: str, round_number: int) -> N
             raise Crash
 
     with pytest.raises(Crash):
-        train_in_process(config, data, checkpoint_dir=checkpoint_dir, on_round=crash)
+        train_in_process(config.spec(), data, checkpoint_dir=checkpoint_dir, on_round=crash)

@@ -22,7 +22,7 @@ def digits():
 
 def test_engine_trains_boosts_and_captures_members_in_process(digits):
     rounds = []
-    state = train_in_process(TrainConfig(epochs=4, members=2, method="cbnn-paper"), digits,
+    state = train_in_process(TrainConfig(epochs=4, members=2, method="cbnn-paper").spec(), digits,
                              on_round=lambda metrics, state: rounds.append(metrics))
     assert [m["round"] for m in rounds] == [1, 2] and [m["epoch"] for m in rounds] == [2, 4]
     assert state.rounds_done == 2 and [m.epoch for m in state.members] == [2, 4]
@@ -33,8 +33,8 @@ def test_engine_trains_boosts_and_captures_members_in_process(digits):
 
 
 def test_deep_trains_independent_networks_the_first_of_which_is_the_single_network(digits):
-    single = train_in_process(TrainConfig(epochs=3, members=1, method="single", seed=2), digits)
-    deep = train_in_process(TrainConfig(epochs=3, members=3, method="deep", seed=2), digits)
+    single = train_in_process(TrainConfig(epochs=3, members=1, method="single", seed=2).spec(), digits)
+    deep = train_in_process(TrainConfig(epochs=3, members=3, method="deep", seed=2).spec(), digits)
     assert [m.epoch for m in deep.members] == [3, 6, 9] and len(deep.epoch_log) == 9  # 3x the budget
     for key, value in single.member_states[0].items():  # network 1: the single run's seed, batches and schedule
         np.testing.assert_array_equal(value.numpy(), deep.member_states[0][key].numpy())
@@ -47,7 +47,7 @@ def test_deep_trains_independent_networks_the_first_of_which_is_the_single_netwo
 
 def test_same_seed_same_run_in_process(digits):
     config = TrainConfig(epochs=2, members=2, method="snapshot", seed=5)
-    a, b = train_in_process(config, digits), train_in_process(config, digits)
+    a, b = train_in_process(config.spec(), digits), train_in_process(config.spec(), digits)
     for sa, sb in zip(a.member_states, b.member_states):
         for key in sa:
             np.testing.assert_array_equal(sa[key].numpy(), sb[key].numpy())
@@ -69,7 +69,7 @@ def test_the_core_runs_where_ray_cannot_be_imported(tmp_path):
         from boostray.config import TrainConfig
         from boostray.core.data import load_dataset
         from boostray.core.engine import train_in_process
-        state = train_in_process(TrainConfig(epochs=2, members=2), load_dataset("digits"))
+        state = train_in_process(TrainConfig(epochs=2, members=2).spec(), load_dataset("digits"))
         assert "ray" not in sys.modules
         print("members", len(state.members), "ess", round(state.ess[0], 3))
     """)
@@ -100,7 +100,7 @@ def test_compiled_training_keeps_plain_member_state_dicts(digits):
     """--compile trains through torch.compile; members and checkpoints stay the plain network's."""
     from boostray.core.models import create_model
 
-    state = train_in_process(TrainConfig(epochs=3, members=1, method="single", compile=True), digits)
+    state = train_in_process(TrainConfig(epochs=3, members=1, method="single", compile=True).spec(), digits)
     member = state.member_states[0]
     assert not any(k.startswith("_orig_mod") for k in member)
     net = create_model("small_cnn", num_classes=10, in_channels=1, image_size=8)
@@ -127,7 +127,7 @@ def test_checkpoints_keep_members_beside_them_and_resume_bit_identically(digits,
 
     config = TrainConfig(epochs=8, members=4, method="cbnn-paper", seed=1).resolved()
     members_dir = str(tmp_path / "members")
-    engine = Engine(config, digits, store=LocalWeightStore())
+    engine = Engine(config.spec(), digits, store=LocalWeightStore())
 
     def save(metrics, state):
         directory = tmp_path / f"round_{state.rounds_done}"
@@ -140,7 +140,7 @@ def test_checkpoints_keep_members_beside_them_and_resume_bit_identically(digits,
     assert sorted(os.listdir(members_dir)) == [f"round_{r:04d}.pt" for r in range(1, 5)]
     assert sizes[3] - sizes[1] < member_size / 4  # two more members, far less than one member's bytes
 
-    resumed = Engine(config, digits, store=LocalWeightStore())
+    resumed = Engine(config.spec(), digits, store=LocalWeightStore())
     state = resumed.restore(str(tmp_path / "round_2"), members_dir)
     assert state.rounds_done == 2 and len(state.member_states) == 2
     final = resumed.run(state, lambda metrics, state: None)
@@ -155,10 +155,10 @@ def test_in_process_runs_checkpoint_every_round_and_resume_after_a_crash(digits,
     """workers=0 keeps fault tolerance without Ray: a run that dies after round 2 and is started again
     with the same checkpoint folder resumes there and ends with the uninterrupted run's ensemble."""
     config = TrainConfig(epochs=8, members=4, method="cbnn-paper", seed=4)
-    reference = train_in_process(config, digits)
+    reference = train_in_process(config.spec(), digits)
     crash_after_round(config, digits, str(tmp_path), 2)
     assert sorted(os.listdir(tmp_path)) == ["members", "round_0001", "round_0002"]
-    resumed = train_in_process(config, digits, checkpoint_dir=str(tmp_path))
+    resumed = train_in_process(config.spec(), digits, checkpoint_dir=str(tmp_path))
     assert resumed.resumed_at_rounds == [2] and sorted(os.listdir(tmp_path)) == ["members", "round_0003", "round_0004"]
     np.testing.assert_array_equal(resumed.weights, reference.weights)
     for a, b in zip(resumed.member_states, reference.member_states):

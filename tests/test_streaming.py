@@ -86,7 +86,7 @@ def test_a_streamed_run_equals_the_same_split_in_memory_and_holds_a_window_of_ro
     assert isinstance(twin.train, ImageSplit) and not twin.streamed
     config = TrainConfig(dataset="parquet", data_dir=folder, stream=True, stream_window=2, epochs=4, members=2,
                          method=method, seed=5, **options)
-    a, b = train_in_process(config, streamed), train_in_process(config, twin)
+    a, b = train_in_process(config.spec(), streamed), train_in_process(config.spec(), twin)
     equal_states(a, b)
     assert len(a.members) == (1 if method == "swa" else 2)
     groups = sum(1 for c in streamed.train.chunks() if len(c))
@@ -98,9 +98,9 @@ def test_a_streamed_run_equals_the_same_split_in_memory_and_holds_a_window_of_ro
 def test_a_streamed_run_resumes_bit_identically(grouped, tmp_path):
     folder, streamed, _ = grouped
     config = TrainConfig(dataset="parquet", data_dir=folder, stream=True, epochs=4, members=2, seed=2)
-    reference = train_in_process(config, streamed)
+    reference = train_in_process(config.spec(), streamed)
     crash_after_round(config, streamed, str(tmp_path), 1)
-    resumed = train_in_process(config, streamed, checkpoint_dir=str(tmp_path))
+    resumed = train_in_process(config.spec(), streamed, checkpoint_dir=str(tmp_path))
     assert resumed.resumed_at_rounds == [1]
     equal_states(resumed, reference)
 
@@ -138,7 +138,7 @@ def test_an_image_folder_streams_in_mixed_groups_and_trains_as_in_memory(tmp_pat
     config = TrainConfig(dataset="imagefolder", data_dir=folder, stream=True, stream_window=2, epochs=2,
                          members=2, seed=1, augment=True)
     twin = dataclasses.replace(streamed, train=streamed.train.materialize())
-    equal_states(train_in_process(config, streamed), train_in_process(config, twin))
+    equal_states(train_in_process(config.spec(), streamed), train_in_process(config.spec(), twin))
 
 
 def test_a_streamed_folder_whose_first_image_is_grey_refuses_a_later_rgb_one(tmp_path):

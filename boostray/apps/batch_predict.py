@@ -14,6 +14,9 @@ from typing import Any
 import numpy as np
 
 from boostray.core import storage
+from boostray.core.ensemble import load_ensemble, read_manifest
+from boostray.core.images import decode_image
+from boostray.core.inference import MemberStack, cascade_predict
 from boostray.errors import DataError
 
 
@@ -23,9 +26,6 @@ class EnsemblePredictor:
     def __init__(self, run_dir: str, id_column: str, image_column: str, use_gpu: bool, cascade: bool) -> None:
         import torch
 
-        from boostray.core.ensemble import load_ensemble
-        from boostray.core.inference import MemberStack
-
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.ensemble = load_ensemble(run_dir, device=device)
         self.stack = MemberStack(self.ensemble)
@@ -33,12 +33,10 @@ class EnsemblePredictor:
         self.id_column, self.image_column, self.cascade = id_column, image_column, cascade
 
     def _pixels(self, column: Any) -> np.ndarray:
-        from boostray.core.data import _decode_image
-
         c, h, w = self.shape
         first = column[0]
         if isinstance(first, dict):
-            images = [_decode_image(item["bytes"], "input") for item in column]
+            images = [decode_image(item["bytes"], "input") for item in column]
             out = np.empty((len(images), c, h, w), dtype=np.float32)
             for i, im in enumerate(images):
                 if im.shape[1:] != (h, w):
@@ -51,8 +49,6 @@ class EnsemblePredictor:
         return arr.reshape(-1, c, h, w)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from boostray.core.inference import cascade_predict
-
         x = self._pixels(batch[self.image_column])
         if self.cascade:
             result = cascade_predict(self.stack, x)
@@ -74,8 +70,6 @@ class EnsemblePredictor:
 def check_predict_inputs(run_dir: str, input_path: str, output_path: str, id_column: str, image_column: str) -> None:
     """Everything that can be checked before Ray starts."""
     import pyarrow.parquet as pq
-
-    from boostray.core.ensemble import read_manifest
 
     read_manifest(run_dir)
     if not os.path.exists(input_path):

@@ -6,9 +6,10 @@ import os
 
 from boostray.config import TrainConfig, read_config_file
 from boostray.core import storage
+from boostray.core.data import load_training_data
 from boostray.core.ensemble import load_ensemble
-from boostray.errors import ArtifactError, DataError
 from boostray.core.metrics import ensemble_report
+from boostray.errors import ArtifactError, DataError
 
 
 def evaluate_run(run_dir: str, *, dataset: str | None = None, data_dir: str | None = None, split: str = "test") -> dict:
@@ -23,8 +24,6 @@ def evaluate_run(run_dir: str, *, dataset: str | None = None, data_dir: str | No
         config = TrainConfig(dataset=dataset, data_dir=data_dir)
     elif data_dir is not None:
         config.data_dir = data_dir
-    from boostray.core.data import load_training_data
-
     data = load_training_data(config)
     if list(data.input_shape) != list(manifest["input_shape"]):
         raise DataError(f"{config.dataset} images are {data.input_shape}, the ensemble expects {tuple(manifest['input_shape'])}")

@@ -8,16 +8,15 @@ import os
 
 import numpy as np
 
-from boostray.core import storage
 from boostray.config import TrainConfig, read_config_file
+from boostray.core import storage
+from boostray.core.data import load_training_data
+from boostray.core.ensemble import load_ensemble
 from boostray.errors import ArtifactError, ConfigError
 
 
 def hardest_samples(run_dir: str, top: int) -> tuple[list[dict], np.ndarray]:
     import pyarrow.parquet as pq
-
-    from boostray.core.ensemble import load_ensemble
-    from boostray.core.data import load_training_data
 
     if top < 1:
         raise ConfigError(f"--top must be >= 1, got {top}")

@@ -21,8 +21,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
+from boostray import __version__
 from boostray.config import ServeOptions
 from boostray.core import oip, storage
+from boostray.core.ensemble import load_ensemble, read_manifest
 from boostray.core.inference import (
     MemberStack,
     RequestError,
@@ -31,7 +33,6 @@ from boostray.core.inference import (
     parse_instances,
     parse_top_k,
 )
-
 
 app = FastAPI(
     title="boostray ensemble server",
@@ -58,8 +59,6 @@ def _timed(response: JSONResponse, started: float, parsed: float, answered: floa
 class EnsembleServer:
     def __init__(self, options: dict[str, Any]) -> None:
         import torch
-
-        from boostray.core.ensemble import load_ensemble
 
         self.options = ServeOptions(**options)
         device = "cuda" if self.options.gpus_per_replica > 0 and torch.cuda.is_available() else "cpu"
@@ -145,8 +144,6 @@ class EnsembleServer:
     # -- Open Inference Protocol (KServe v2) ---------------------------------------------------------
     @app.get("/v2")
     async def v2_server(self) -> dict:
-        from boostray import __version__
-
         return oip.server_metadata(__version__)
 
     @app.get("/v2/health/live")
@@ -218,8 +215,6 @@ class EnsembleServer:
 def build_app(options: ServeOptions) -> serve.Application:
     """Application builder: ``serve run boostray.apps.serving:build_app run_dir=PATH`` or a Serve config; Serve
     checks the arguments against ServeOptions. A plain dict (from Python) is checked the same way."""
-    from boostray.core.ensemble import read_manifest
-
     if not isinstance(options, ServeOptions):
         options = ServeOptions(**options)
     if not storage.is_uri(options.run_dir):  # a storage URI stays one: every replica reads its own local copy

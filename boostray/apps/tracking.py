@@ -111,3 +111,16 @@ class Tracker:
             self.client.log_batch(run_id, params=params[start:start + 100])
         for start in range(0, len(metrics), 1000):
             self.client.log_batch(run_id, metrics=metrics[start:start + 1000])
+
+
+def log_finished_run(config, run_dir: str, metrics: dict, tracker: "Tracker | None" = None,
+                     parent: str | None = None) -> str:
+    """Log a run that ``train`` finished (``config.name`` set) to ``config.mlflow``'s store, or to
+    ``tracker`` under ``parent`` when a comparison groups its runs; prints where, returns the run id."""
+    from boostray.core import storage
+
+    output = config.output if storage.is_uri(config.output) else storage.local_path(config.output)
+    tracker = tracker or Tracker(config.mlflow, output)
+    run_id = tracker.log_training_run(config.name, storage.local_copy(run_dir), metrics, config.resolved().to_dict(), parent)
+    print(f"[boostray] logged to MLflow: {tracker.uri} run {run_id}", flush=True)
+    return run_id

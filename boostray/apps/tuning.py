@@ -19,8 +19,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from boostray.apps.tracking import Tracker
+from boostray.config import (
+    PLACEMENT_OPTIONS,
+    TrainConfig,
+    coerce_option,
+    describe_error,
+    load_yaml_mapping,
+    parse_options,
+)
 from boostray.core import storage
-from boostray.config import PLACEMENT_OPTIONS, TrainConfig, coerce_option, describe_error, load_yaml_mapping, parse_options
+from boostray.core.checkpoints import MEMBERS_FOLDER, load_boost_state, read_checkpoint
+from boostray.core.data import load_training_data
+from boostray.core.run_directory import write_run_directory
+from boostray.distributed.trainer import check_streamable, run_training
 from boostray.errors import ConfigError, require_extra
 
 SEARCHABLE = {
@@ -197,8 +209,6 @@ def trial_fn(params: dict, data_box=None, fixed: dict | None = None, sweep_dir: 
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from boostray.distributed.trainer import run_training
-
     trial_id = ray.tune.get_context().get_trial_id()
     config = TrainConfig(**{**fixed, **params, "name": f"trial-{trial_id}", "output": os.path.join(sweep_dir, "trials")})
     run_training(config, data_box[0], callbacks=[TuneReportCallback()])
@@ -206,15 +216,11 @@ def trial_fn(params: dict, data_box=None, fixed: dict | None = None, sweep_dir: 
 
 def export_trial(checkpoint_path: str, config: TrainConfig, data, run_dir: str) -> dict:
     """A trial's run directory, built from its last checkpoint (which holds the whole boosting state)."""
-    import torch
-
-    from boostray.core.engine import CHECKPOINT_FILE, load_boost_state
-    from boostray.distributed.trainer import MEMBERS_FOLDER, write_run_directory
-
-    saved = torch.load(os.path.join(checkpoint_path, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+    saved = read_checkpoint(checkpoint_path)
     members_dir = os.path.join(os.path.dirname(os.path.normpath(checkpoint_path)), MEMBERS_FOLDER)
     state = load_boost_state(saved["boost"], members_dir)
-    return write_run_directory(run_dir, state, data, config, state.train_seconds)
+    return write_run_directory(run_dir, state, data, config.spec(), name=config.name, options=config.saved(),
+                               extra_metrics={"wall_seconds": state.train_seconds})
 
 
 def run_sweep(config: SweepConfig, *, resume: bool = False) -> dict:
@@ -222,9 +228,6 @@ def run_sweep(config: SweepConfig, *, resume: bool = False) -> dict:
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    from boostray.core.data import load_training_data
-    from boostray.distributed.trainer import check_streamable
 
     started = time.perf_counter()
     sweep_dir = config.sweep_dir
@@ -335,8 +338,6 @@ def summarize(config: SweepConfig, results, data, wall_seconds: float) -> dict:
 def log_sweep(config: SweepConfig, results, rows: list[dict], best_dir: str, metrics: dict, best_config: TrainConfig) -> None:
     """MLflow: one run for the sweep, one nested run per trial (its parameters and per-round metrics),
     and the best trial's run directory as a training run."""
-    from boostray.apps.tracking import Tracker
-
     tracker = Tracker(config.train["mlflow"], config.sweep_dir)
     parent = tracker.start_parent(f"sweep {config.name}", {"search_space": json.dumps(
         {k: v.model_dump() for k, v in config.search_space.items()}), "metric": config.metric, **config.train})

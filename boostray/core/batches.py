@@ -121,11 +121,18 @@ def chunked_epoch_order(chunks: list[np.ndarray], epoch: int, seed: int, rank: i
 
 
 class TrainBatches:
-    """One rank's training batches: (uint8 images, labels, sample indices), all on ``device``."""
+    """One rank's training batches: (uint8 images, labels, sample indices), all on ``device``.
+
+    Both batch classes offer the same interface: ``epoch(e)`` for training, ``eval_chunks(rows)`` for this
+    rank's share of the split in (indices, images) pieces (the correctness pass), ``all_chunks(rows)`` for
+    every image (SWA's batch-norm recount), and ``peak_chunks`` (0 here: nothing is read from disk)."""
+
+    peak_chunks = 0
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, device: torch.device,
                  seed: int, rank: int = 0, world: int = 1, augment: bool = True, crop_padding: int = 0,
                  hflip: bool = False) -> None:
+        source = images
         with warnings.catch_warnings():  # arrays from the object store are read-only; nothing writes them
             warnings.simplefilter("ignore", UserWarning)
             images = torch.from_numpy(np.ascontiguousarray(images)).to(device)
@@ -133,6 +140,7 @@ class TrainBatches:
         self.n, self.batch_size, self.device = int(labels.shape[0]), batch_size, device
         self.seed, self.rank, self.world = seed, rank, world
         self.augment, self.crop_padding, self.hflip = augment, crop_padding, hflip
+        self.source = source  # the unpadded host array, for the evaluation passes
         # Augmented batches are cut out of a copy padded once, here, not padded batch by batch.
         self.images = pad_images(images, crop_padding) if augment else images
 
@@ -149,6 +157,18 @@ class TrainBatches:
             else:
                 x = self.images[idx]
             yield x, self.labels[idx], idx
+
+    def eval_chunks(self, max_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """This rank's contiguous share of the samples as (indices, uint8 images), ``max_rows`` at a time."""
+        index = np.array_split(np.arange(self.n), self.world)[self.rank]
+        for start in range(0, index.size, max_rows):
+            part = index[start:start + max_rows]
+            yield part, self.source[part]
+
+    def all_chunks(self, max_rows: int) -> Iterator[np.ndarray]:
+        """Every sample's images, ``max_rows`` at a time."""
+        for start in range(0, self.n, max_rows):
+            yield self.source[start:start + max_rows]
 
 
 class ChunkedBatches:

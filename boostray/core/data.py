@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import glob
 import gzip
-import io
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -19,58 +18,17 @@ from typing import Callable
 import numpy as np
 import torch
 
+from boostray.core.images import (  # noqa: F401  (part of this module's interface too)
+    SPLIT_SEED, ImageSplit, decode_image, decode_image_column, mean_std, parquet_class_names, parquet_image_column,
+    parquet_labels, pixel_histogram, stack_images,
+)
+from boostray.core.streaming import open_image_files, open_parquet_train
 from boostray.errors import DataError
 
-SPLIT_SEED = 0
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
-
-
-@dataclass
-class ImageSplit:
-    images: np.ndarray  # uint8 (N, C, H, W), raw pixel values 0..255
-    labels: np.ndarray  # int64 (N,)
-    # Sample indices per chunk (a Parquet row group), where the split trains in a streamed split's chunked
-    # order (StreamedSplit.materialize): the in-memory twin of a streamed run. None: one global shuffle.
-    chunked: list[np.ndarray] | None = None
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self.images.shape[1:])  # type: ignore[return-value]
-
-    def subset(self, index: np.ndarray) -> "ImageSplit":
-        return ImageSplit(self.images[index], self.labels[index])
-
-    def chunks(self) -> list[np.ndarray]:
-        if self.chunked is None:
-            raise ValueError("this split trains in one global shuffle; it has no chunks")
-        return self.chunked
-
-    def read_chunk(self, j: int) -> np.ndarray:
-        return self.images[self.chunks()[j]]
-
-    def take(self, index: np.ndarray) -> np.ndarray:
-        return self.images[index]
-
-
-def pixel_histogram(images: np.ndarray) -> np.ndarray:
-    """Per-channel counts of each pixel value 0..255 of uint8 (N, C, H, W) images: (C, 256) int64.
-    Exact integers, so statistics summed chunk by chunk equal those of the whole array."""
-    return np.stack([np.bincount(images[:, c].reshape(-1), minlength=256) for c in range(images.shape[1])])
-
-
-def mean_std(histogram: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and standard deviation of pixels / 255 from their histogram (std at least 1e-3)."""
-    values = np.arange(256, dtype=np.float64) / 255.0
-    total = histogram.sum(axis=1)
-    mean = (histogram * values).sum(axis=1) / total
-    var = (histogram * (values[None] - mean[:, None]) ** 2).sum(axis=1) / total
-    return [float(m) for m in mean], [float(s) for s in np.maximum(np.sqrt(var), 1e-3)]
 
 
 @dataclass
@@ -176,110 +134,6 @@ def _cifar_loader(cls_name: str) -> Callable:
     return load
 
 
-def _decode_image(data: bytes, where: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        img = Image.open(io.BytesIO(data))
-        img = img.convert("L" if img.mode in ("1", "L", "I;16", "I", "F") else "RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"cannot decode image {where}: {exc}") from None
-    arr = np.asarray(img, dtype=np.uint8)
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-
-
-def _stack_images(images: list[np.ndarray], where: str) -> np.ndarray:
-    if not images:
-        raise DataError(f"{where} is empty")
-    channels = max(im.shape[0] for im in images)
-    first = images[0].shape[1:]
-    out = np.empty((len(images), channels, *first), dtype=np.uint8)
-    for i, im in enumerate(images):
-        if im.shape[1:] != first:
-            raise DataError(f"mismatched image shapes in {where}: row 0 is {first}, row {i} is {im.shape[1:]}")
-        out[i] = im if im.shape[0] == channels else np.repeat(im, channels, axis=0)
-    return out
-
-
-def parquet_image_column(column_names: list[str], where: str) -> str:
-    """The column that holds the images: ``image``, ``img`` or ``pixels``."""
-    image_col = next((c for c in ("image", "img", "pixels") if c in column_names), None)
-    if image_col is None:
-        raise DataError(f"{where} parquet has no 'image' column (columns: {column_names})")
-    return image_col
-
-
-def parquet_labels(table, where: str) -> np.ndarray:
-    """The ``label`` column as int64, or a one-line DataError."""
-    if table.num_rows == 0:
-        raise DataError(f"the {where} split is empty")
-    if "label" not in table.column_names:
-        raise DataError(f"{where} parquet has no 'label' column (columns: {table.column_names})")
-    labels_col = table.column("label")
-    if labels_col.null_count:
-        raise DataError(f"{where} parquet has missing labels")
-    labels = np.asarray(labels_col.to_numpy(zero_copy_only=False))
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"{where} parquet column 'label' must be integers, got {labels.dtype}")
-    return labels.astype(np.int64)
-
-
-def parquet_class_names(schema) -> list[str] | None:
-    """Class names from a Hugging Face export's schema metadata, if it has them."""
-    import json
-
-    meta = schema.metadata or {}
-    if b"huggingface" not in meta:
-        return None
-    try:
-        feats = json.loads(meta[b"huggingface"])["info"]["features"]["label"]
-        return [str(n) for n in feats["names"]]
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def decode_image_column(col, where: str, unit_scale: bool | None = None) -> np.ndarray:
-    """A Parquet image column (image structs of PNG/JPEG bytes, or lists of pixel numbers) as uint8
-    (N, C, H, W). Numbers in [0, 1] are scaled to 0..255: decided from this column unless ``unit_scale``
-    says it (a streamed split decides once, so every row group is scaled alike)."""
-    import pyarrow as pa
-
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    if pa.types.is_struct(col.type):
-        raw = col.field("bytes").to_pylist()
-        images = [_decode_image(b, f"{where} row {i}") if b is not None else None for i, b in enumerate(raw)]
-        if any(im is None for im in images):
-            raise DataError(f"{where} parquet has rows without image bytes")
-        return _stack_images(images, f"{where} split")  # type: ignore[arg-type]
-    if pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) or pa.types.is_large_list(col.type):
-        lengths = set(col.value_lengths().to_pylist()) if not pa.types.is_fixed_size_list(col.type) else {col.type.list_size}
-        if len(lengths) != 1:
-            raise DataError(f"mismatched image shapes in {where} split: list lengths {sorted(lengths)[:5]}")
-        length = lengths.pop()
-        values = col.flatten().to_numpy(zero_copy_only=False)
-        if np.issubdtype(values.dtype, np.integer):
-            scale_up = unit_scale if unit_scale is not None else values.max(initial=0) <= 1
-            pixels = values * 255 if scale_up else values
-            pixels = np.clip(pixels, 0, 255).astype(np.uint8)
-        else:
-            flat = np.asarray(values, dtype=np.float64)
-            if not np.isfinite(flat).all():
-                raise DataError(f"{where} parquet images hold NaN or inf")
-            scale_up = unit_scale if unit_scale is not None else flat.max(initial=0) <= 1.0
-            pixels = flat * 255.0 if scale_up else flat  # pixels given in [0, 1]
-        for c in (1, 3):
-            side = int(round((length / c) ** 0.5))
-            if side * side * c == length:
-                break
-        else:
-            raise DataError(f"{where} image lists of length {length} are neither square grey nor square RGB")
-        if pixels.dtype != np.uint8:
-            pixels = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
-        return pixels.reshape(len(col), c, side, side)
-    raise DataError(f"{where} image column must be an image struct or a list of numbers, got {col.type}")
-
-
 def _parquet_split(files: list[str], where: str) -> tuple[ImageSplit, list[str] | None]:
     import pyarrow.parquet as pq
 
@@ -314,7 +168,6 @@ def load_parquet_splits(data_dir: str | None, download: bool, stream: bool = Fal
     if not train_files:
         raise DataError(f"no train*.parquet files in {data_dir}")
     if stream:
-        from boostray.core.streaming import open_parquet_train
 
         train, names = open_parquet_train(train_files)
     else:
@@ -350,8 +203,8 @@ def load_imagefolder_splits(data_dir: str | None, download: bool, stream: bool =
         images = []
         for path, _ in pairs:
             with open(path, "rb") as f:
-                images.append(_decode_image(f.read(), path))
-        return ImageSplit(_stack_images(images, f"{where} split"), np.array([y for _, y in pairs], dtype=np.int64))
+                images.append(decode_image(f.read(), path))
+        return ImageSplit(stack_images(images, f"{where} split"), np.array([y for _, y in pairs], dtype=np.int64))
 
     def class_tree(root: str) -> list[tuple[str, int]]:
         pairs = []
@@ -361,7 +214,6 @@ def load_imagefolder_splits(data_dir: str | None, download: bool, stream: bool =
         return pairs
 
     if stream:
-        from boostray.core.streaming import open_image_files
 
         pairs = class_tree(train_dir)
         if not pairs:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -25,21 +24,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from boostray.core import storage
 from boostray.core.batches import ChunkedBatches, TrainBatches
 from boostray.core.boost_state import BoostState, MemberRecord
+from boostray.core.checkpoints import (
+    MEMBERS_FOLDER, load_boost_state, read_checkpoint, round_dirs, save_checkpoint, write_round_checkpoint,
+)
 from boostray.core.boosting import ChanceLevelWarning, boost_step, clamp_error, effective_sample_size
 from boostray.core.collectives import (
     all_sum, barrier, combine_correctness, combine_rows, gather_digests, shard_indices, weights_digest,
 )
 from boostray.core.combine import crossfit_proba, lambda_from_validation
-from boostray.config import TrainConfig
 from boostray.core.data import ImageDataset, normalize
 from boostray.core.metrics import accuracy
 from boostray.core.models import create_model
+from boostray.core.spec import RunSpec
 from boostray.core.weights import LocalWeightStore
 
-CHECKPOINT_FILE = "state.pt"
 EVAL_BATCH = 1024  # SWA's batch-norm recount; on CUDA, the evaluation passes too
 
 
@@ -81,31 +81,31 @@ class Engine:
     """What one rank needs for the whole run: device, model, optimizer, LR schedule, batches.
     ``wrap_model`` wraps the network for data-parallel training (Ray Train's prepare_model)."""
 
-    def __init__(self, config: TrainConfig, data: ImageDataset, *, store: Any, rank: int = 0, world: int = 1,
+    def __init__(self, spec: RunSpec, data: ImageDataset, *, store: Any, rank: int = 0, world: int = 1,
                  device: torch.device | None = None,
                  wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None) -> None:
-        self.config, self.data, self.store = config, data, store
-        self.method = config.build_method()
+        self.spec, self.data, self.store = spec, data, store
+        self.method = spec.method
         self.rank, self.world = rank, world
         self.device = device or torch.device("cpu")
         self.eval_batch = eval_batch_size(self.device, data.input_shape)
         self.mean = torch.tensor(data.mean, device=self.device)
         self.std = torch.tensor(data.std, device=self.device)
         c, h, _ = data.input_shape
-        torch.manual_seed(config.seed)  # identical initialisation on every rank (DDP also broadcasts it)
-        net = create_model(config.model, num_classes=data.num_classes, in_channels=c, image_size=h)
-        if config.channels_last:
+        torch.manual_seed(spec.seed)  # identical initialisation on every rank (DDP also broadcasts it)
+        net = create_model(spec.model, num_classes=data.num_classes, in_channels=c, image_size=h)
+        if spec.channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.net = net.to(self.device)  # the plain network: what members, evals and checkpoints use
-        trained = torch.compile(self.net) if config.compile else self.net  # shares the network's parameters
+        trained = torch.compile(self.net) if spec.compile else self.net  # shares the network's parameters
         self.model = wrap_model(trained) if wrap_model else trained
         self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
+            self.model.parameters(), lr=spec.lr, momentum=0.9, nesterov=True, weight_decay=spec.weight_decay
         )
-        batching = dict(batch_size=max(1, config.batch_size // world), device=self.device, seed=config.seed, rank=rank,
-                        world=world, augment=config.augment, crop_padding=data.crop_padding, hflip=data.hflip)
+        batching = dict(batch_size=max(1, spec.batch_size // world), device=self.device, seed=spec.seed, rank=rank,
+                        world=world, augment=spec.augment, crop_padding=data.crop_padding, hflip=data.hflip)
         if data.streamed or data.train.chunked is not None:  # read a chunk at a time (streaming.py)
-            self.batches: TrainBatches | ChunkedBatches = ChunkedBatches(data.train, window=config.stream_window, **batching)
+            self.batches: TrainBatches | ChunkedBatches = ChunkedBatches(data.train, window=spec.stream_window, **batching)
         else:
             self.batches = TrainBatches(data.train.images, data.train.labels, **batching)
         self.steps_per_epoch = len(self.batches)
@@ -113,10 +113,10 @@ class Engine:
             self.optimizer, lambda step: self.method.lr_factor(step / self.steps_per_epoch)
         )
         self.autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16 if config.amp == "bf16" else torch.float16)
-            if config.amp and self.device.type == "cuda" else nullcontext()
+            torch.autocast("cuda", dtype=torch.bfloat16 if spec.amp == "bf16" else torch.float16)
+            if spec.amp and self.device.type == "cuda" else nullcontext()
         )
-        self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16" and self.device.type == "cuda")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=spec.amp == "fp16" and self.device.type == "cuda")
         # SWA's running average: created eagerly (loading never depends on lazily built members) and
         # saved and restored with every checkpoint, like a stateful training callback.
         self.averaged = torch.optim.swa_utils.AveragedModel(self.net) if self.method.averaged_member else None
@@ -124,13 +124,13 @@ class Engine:
     # -- passes over data ---------------------------------------------------------------------------
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         x = normalize(images.to(self.device, non_blocking=True), self.mean, self.std)
-        return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
+        return x.contiguous(memory_format=torch.channels_last) if self.spec.channels_last else x
 
     def train_epoch(self, epoch: int, weights: torch.Tensor, record: bool) -> tuple[dict, tuple | None]:
         """One epoch with the weighted loss L = sum_i (n w_i) CE_i / |batch|; optionally record
         on-the-fly correctness (error_source=running)."""
         self.model.train()
-        _seed_epoch(self.config.seed, epoch, self.rank)
+        _seed_epoch(self.spec.seed, epoch, self.rank)
         n = weights.numel()
         # Each batch's losses and correctness stay on the device, summed once after the epoch: one
         # synchronisation per epoch, and no extra kernels per step (launch-bound on a GPU).
@@ -163,8 +163,8 @@ class Engine:
         own format."""
         net = self.net if module is None else module
         net.eval()
-        if self.device.type == "cuda" or self.config.channels_last:
-            return net, self.config.channels_last
+        if self.device.type == "cuda" or self.spec.channels_last:
+            return net, self.spec.channels_last
         twin = copy.deepcopy(net).to(memory_format=torch.channels_last)
         return twin.eval(), True
 
@@ -190,15 +190,12 @@ class Engine:
 
     def eval_correctness(self) -> np.ndarray:
         """c_i on the training set from one eval-mode pass without augmentation (error_source=eval)."""
-        if isinstance(self.batches, ChunkedBatches):
-            proba = self.predict_chunks(self.batches.eval_chunks(self.eval_batch))
-        else:
-            proba = self.predict_proba(self.data.train.images)
+        proba = self.predict_chunks(self.batches.eval_chunks(self.eval_batch))
         return proba.argmax(1).numpy() == self.data.train.labels
 
     def predict_chunks(self, pieces) -> torch.Tensor:
         """Softmax outputs of the network on this rank's (indices, images) pieces of the training set,
-        combined over the ranks: the eval pass of a split read a chunk at a time."""
+        combined over the ranks."""
         net, channels_last = self.eval_net()
         index, rows = [], []
         with torch.inference_mode():
@@ -214,37 +211,24 @@ class Engine:
         training set, identically on every rank) or the network itself."""
         if self.averaged is None:
             return self.net
-        if isinstance(self.batches, ChunkedBatches):
-            pieces = self.batches.all_chunks(EVAL_BATCH)
-        else:
-            pieces = (self.data.train.images[i:i + EVAL_BATCH] for i in range(0, len(self.data.train), EVAL_BATCH))
-        batches = (self.prepare(torch.from_numpy(images)) for images in pieces)
+        batches = (self.prepare(torch.from_numpy(images)) for images in self.batches.all_chunks(EVAL_BATCH))
         torch.optim.swa_utils.update_bn(batches, self.averaged, device=self.device)
         return self.averaged.module
 
     # -- checkpoints --------------------------------------------------------------------------------
+    def training_state(self) -> dict:
+        """Everything besides the boosting state that a checkpoint must hold to resume bit for bit."""
+        return {"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "averaged": self.averaged.state_dict() if self.averaged is not None else None}
+
     def save(self, directory: str, state: BoostState, members_dir: str | None = None) -> None:
-        """A checkpoint in ``directory``. With ``members_dir`` the members are written there once each
-        (round_NNNN.pt) instead of into every checkpoint, so a checkpoint's size does not grow with M."""
-        torch.save(
-            {
-                "model": self.net.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "averaged": self.averaged.state_dict() if self.averaged is not None else None,
-                "boost": state.to_saveable(members=members_dir is None),
-            },
-            os.path.join(directory, CHECKPOINT_FILE),
-        )
-        if members_dir is not None:  # a local folder, or a storage URI (core/storage.py)
-            for i, member in enumerate(state.members):
-                path = member_file(members_dir, member.round)
-                if not storage.exists(path):  # written once; a rerun of the round writes it again first
-                    storage.torch_save(state.member_payload(i), path)
+        """A checkpoint of this rank's training and ``state`` in ``directory`` (checkpoints.py)."""
+        save_checkpoint(directory, self.training_state(), state, members_dir)
 
     def restore(self, directory: str, members_dir: str | None = None) -> BoostState:
-        saved = torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+        """Load the checkpoint in ``directory`` into this engine; returns its boosting state."""
+        saved = read_checkpoint(directory)
         self.net.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
@@ -254,7 +238,7 @@ class Engine:
         state = load_boost_state(saved["boost"], members_dir)
         state.resumed_at_rounds.append(state.rounds_done)
         if self.rank == 0:
-            emit(f"resuming from the checkpoint of round {state.rounds_done}/{self.config.members}")
+            emit(f"resuming from the checkpoint of round {state.rounds_done}/{self.spec.members}")
         return state
 
     # -- rounds -------------------------------------------------------------------------------------
@@ -263,8 +247,8 @@ class Engine:
         same on every rank), and an optimizer without momentum. The LR schedule restarts by itself
         (Method.lr_factor); the parameters are copied in place, so a DDP or compiled wrapper keeps them."""
         c, h, _ = self.data.input_shape
-        torch.manual_seed(self.config.seed + r)
-        fresh = create_model(self.config.model, num_classes=self.data.num_classes, in_channels=c, image_size=h)
+        torch.manual_seed(self.spec.seed + r)
+        fresh = create_model(self.spec.model, num_classes=self.data.num_classes, in_channels=c, image_size=h)
         with torch.no_grad():
             self.net.load_state_dict(fresh.state_dict())
         self.optimizer.state.clear()
@@ -279,7 +263,7 @@ class Engine:
     def train_round(self, state: BoostState, r: int, weights: torch.Tensor, clock: dict) -> tuple | None:
         """The epochs of round ``r`` (0-based), with a progress line each; returns the last epoch's
         on-the-fly correctness when error_source is running."""
-        config, method = self.config, self.method
+        spec, method = self.spec, self.method
         bounds = method.boundaries()
         start, end = (bounds[r - 1] if r else 0), bounds[r]
         total = method.total_epochs
@@ -287,7 +271,7 @@ class Engine:
             self.reinitialise(r)
         recorded = None
         for epoch in range(start, end):
-            record = method.reweights and config.error_source == "running" and epoch == end - 1
+            record = method.reweights and spec.error_source == "running" and epoch == end - 1
             stats, rec = self.train_epoch(epoch, weights, record)
             if method.averages_after_epoch(epoch):
                 self.averaged.update_parameters(self.net)
@@ -300,7 +284,7 @@ class Engine:
             if done == method.probe_epoch():
                 self.probe(state, clock)
             if self.rank == 0:
-                emit(f"epoch {done}/{total} round {r + 1}/{config.members} "
+                emit(f"epoch {done}/{total} round {r + 1}/{spec.members} "
                      f"loss {stats['loss']:.4f} acc {stats['accuracy']:.4f} lr {stats['lr']:.4g} "
                      f"elapsed {elapsed:.1f}s eta {eta_s:.1f}s")
         return recorded
@@ -308,21 +292,21 @@ class Engine:
     def boost(self, state: BoostState, r: int, recorded: tuple | None) -> RoundOutcome:
         """Round ``r``'s boosting step on every rank: correctness combined over the ranks, rank 0's
         SAMME step published through the store, every rank reading it back."""
-        config, data = self.config, self.data
+        spec, data = self.spec, self.data
         n, k = len(data.train), data.num_classes
         out = RoundOutcome()
-        correct = combine_correctness(recorded[0], recorded[1], n) if config.error_source == "running" else self.eval_correctness()
+        correct = combine_correctness(recorded[0], recorded[1], n) if spec.error_source == "running" else self.eval_correctness()
         out.train_accuracy = float(correct.mean())
         val_error = None
-        if config.lambda_source == "val":
+        if spec.lambda_source == "val":
             # The validation pass that every round of every method makes for the record, moved before
             # the update: the same cost for all methods, so it stays out of train_seconds.
             started = time.perf_counter()
             out.val_proba = self.predict_proba(data.val.images).numpy()
             val_error = 1.0 - accuracy(out.val_proba, data.val.labels)
             out.record_seconds = time.perf_counter() - started
-        last = r == config.members - 1
-        entry = boost_round(state, correct, k, config, last, val_error) if self.rank == 0 else None
+        last = r == spec.members - 1
+        entry = boost_round(state, correct, k, spec, last, val_error) if self.rank == 0 else None
         synced, out.digests = sync_weights(self.store, self.rank, r + 1, state, entry)
         state.weights = np.array(synced)
         entry = self.store.history()[-1]  # every rank takes e_m and lambda_m from the store
@@ -341,8 +325,8 @@ class Engine:
         state.last_val_proba, state.last_test_proba = val_p, test_p
         if method.is_member(r):
             if not method.reweights:  # lambda_m from the validation error: what combine=lambda weighs by
-                out.error = clamp_error(1.0 - accuracy(val_p, data.val.labels), k, self.config.min_error)
-                out.lambda_ = float(lambda_from_validation(val_p[None], data.val.labels, k, self.config.min_error)[0])
+                out.error = clamp_error(1.0 - accuracy(val_p, data.val.labels), k, self.spec.min_error)
+                out.lambda_ = float(lambda_from_validation(val_p[None], data.val.labels, k, self.spec.min_error)[0])
             state.members.append(MemberRecord(
                 round=r + 1, epoch=method.boundaries()[r], lambda_=out.lambda_, error=out.error, raw_error=out.raw_error,
                 train_accuracy=out.train_accuracy, val_accuracy=accuracy(val_p, data.val.labels),
@@ -355,14 +339,14 @@ class Engine:
 
     def run(self, state: BoostState, on_round: Callable[[dict, BoostState], None]) -> BoostState:
         """Train every round left in ``state`` (fresh, or restored from a checkpoint)."""
-        config, method = self.config, self.method
+        spec, method = self.spec, self.method
         state.loop_wall = [time.time()]
         synced, digests = sync_weights(self.store, self.rank, state.rounds_done, state)
         state.weights = np.array(synced)  # a copy: the object store hands out read-only views
         bounds = method.boundaries()
         clock = {"started": time.perf_counter(), "first_epoch": bounds[state.rounds_done - 1] if state.rounds_done else 0,
                  "seconds_before": state.train_seconds, "record_seconds": 0.0}
-        for r in range(state.rounds_done, config.members):
+        for r in range(state.rounds_done, spec.members):
             round_start, clock["record_seconds"] = time.perf_counter(), 0.0
             weights = torch.as_tensor(state.weights, dtype=torch.float32, device=self.device)
             recorded = self.train_round(state, r, weights, clock)
@@ -376,12 +360,11 @@ class Engine:
             state.train_seconds += time.perf_counter() - round_start - out.record_seconds - clock["record_seconds"]
             val_p = self.capture(state, r, out)  # evaluation for the record: not part of train_seconds
             state.rounds_done = r + 1
-            if isinstance(self.batches, ChunkedBatches):
-                state.peak_chunks_held = max(state.peak_chunks_held, self.batches.peak_chunks)
+            state.peak_chunks_held = max(state.peak_chunks_held, self.batches.peak_chunks)
             state.rank_digests.append(digests)  # one per rank, equal by construction (checked in sync_weights)
-            metrics = round_metrics(state, self.data, config)
+            metrics = round_metrics(state, self.data, spec)
             if self.rank == 0:
-                emit(f"round {r + 1}/{config.members}: member val acc {accuracy(val_p, self.data.val.labels):.4f} "
+                emit(f"round {r + 1}/{spec.members}: member val acc {accuracy(val_p, self.data.val.labels):.4f} "
                      f"ensemble val acc {metrics['val_accuracy']:.4f}"
                      + (f" e={out.error:.4f} lambda={out.lambda_:.3f} eta={out.eta:.3g} ess={state.ess[-1]:.3f}"
                         if method.reweights else ""))
@@ -390,27 +373,8 @@ class Engine:
         return state
 
 
-def member_file(members_dir: str, round_number: int) -> str:
-    return storage.join(members_dir, f"round_{round_number:04d}.pt")
-
-
-def load_boost_state(saved: dict, members_dir: str | None = None) -> BoostState:
-    """A checkpoint's boosting state, with the members it lists read from ``members_dir`` when the
-    checkpoint does not carry them itself (older checkpoints do)."""
-    state = BoostState.from_saveable(saved)
-    if state.members and not state.member_states:
-        if members_dir is None:
-            raise RuntimeError("this checkpoint keeps its members beside it; say where (members_dir)")
-        for member in state.members:
-            path = member_file(members_dir, member.round)
-            if not storage.exists(path):
-                raise RuntimeError(f"member of round {member.round} is missing: {path}")
-            state.add_member_payload(storage.torch_load(path))
-    return state
-
-
 def boost_round(
-    state: BoostState, correct: np.ndarray, num_classes: int, config: TrainConfig, last_round: bool,
+    state: BoostState, correct: np.ndarray, num_classes: int, spec: RunSpec, last_round: bool,
     val_error: float | None = None,
 ) -> dict:
     """Rank 0's part of a round: e_m, lambda_m and the new weights (into ``state``); returns the
@@ -419,9 +383,9 @@ def boost_round(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ChanceLevelWarning)
         result = boost_step(
-            state.weights, correct, num_classes, eta=config.eta, min_error=config.min_error,
-            update=not last_round, max_weight_ratio=config.max_weight_ratio, ess_min=config.ess_min,
-            gamma=config.mix_uniform, lambda_error=val_error if config.lambda_source == "val" else None,
+            state.weights, correct, num_classes, eta=spec.eta, min_error=spec.min_error,
+            update=not last_round, max_weight_ratio=spec.max_weight_ratio, ess_min=spec.ess_min,
+            gamma=spec.mix_uniform, lambda_error=val_error if spec.lambda_source == "val" else None,
         )
     for w in caught:
         emit(f"warning: {w.message}")
@@ -444,16 +408,16 @@ def sync_weights(store: Any, rank: int, version: int, state: BoostState, entry: 
     return weights, digests
 
 
-def round_metrics(state: BoostState, data: ImageDataset, config: TrainConfig) -> dict:
+def round_metrics(state: BoostState, data: ImageDataset, spec: RunSpec) -> dict:
     """What each round reports. The ensemble-so-far validation accuracy, what Tune selects on, is
     cross-fitted (combine.crossfit_proba): a rule that fits on validation data is not scored on it."""
     if state.members:
-        val_acc = accuracy(ensemble_val_proba(state, data, config), data.val.labels)
+        val_acc = accuracy(ensemble_val_proba(state, data, spec), data.val.labels)
     else:
         val_acc = accuracy(state.last_val_proba, data.val.labels)
     out = {
         "round": state.rounds_done,
-        "epoch": config.build_method().boundaries()[state.rounds_done - 1],
+        "epoch": spec.method.boundaries()[state.rounds_done - 1],
         "val_accuracy": val_acc,
         "network_val_accuracy": accuracy(state.last_val_proba, data.val.labels),
         "members": len(state.members),
@@ -465,47 +429,30 @@ def round_metrics(state: BoostState, data: ImageDataset, config: TrainConfig) ->
     return out
 
 
-def ensemble_val_proba(state: BoostState, data: ImageDataset, config: TrainConfig) -> np.ndarray:
+def ensemble_val_proba(state: BoostState, data: ImageDataset, spec: RunSpec) -> np.ndarray:
     """Out-of-fold validation probabilities of the members so far under the run's combination rule
     (accuracy only: the temperature, which cannot change it, is left out)."""
-    lambda_from_val = not config.build_method().reweights or config.lambda_source == "val"
-    lambdas = None if lambda_from_val else np.array([m.lambda_ for m in state.members])
-    return crossfit_proba(config.combine, np.stack(state.val_proba), data.val.labels, num_classes=data.num_classes,
-                          lambdas=lambdas, mode=config.vote, calibrate=False)
+    lambdas = None if spec.lambdas_from_validation else np.array([m.lambda_ for m in state.members])
+    return crossfit_proba(spec.method.combine, np.stack(state.val_proba), data.val.labels, num_classes=data.num_classes,
+                          lambdas=lambdas, mode=spec.vote, calibrate=False)
 
 
-def train_in_process(config: TrainConfig, data: ImageDataset, device: str | torch.device = "cpu",
+def train_in_process(spec: RunSpec, data: ImageDataset, device: str | torch.device = "cpu",
                      on_round: Callable[[dict, BoostState], None] | None = None,
                      checkpoint_dir: str | None = None, keep: int = 2) -> BoostState:
     """A whole run in this process, without Ray: one rank, an in-process weight store. With
     ``checkpoint_dir`` every round is checkpointed there (round_NNNN/, the newest ``keep`` kept, members
     once each in members/), and a run that finds checkpoints resumes from the newest."""
-    config = config.resolved()
-    engine = Engine(config, data, store=LocalWeightStore(), device=torch.device(device))
+    engine = Engine(spec, data, store=LocalWeightStore(), device=torch.device(device))
     state = BoostState.initial(len(data.train))
-    members_dir = os.path.join(checkpoint_dir, "members") if checkpoint_dir else None
-    if checkpoint_dir and (done := _round_dirs(checkpoint_dir)):
+    members_dir = os.path.join(checkpoint_dir, MEMBERS_FOLDER) if checkpoint_dir else None
+    if checkpoint_dir and (done := round_dirs(checkpoint_dir)):
         state = engine.restore(done[-1], members_dir)
 
     def report(metrics: dict, state: BoostState) -> None:
         if checkpoint_dir:
-            final = os.path.join(checkpoint_dir, f"round_{state.rounds_done:04d}")
-            tmp = f"{final}.partial-{os.getpid()}"
-            os.makedirs(tmp, exist_ok=True)
-            engine.save(tmp, state, members_dir)
-            os.replace(tmp, final)  # a checkpoint appears whole or not at all
-            for old in _round_dirs(checkpoint_dir)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
+            write_round_checkpoint(checkpoint_dir, engine.training_state(), state, members_dir, keep)
         if on_round:
             on_round(metrics, state)
 
     return engine.run(state, report)
-
-
-def _round_dirs(checkpoint_dir: str) -> list[str]:
-    """Finished checkpoints, oldest first."""
-    if not os.path.isdir(checkpoint_dir):
-        return []
-    names = sorted(d for d in os.listdir(checkpoint_dir) if d.startswith("round_") and ".partial-" not in d
-                   and os.path.isfile(os.path.join(checkpoint_dir, d, CHECKPOINT_FILE)))
-    return [os.path.join(checkpoint_dir, d) for d in names]

@@ -16,6 +16,8 @@ import shutil
 import tempfile
 from typing import Any
 
+from boostray.errors import ArtifactError, ConfigError
+
 COMPLETE_MARKER = "metrics.json"  # written last: a run directory that has it is finished
 
 
@@ -29,8 +31,6 @@ def _filesystem(uri: str):
     try:
         return pyarrow.fs.FileSystem.from_uri(uri)
     except (pyarrow.ArrowInvalid, ValueError, OSError) as exc:
-        from boostray.errors import ConfigError
-
         raise ConfigError(f"{uri}: not a storage URI pyarrow can open ({exc})") from None
 
 
@@ -127,8 +127,6 @@ def local_copy(path: str) -> str:
         return target
     fs, fs_path = _filesystem(path)
     if fs.get_file_info(fs_path).type != pyarrow.fs.FileType.Directory:
-        from boostray.errors import ArtifactError
-
         raise ArtifactError(f"no run directory at {path}")
     os.makedirs(cache_root(), exist_ok=True)
     tmp = tempfile.mkdtemp(dir=cache_root(), prefix=".partial-")

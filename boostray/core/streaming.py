@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from boostray.core.images import (
+    SPLIT_SEED, ImageSplit, decode_image, decode_image_column, parquet_class_names, parquet_image_column, parquet_labels,
+    pixel_histogram,
+)
 from boostray.errors import DataError
 
 FILES_PER_GROUP = 256  # an image folder's files per group: what a streamed rank reads at once
@@ -38,7 +42,6 @@ class ParquetSource:
     @classmethod
     def open(cls, files: list[str], where: str) -> tuple["ParquetSource", np.ndarray, list[str] | None]:
         """The source, its labels (the only column read whole) and the class names it declares."""
-        from boostray.core.data import decode_image_column, parquet_class_names, parquet_image_column, parquet_labels
 
         group_file, group_index, sizes, labels = [], [], [], []
         schema = None
@@ -90,7 +93,6 @@ class ParquetSource:
 
     def read_group(self, g: int) -> np.ndarray:
         """Row group ``g``'s images, uint8 (rows, C, H, W)."""
-        from boostray.core.data import decode_image_column
 
         where = f"{self.files[int(self.group_file[g])]} row group {int(self.group_index[g])}"
         return decode_image_column(self._read_table(g).column(self.image_column), where, self.unit_scale)
@@ -120,7 +122,6 @@ class ImageFileSource:
 
     @classmethod
     def create(cls, files: list[str], channels: int, per_group: int) -> "ImageFileSource":
-        from boostray.core.data import SPLIT_SEED
 
         perm = np.random.default_rng(SPLIT_SEED).permutation(len(files))
         group_of = np.empty(len(files), dtype=np.int64)
@@ -132,13 +133,12 @@ class ImageFileSource:
         return int(self.group_of.max()) + 1 if self.group_of.size else 0
 
     def read_rows(self, g: int, rows: np.ndarray) -> np.ndarray:
-        from boostray.core.data import _decode_image
 
         images = []
         for r in rows:
             path = self.files[int(r)]
             with open(path, "rb") as f:
-                im = _decode_image(f.read(), path)
+                im = decode_image(f.read(), path)
             if im.shape[0] != self.channels:
                 if im.shape[0] > self.channels:
                     raise DataError(f"{path} is RGB but the first image of the folder is grey: a streamed folder takes "
@@ -203,7 +203,6 @@ class StreamedSplit:
         """One pass over the source's groups: this split's per-channel pixel histograms (C, 256), and the
         images of ``held_out`` splits of the same source (validation, test), each group read once.
         Decoding every image here makes bad data fail on the driver, before any worker starts."""
-        from boostray.core.data import pixel_histogram
 
         hist = np.zeros((self.image_shape[0], 256), dtype=np.int64)
         kept = [np.empty((len(h), *self.image_shape), dtype=np.uint8) for h in held_out]
@@ -227,7 +226,6 @@ class StreamedSplit:
 
     def materialize(self) -> "ImageSplit":
         """The split in memory, keeping its chunks: trained from, it gives a streamed run's batches."""
-        from boostray.core.data import ImageSplit
 
         return ImageSplit(self.take(np.arange(len(self))), self.labels, chunked=self.chunks())
 
@@ -237,10 +235,9 @@ class StreamedSplit:
 
 def open_image_files(files: list[str], labels: np.ndarray, per_group: int | None = None) -> StreamedSplit:
     """An image folder's training files, streamed: labels from the folder names, images on disk."""
-    from boostray.core.data import _decode_image
 
     with open(files[0], "rb") as f:
-        first = _decode_image(f.read(), files[0])
+        first = decode_image(f.read(), files[0])
     source = ImageFileSource.create(files, first.shape[0], per_group or FILES_PER_GROUP)
     return StreamedSplit(source, np.arange(len(files), dtype=np.int64), labels, tuple(int(s) for s in first.shape))  # type: ignore[arg-type]
 

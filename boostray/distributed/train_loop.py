@@ -50,7 +50,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         torch.set_num_threads(max(1, int(config.cpus_per_worker)))  # and two workers x all cores oversubscribe
     data: ImageDataset = _resolve(loop_config["data"])
     ctx = ray.train.get_context()
-    engine = Engine(config, data, store=loop_config["store"], rank=ctx.get_world_rank(), world=ctx.get_world_size(),
+    engine = Engine(config.spec(), data, store=loop_config["store"], rank=ctx.get_world_rank(), world=ctx.get_world_size(),
                     device=device, wrap_model=ray.train.torch.prepare_model)
     checkpoint = ray.train.get_checkpoint()
     members_dir = loop_config.get("members_dir")  # members are saved once each, beside the checkpoints

@@ -8,32 +8,23 @@ under ``OUTPUT/.ray/NAME``: rerunning with the same ``--name`` resumes from them
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import re
-import shutil
-import tempfile
 import time
 from typing import Any
 
-import numpy as np
-
+from boostray.config import TrainConfig
 from boostray.core import storage
 from boostray.core.boost_state import BoostState
-from boostray.core.boosting import vote
-from boostray.core.combine import Choice, choose_combination, crossfit_proba, fit_combination, scores
-from boostray.core.diagnostics import diagnostics
-from boostray.config import TrainConfig
+from boostray.core.checkpoints import MEMBERS_FOLDER
 from boostray.core.data import ImageDataset, load_training_data
-from boostray.core.ensemble import write_ensemble
-from boostray.errors import ConfigError, DataError, RunFailedError
-from boostray.core.methods import COMBINATIONS
-from boostray.core.metrics import accuracy, ensemble_report, expected_calibration_error, nll, per_class_accuracy
+from boostray.core.engine import train_in_process
+from boostray.core.run_directory import write_run_directory
+from boostray.core.streaming import FILES_PER_GROUP
+from boostray.core.weights import LocalWeightStore
 from boostray.distributed.runtime import ray_session
-
-
-MEMBERS_FOLDER = "members"  # beside Ray Train's checkpoints of a run: each member's state, written once
+from boostray.errors import ConfigError, DataError, RunFailedError
 
 
 def default_run_name(config: TrainConfig) -> str:
@@ -63,8 +54,6 @@ def torch_config_for_cluster():
 def check_streamable(data: ImageDataset, config: TrainConfig) -> None:
     """A streamed split deals whole groups to the ranks: it needs at least one per worker."""
     if data.streamed:
-        from boostray.core.streaming import FILES_PER_GROUP
-
         groups = sum(1 for c in data.train.chunks() if len(c))
         if groups < max(1, config.workers):
             raise DataError(f"--stream deals whole groups (Parquet row groups, or {FILES_PER_GROUP} image files) to the "
@@ -91,10 +80,8 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
     train_loop.py."""
     config = config.resolved()
     if config.workers == 0 and not callbacks:
-        from boostray.core.engine import train_in_process
-
         _, _, ray_storage = resolve_paths(config)  # checkpoints as a Ray Train run keeps them: the same --name resumes
-        return train_in_process(config, data, device=in_process_device(config),
+        return train_in_process(config.spec(), data, device=in_process_device(config),
                                 checkpoint_dir=os.path.join(ray_storage, config.name))
 
     import ray
@@ -104,7 +91,6 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
     from boostray.distributed.owned_instance import OwnedInstanceTorchTrainer
     from boostray.distributed.runtime import owns_local_instance
     from boostray.distributed.train_loop import train_loop_per_worker
-    from boostray.core.weights import LocalWeightStore
     from boostray.distributed.weight_store import RayWeightStore
 
     _, _, ray_storage = resolve_paths(config)
@@ -172,104 +158,6 @@ def describe_failure(exc: BaseException, config: TrainConfig, run_storage: str) 
             f"--name {config.name} to resume {where}; --max-failures N lets Ray Train replace lost workers itself")
 
 
-def combine_members(state: BoostState, data: ImageDataset, config: TrainConfig) -> Choice:
-    """The deployed combination: the run's rule and temperature, fitted on the whole validation split
-    (greedy: the final network alone unless the selection holds its accuracy cross-fitted)."""
-    lambdas = np.array([m.lambda_ for m in state.members])
-    return choose_combination(config.combine, np.stack(state.val_proba), data.val.labels, num_classes=data.num_classes,
-                              lambdas=lambdas, crossfit_lambdas=crossfit_alphas(state, config), mode=config.vote,
-                              calibrate=config.calibrate)
-
-
-def crossfit_alphas(state: BoostState, config: TrainConfig) -> np.ndarray | None:
-    """lambda_m for cross-fitting: the training ones when they came from the weighted training error,
-    None (refit on each half) when they came from validation data."""
-    if config.build_method().reweights and config.lambda_source == "train":
-        return np.array([m.lambda_ for m in state.members])
-    return None
-
-
-def rule_figures(rule: str, state: BoostState, data: ImageDataset, config: TrainConfig) -> dict:
-    """One combination rule over this run's members: cross-fitted validation and test figures."""
-    val_p, test_p = np.stack(state.val_proba), np.stack(state.test_proba)
-    lambdas = np.array([m.lambda_ for m in state.members])
-    fitted = fit_combination(rule, val_p, data.val.labels, num_classes=data.num_classes, lambdas=lambdas,
-                             mode=config.vote, calibrate=config.calibrate)
-    oof = crossfit_proba(rule, val_p, data.val.labels, num_classes=data.num_classes,
-                         lambdas=crossfit_alphas(state, config), mode=config.vote, calibrate=config.calibrate)
-    return {"weights": fitted.weights.tolist(), "temperature": fitted.temperature,
-            "val_crossfit": scores(oof, data.val.labels),
-            "test": scores(fitted.predict_proba(test_p, config.vote), data.test.labels)}
-
-
-def build_metrics(state: BoostState, data: ImageDataset, config: TrainConfig, choice: Choice) -> dict:
-    """metrics.json: per member and ensemble figures (lambda, errors, accuracy, NLL, ECE, staged accuracy,
-    disagreement, effective sample size), for the deployed combination (members of weight 0 left out),
-    every other combination rule's figures over the same members, and the regime diagnostics."""
-    k, combination = data.num_classes, choice.combination
-    keep = combination.weights > 0
-    splits = {}
-    for name, split, proba in (("val", data.val, state.val_proba), ("test", data.test, state.test_proba)):
-        member_p = np.stack(proba)[keep]
-        report = ensemble_report(member_p, combination.weights[keep], split.labels, k, config.vote, combination.temperature)
-        uncalibrated = vote(member_p, combination.weights[keep], config.vote)
-        report["uncalibrated"] = {"nll": nll(uncalibrated, split.labels), "ece": expected_calibration_error(uncalibrated, split.labels)}
-        report["per_class_accuracy"] = per_class_accuracy(uncalibrated, split.labels, k).tolist()
-        single = state.last_val_proba if name == "val" else state.last_test_proba
-        report["single_accuracy"] = accuracy(single, split.labels)  # the final network alone
-        splits[name] = report
-    rule = rule_figures(choice.rule, state, data, config)
-    method = config.build_method()
-    members = [{**m.to_json(), "weight": float(w)} for m, w in zip(state.members, combination.weights)]
-    return {
-        "method": config.method,
-        "method_axes": method.describe(),
-        "cost": method.total_epochs / method.epochs,  # training epochs over the budget E: deep full is M
-        "dataset": config.dataset,
-        "model": config.model,
-        "samples": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
-        "shipped": {"rule": choice.rule, "members": int((combination.weights > 0).sum()), "reason": choice.reason},
-        "diagnostics": diagnostics(np.stack(state.val_proba), data.val.labels,
-                                   accuracy(state.last_val_proba, data.val.labels), state.probe_val_accuracy),
-        "members": members,
-        "temperature": combination.temperature,
-        "ess": state.ess,
-        "rank_weight_digests": state.rank_digests,
-        "val": splits["val"],
-        "val_crossfit": rule["val_crossfit"],
-        "test": splits["test"],
-        "combinations": {r: rule_figures(r, state, data, config) for r in COMBINATIONS} if len(members) > 1 else {},
-        "epochs": state.epoch_log,
-        "train_seconds": state.train_seconds,
-        "resumed_at_rounds": state.resumed_at_rounds,
-        "rank_nodes": state.placements[-1] if state.placements else [],  # Ray node id of each rank, last worker group
-        "rank_nodes_history": state.placements,  # one entry per worker group (a restart after a failure adds one)
-        **({"stream": stream_figures(state, data, config)} if data.streamed else {}),
-    }
-
-
-def stream_figures(state: BoostState, data: ImageDataset, config: TrainConfig) -> dict:
-    """How a --stream run read its training split: its groups (Parquet row groups or groups of files), the
-    shuffle window, and the most groups rank 0 held at once."""
-    sizes = [len(c) for c in data.train.chunks()]
-    row_bytes = int(np.prod(data.input_shape))
-    return {"groups": sum(1 for s in sizes if s), "window": config.stream_window,
-            "largest_group_bytes": max(sizes) * row_bytes, "train_bytes": len(data.train) * row_bytes,
-            "peak_groups_held": state.peak_chunks_held}
-
-
-def write_sample_weights(path: str, state: BoostState, data: ImageDataset) -> None:
-    """One row per training sample: its index, label and the weight it had in each round."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    columns = {"index": np.arange(len(data.train)), "label": data.train.labels}
-    for r, w in enumerate(state.weights_history):
-        columns[f"round_{r + 1}"] = w
-    columns["final"] = state.weights.astype(np.float32)
-    pq.write_table(pa.table(columns), path)
-
-
 def start_up_timing(stamps: dict[str, float], state: BoostState) -> dict[str, float]:
     """Where a run's wall time went, in seconds: loading the data, starting Ray (with Ray Train's import
     alongside), from fit() to the first epoch (Train controller, worker group, data to the workers, model
@@ -281,71 +169,13 @@ def start_up_timing(stamps: dict[str, float], state: BoostState) -> dict[str, fl
             "after_last_round": stamps["fit"] - ended, "ray_stop": stamps["ray_down"] - stamps["fit"]}
 
 
-def write_run_directory(run_dir: str, state: BoostState, data: ImageDataset, config: TrainConfig, wall_seconds: float,
-                        timing: dict[str, float] | None = None) -> dict:
-    config = config.resolved()
-    remote = storage.is_uri(run_dir)  # assembled here, then copied up (metrics.json last)
-    parent = tempfile.mkdtemp(prefix="boostray-run-") if remote else os.path.dirname(run_dir)
-    tmp = os.path.join(parent, f".{os.path.basename(run_dir.partition('?')[0].rstrip('/'))}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
-        choice = combine_members(state, data, config)
-        combination = choice.combination
-        kept = [i for i, w in enumerate(combination.weights) if w > 0]
-        c, h, w = data.input_shape
-        write_ensemble(
-            os.path.join(tmp, "ensemble"),
-            member_states=[state.member_states[i] for i in kept],
-            member_info=[
-                {"weight": float(combination.weights[i]), "lambda": m.lambda_, "epoch": m.epoch, "round": m.round,
-                 "error": None if np.isnan(m.error) else m.error}
-                for i, m in ((i, state.members[i]) for i in kept)
-            ],
-            manifest={
-                "name": config.name,
-                "method": config.method,
-                "method_axes": config.build_method().describe(),
-                "model": {"name": config.model, "kwargs": {"num_classes": data.num_classes, "in_channels": c, "image_size": h}},
-                "input_shape": [c, h, w],
-                "normalization": {"scale": 255.0, "mean": data.mean, "std": data.std},
-                "classes": data.classes,
-                "vote": config.vote,
-                "temperature": combination.temperature,
-                "dataset": config.dataset,
-            },
-        )
-        metrics = build_metrics(state, data, config, choice)
-        metrics["wall_seconds"] = wall_seconds
-        if timing is not None:
-            metrics["timing_seconds"] = {**timing, "other": wall_seconds - sum(
-                v for v in timing.values() if v == v)}
-        with open(os.path.join(tmp, "metrics.json"), "w") as f:
-            json.dump(metrics, f, indent=2, default=float)
-        config.save(os.path.join(tmp, "config.yaml"))
-        write_sample_weights(os.path.join(tmp, "sample_weights.parquet"), state, data)
-        if remote:
-            storage.upload_run(tmp, run_dir)
-        else:
-            os.rename(tmp, run_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        if remote:
-            shutil.rmtree(parent, ignore_errors=True)
-    return metrics
-
-
-def train(config: TrainConfig, *, hold_after_round: int | None = None, tracker=None,
-          tracking_parent: str | None = None) -> tuple[str, dict]:
-    """Validate, train and write the run directory; returns (run directory, metrics). With --mlflow the
-    finished run is logged (to ``tracker`` under ``tracking_parent`` when a comparison passes them).
-    ``hold_after_round``: a testing hook, see train_loop.py."""
+def train(config: TrainConfig, *, hold_after_round: int | None = None) -> tuple[str, dict]:
+    """Validate, train and write the run directory; returns (run directory, metrics). The config's
+    run name is filled in when it has none. ``hold_after_round``: a testing hook, see train_loop.py."""
     started, stamps = time.perf_counter(), {"start": time.time()}
-    config = config.resolved()  # what the run is trained with, saved and compared (a copy)
     if config.name is None:
         config.name = default_run_name(config)
+    config = config.resolved()  # what the run is trained with, saved and compared (a copy)
     output, run_dir, _ = resolve_paths(config)
     if storage.is_uri(output) and config.workers == 0:
         raise ConfigError("--workers 0 keeps its checkpoints on local disk: give a local --output, or --workers 1 or more for a storage URI")
@@ -368,12 +198,10 @@ def train(config: TrainConfig, *, hold_after_round: int | None = None, tracker=N
         state = run_training(config, data, hold_after_round=hold_after_round)
         stamps["fit"] = time.time()
     stamps["ray_down"] = time.time()
-    metrics = write_run_directory(run_dir, state, data, config, time.perf_counter() - started,
-                                  timing=start_up_timing(stamps, state))
-    if config.mlflow:
-        from boostray.apps.tracking import Tracker
-
-        tracker = tracker or Tracker(config.mlflow, output)
-        run_id = tracker.log_training_run(config.name, storage.local_copy(run_dir), metrics, config.to_dict(), tracking_parent)
-        print(f"[boostray] logged to MLflow: {tracker.uri} run {run_id}", flush=True)
+    wall = time.perf_counter() - started
+    timing = start_up_timing(stamps, state)
+    timing["other"] = wall - sum(v for v in timing.values() if v == v)
+    metrics = write_run_directory(run_dir, state, data, config.spec(), name=config.name, options=config.saved(),
+                                  extra_metrics={"wall_seconds": wall, "timing_seconds": timing})
     return run_dir, metrics
+
