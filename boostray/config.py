@@ -135,7 +135,7 @@ class TrainConfig(Options):
     batch_size: int = _opt(64, "global batch size, split evenly over the workers", ge=1)
     augment: bool = _opt(True, "random crop with padding (+ horizontal flip where the data allows)")
     # boosting
-    eta: float | None = _opt(None, "shrinkage of the sample-weight update, in (0, 1]; 1 is plain SAMME (default: cbnn 0.1, other presets 0.3)",
+    eta: float | None = _opt(None, "shrinkage of the sample-weight update, in (0, 1]; 1 is plain SAMME (default: cbnn-tail 0.1, other presets 0.3)",
                              preset=True, gt=0, le=1)
     min_error: float = _opt(1e-4, "clamp of the weighted error so lambda stays finite", gt=0, lt=0.5)
     error_source: Literal["eval", "running"] = _opt(

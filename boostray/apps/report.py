@@ -141,10 +141,13 @@ def _main_rows(table: list[dict]) -> tuple[list[str], list[list[str]]]:
     def gap(value: float | None) -> str:
         return "–" if value is None else f"{value:+.2f}"
 
-    rows = [[shown(row["method"], row["cost"]),
-             *[fmt.format(row[k] * scale, row[f"{k}_std"] * scale) for k, _, scale, fmt in COLUMNS[:4]],
+    def cell(row: dict, key: str, scale: float, fmt: str) -> str:
+        value = row[key]
+        return "–" if value != value else fmt.format(value * scale, row[f"{key}_std"] * scale)  # NaN: not defined
+
+    rows = [[shown(row["method"], row["cost"]), *[cell(row, k, scale, fmt) for k, _, scale, fmt in COLUMNS[:4]],
              *[gap(row[f"gap_{label}"]) for label, _ in BASELINES],
-             *[fmt.format(row[k] * scale, row[f"{k}_std"] * scale) for k, _, scale, fmt in COLUMNS[4:]]]
+             *[cell(row, k, scale, fmt) for k, _, scale, fmt in COLUMNS[4:]]]
             for row in table]
     return header, rows
 
@@ -310,7 +313,7 @@ def make_plots(out_dir: str, base: TrainConfig, specs: list[MethodSpec], results
 def _setup(base: TrainConfig, results: list[RunResult], budgets: list[int]) -> str:
     return (f"{base.dataset}" + (f" (imbalance ratio {base.imbalance_ratio:g})" if base.imbalance_ratio else "")
             + (f", training subset {base.train_subset}" if base.train_subset else "")
-            + f", {base.model}, {', '.join(map(str, budgets))} epochs, {base.members} checkpoints, "
+            + f", {base.model}, {', '.join(map(str, budgets))} epochs, {base.members} members, "
             f"{len({r.seed for r in results})} seeds, {base.workers} worker(s) per run")
 
 

@@ -17,6 +17,7 @@ import shutil
 import time
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from boostray.apps.tracking import Tracker
@@ -316,7 +317,8 @@ def summarize(config: SweepConfig, results, data, wall_seconds: float) -> dict:
         for r in sorted(rows, key=lambda r: -r[key] if not math.isnan(r[key]) else math.inf):
             f.write("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in shown) + " |\n")
     best_config = TrainConfig(**{**config.train, **{k: best[k] for k in config.search_space}})
-    best_config.save(os.path.join(sweep_dir, "best_config.yaml"))
+    with open(os.path.join(sweep_dir, "best_config.yaml"), "w") as f:
+        yaml.safe_dump(best_config.saved(), f, sort_keys=False)
     best_config.name = f"best-{best['trial']}"
     best_dir = os.path.join(sweep_dir, "best")
     if os.path.exists(best_dir):
