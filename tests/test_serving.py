@@ -87,7 +87,7 @@ def test_b64_images_and_2d_grey_instances(server, run_dir, test_images):
 def test_metadata_health_and_docs(server):
     status, meta = request(f"{server}/v1/models/served")
     assert status == 200 and meta["input_shape"] == [1, 8, 8] and len(meta["members"]) == 4
-    assert meta["method"] == "cbnn" and all(m["weight"] > 0 for m in meta["members"])
+    assert meta["method"] == "cbnn-tail" and all(m["weight"] > 0 for m in meta["members"])
     assert request(f"{server}/healthz") == (200, {"status": "ok", "model": "served", "members": 4})
     with urllib.request.urlopen(f"{server}/openapi.json", timeout=30) as resp:
         assert "/v1/models/{name}:predict" in json.loads(resp.read())["paths"]
