@@ -162,7 +162,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ray import serve
 
-    from boostray.distributed.runtime import cluster_address, direct_ingress_environment, ray_session, replica_ports
+    from boostray.distributed.runtime import (
+        cluster_address, direct_ingress_environment, ray_session, replica_ports, require_gpus,
+    )
     from boostray.apps.serving import build_app
 
     if args.ingress == "direct" and cluster_address(args.address):
@@ -176,6 +178,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     with ray_session(args.address):
+        if options.gpus_per_replica:
+            require_gpus(options.gpus_per_replica, f"--gpus-per-replica {options.gpus_per_replica:g}")
         serve.start(http_options={"host": args.host, "port": args.port})
         try:
             serve.run(application, name="boostray", route_prefix="/")
@@ -204,11 +208,13 @@ def _run_name(run_dir: str) -> str:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from boostray.apps.batch_predict import check_predict_inputs, predict_parquet
-    from boostray.distributed.runtime import ray_session
+    from boostray.distributed.runtime import ray_session, require_gpus
 
     options = PredictOptions(**{k: v for k, v in vars(args).items() if k in PredictOptions.model_fields})
     check_predict_inputs(args.run_dir, args.input, args.output, options.id_column, options.image_column)
     with ray_session(args.address):
+        if options.gpu:
+            require_gpus(1, "--gpu")
         rows = predict_parquet(args.run_dir, args.input, args.output, **options.model_dump())
     print(f"wrote {rows} predictions to {args.output}")
     return 0

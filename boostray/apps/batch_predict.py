@@ -26,7 +26,9 @@ class EnsemblePredictor:
     def __init__(self, run_dir: str, id_column: str, image_column: str, use_gpu: bool, cascade: bool) -> None:
         import torch
 
-        device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        if use_gpu and not torch.cuda.is_available():
+            raise RuntimeError("this actor was given a GPU, but torch finds no CUDA device")
+        device = "cuda" if use_gpu else "cpu"
         self.ensemble = load_ensemble(run_dir, device=device)
         self.stack = MemberStack(self.ensemble)
         self.shape = tuple(self.ensemble.manifest["input_shape"])

@@ -61,7 +61,9 @@ class EnsembleServer:
         import torch
 
         self.options = ServeOptions(**options)
-        device = "cuda" if self.options.gpus_per_replica > 0 and torch.cuda.is_available() else "cpu"
+        if self.options.gpus_per_replica > 0 and not torch.cuda.is_available():
+            raise RuntimeError("this replica was given a GPU share, but torch finds no CUDA device")
+        device = "cuda" if self.options.gpus_per_replica > 0 else "cpu"
         self.ensemble = load_ensemble(self.options.run_dir, device=device)
         self.stack = MemberStack(self.ensemble, self.options.forward)
         manifest = self.ensemble.manifest

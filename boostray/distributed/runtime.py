@@ -9,6 +9,8 @@ import urllib.request
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
+from boostray.errors import ConfigError
+
 LOOPBACK = "127.0.0.1"
 _owned = False  # whether Ray runs as a local instance that ray_session started in this process
 
@@ -113,6 +115,7 @@ def _start(address: str | None, num_cpus: int | None, object_store_bytes: int, d
         log_to_driver=True,
         runtime_env={"env_vars": {
             "GLOO_SOCKET_IFNAME": "lo",  # gloo's pair sockets on loopback
+            "NCCL_SOCKET_IFNAME": "lo",  # and NCCL's bootstrap sockets, on a GPU machine
             # Ray Train gives a worker group 60 s to start; a loaded machine needs more
             "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600"),
             # no cloud node under a local run is preempted: one helper actor fewer (owned_instance.py)
@@ -120,6 +123,17 @@ def _start(address: str | None, num_cpus: int | None, object_store_bytes: int, d
         }},
     )
     return True
+
+
+def require_gpus(needed: float, what: str) -> None:
+    """Stop with one line when the Ray cluster holds fewer GPUs than ``needed``: Ray would otherwise wait
+    for ever to place a GPU worker, replica or actor that can never start. The cluster's resources as
+    they are now: an autoscaling cluster that adds GPU nodes on demand must have one up first."""
+    import ray
+
+    have = float(ray.cluster_resources().get("GPU", 0))
+    if needed > have:
+        raise ConfigError(f"{what} asks for {needed:g} GPU(s) and the Ray cluster has {have:g}")
 
 
 def owns_local_instance() -> bool:

@@ -23,7 +23,7 @@ from boostray.core.engine import train_in_process
 from boostray.core.run_directory import write_run_directory
 from boostray.core.streaming import FILES_PER_GROUP
 from boostray.core.weights import LocalWeightStore
-from boostray.distributed.runtime import ray_session
+from boostray.distributed.runtime import ray_session, require_gpus
 from boostray.errors import ConfigError, DataError, RunFailedError
 
 
@@ -96,8 +96,10 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
     _, _, ray_storage = resolve_paths(config)
     # Ray Train's controller polls the workers every 2 s by default, and a worker's report (one per
     # round) waits for that poll: on the main job 3-4 s of a 6-8 s training loop, and 4-5 s after its
-    # last round. A quarter second keeps the polls cheap. The controller reads it from this environment.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+    # last round. A quarter second keeps the polls cheap on a Ray this process owns; a shared cluster keeps
+    # Ray's default. The controller reads it from this environment.
+    if owns_local_instance():
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     local = config.workers == 0
     store = LocalWeightStore() if local or not ray.is_initialized() else RayWeightStore.create(config.name)
     if isinstance(data, ray.ObjectRef) or local or not ray.is_initialized():
@@ -195,6 +197,8 @@ def train(config: TrainConfig, *, hold_after_round: int | None = None) -> tuple[
     preload = ("ray.train.torch", "boostray.distributed.owned_instance", "boostray.distributed.train_loop")
     with ray_session(config.address, dashboard=config.dashboard, preload=preload) if config.workers else contextlib.nullcontext():
         stamps["ray"] = time.time()
+        if config.gpu and config.workers:
+            require_gpus(config.workers, f"--gpu with --workers {config.workers}")
         state = run_training(config, data, hold_after_round=hold_after_round)
         stamps["fit"] = time.time()
     stamps["ray_down"] = time.time()
