@@ -1,6 +1,7 @@
-"""The ``boostray`` command: train, evaluate, models.
+"""The ``boostray`` command: train, evaluate, compare, serve, predict, export, tune, inspect, models.
 
-Errors a user can fix print one line (``boostray: error: ...``) and exit with code 2.
+Errors a user can fix print one line (``boostray: error: ...``) and exit with code 2. Each command
+imports its own modules when it runs, so that ``--help`` and a Ray-free command never load Ray.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Sequence
 
 from boostray import __version__
 from boostray.config import FIELDS, PredictOptions, ServeOptions, TrainConfig, read_config_file
-from boostray.errors import BoostrayError, ConfigError, RunFailedError
+from boostray.errors import BoostrayError, ConfigError, RunFailedError, require_extra
 
 EXIT_USAGE = 2
 RUN_DIR_HELP = "a run directory written by 'boostray train': a path, or a storage URI (file://, s3://, gs://, hdfs://)"
@@ -238,7 +239,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from boostray.errors import require_extra
     from boostray.apps.inspect_run import hardest_samples, write_inspection
 
     require_extra("matplotlib", "report", "boostray inspect (its PNG grid)")
@@ -255,7 +255,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from boostray.apps.compare import parse_methods, run_comparison
-    from boostray.errors import require_extra
     from boostray.distributed.runtime import ray_session
 
     require_extra("matplotlib", "report", "boostray compare (its report's plots)")  # before any run trains
@@ -294,7 +293,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from boostray.core.ensemble import load_ensemble
     from boostray.core.export import compare_with_runtime, export_ensemble
-    from boostray.errors import require_extra
 
     if args.format == "onnx":
         require_extra("onnx", "onnx", "boostray export --format onnx")

@@ -140,7 +140,9 @@ class TrainConfig(Options):
     min_error: float = _opt(1e-4, "clamp of the weighted error so lambda stays finite", gt=0, lt=0.5)
     error_source: Literal["eval", "running"] = _opt(
         "eval", "eval: one extra eval pass per round for correctness; running: last epoch's on-the-fly correctness")
-    vote: Literal["soft", "hard"] = _opt("soft", "how members are combined: soft (weighted probabilities), hard (weighted votes)")
+    vote: Literal["soft", "hard"] = _opt("soft", "how the shipped members' outputs are averaged (which members and "
+                                         "their weights: --combine): soft, a weighted mean of their probabilities; "
+                                         "hard, a weighted count of the classes they predict")
     max_weight_ratio: float | None = _opt(None, "cap max(w)/mean(w) after each update (default: no cap)", ge=1)
     lambda_source: Literal["val", "train"] | None = _opt(
         None, "error behind lambda_m: val (the member's validation error) or train (weighted training error, "

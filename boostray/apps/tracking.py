@@ -16,6 +16,8 @@ import os
 import threading
 from typing import Any
 
+from boostray.core import storage
+
 EXPERIMENT = "boostray"
 AUTO = "auto"  # --mlflow without a URI
 _LOCK = threading.Lock()  # one writer at a time into an embedded SQLite store
@@ -117,8 +119,6 @@ def log_finished_run(config, run_dir: str, metrics: dict, tracker: "Tracker | No
                      parent: str | None = None) -> str:
     """Log a run that ``train`` finished (``config.name`` set) to ``config.mlflow``'s store, or to
     ``tracker`` under ``parent`` when a comparison groups its runs; prints where, returns the run id."""
-    from boostray.core import storage
-
     output = config.output if storage.is_uri(config.output) else storage.local_path(config.output)
     tracker = tracker or Tracker(config.mlflow, output)
     run_id = tracker.log_training_run(config.name, storage.local_copy(run_dir), metrics, config.resolved().to_dict(), parent)
