@@ -118,7 +118,8 @@ def combination_table(specs: list[MethodSpec], results: list[RunResult]) -> list
             figures = [r.metrics["combinations"][rule] for r in runs]
             val, val_std = _mean_std([f["val_crossfit"]["accuracy"] for f in figures])
             test, test_std = _mean_std([f["test"]["accuracy"] for f in figures])
-            rows.append({"method": spec.label, "rule": rule, "val_crossfit_accuracy": val, "val_std": val_std,
+            rows.append({"method": spec.label, "cost": _cost(spec, runs), "rule": rule,
+                         "val_crossfit_accuracy": val, "val_std": val_std,
                          "test_accuracy": test, "test_std": test_std,
                          "val_nll": float(np.mean([f["val_crossfit"]["nll"] for f in figures]))})
     return rows
@@ -153,7 +154,8 @@ def _main_rows(table: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 
 def _per_class_rows(specs: list[MethodSpec], results: list[RunResult]) -> tuple[list[str], list[list[str]]]:
-    per_class = {spec.label: np.nanmean([r.metrics["test"]["per_class_accuracy"] for r in results if r.spec == spec], axis=0)
+    per_class = {shown(spec.label, _cost(spec, results)):
+                 np.nanmean([r.metrics["test"]["per_class_accuracy"] for r in results if r.spec == spec], axis=0)
                  for spec in specs if any(r.spec == spec for r in results)}
     k = len(next(iter(per_class.values())))
     return (["method", *[str(c) for c in range(k)]],
@@ -162,7 +164,7 @@ def _per_class_rows(specs: list[MethodSpec], results: list[RunResult]) -> tuple[
 
 def _combination_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     return (["method", "combination", "val acc. (cross-fit)", "val NLL", "test acc."],
-            [[r["method"], r["rule"], f"{r['val_crossfit_accuracy'] * 100:.2f} ± {r['val_std'] * 100:.2f} %",
+            [[shown(r["method"], r["cost"]), r["rule"], f"{r['val_crossfit_accuracy'] * 100:.2f} ± {r['val_std'] * 100:.2f} %",
               f"{r['val_nll']:.4f}", f"{r['test_accuracy'] * 100:.2f} ± {r['test_std'] * 100:.2f} %"] for r in rows])
 
 
