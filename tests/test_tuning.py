@@ -107,6 +107,9 @@ def test_asha_sweep_stops_weak_trials_and_exports_the_best(sweep):
     assert len(spans) == 3 and all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:])), spans
     rows = open(os.path.join(config.sweep_dir, "trials.csv")).read().splitlines()
     assert len(rows) == 4 and "stopped_early" in rows[0]
+    trial_ids = [row.split(",")[0] for row in rows[1:]]  # Tune's ids, which its trial folders carry too
+    folders = [d for d in os.listdir(tune_dir) if d.startswith("trial_fn_")]
+    assert all(t != "?" and sum(t in d for d in folders) == 1 for t in trial_ids), (trial_ids, folders)
     assert os.path.isfile(os.path.join(config.sweep_dir, "trials.md"))
     best = read_config_file(os.path.join(config.sweep_dir, "best_config.yaml"))
     assert best["lr"] == 0.05 and TrainConfig(**best).lr == 0.05

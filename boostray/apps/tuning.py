@@ -290,13 +290,13 @@ def summarize(config: SweepConfig, results, data, wall_seconds: float) -> dict:
         df = result.metrics_dataframe
         params = {k: result.config.get(k) for k in config.search_space}
         rounds = int(df["round"].max()) if df is not None and "round" in df else 0
-        checkpoints = int(params.get("members") or config.train.get("members", TrainConfig().members))
+        planned = int(params.get("members") or config.train.get("members", TrainConfig().members))
         best = float(df[config.metric].max() if config.mode == "max" else df[config.metric].min()) if df is not None and config.metric in df else math.nan
-        trial_id = "_".join(os.path.basename(result.path).split("_")[2:4]) if result.path else "?"
+        trial_id = str((result.metrics or {}).get("trial_id") or "?")  # Tune's own id, in every result it reports
         last = df.iloc[-1] if df is not None and len(df) else None
         rows.append({
             "trial": trial_id, **params, f"best_{config.metric}": best, "rounds_completed": rounds,
-            "rounds": checkpoints, "stopped_early": rounds < checkpoints and result.error is None,
+            "rounds": planned, "stopped_early": rounds < planned and result.error is None,
             "error": None if result.error is None else str(result.error).splitlines()[0][:120],
             "checkpoint": last.get("checkpoint_path") if last is not None else None,
         })
