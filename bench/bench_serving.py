@@ -30,9 +30,6 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from report_json import emit  # noqa: E402  (bench/, beside this script)
 
-from boostray.distributed.runtime import loopback_environment  # noqa: E402
-
-loopback_environment()
 
 
 def _free_port() -> int:

@@ -24,9 +24,6 @@ import uuid
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from report_json import emit  # noqa: E402  (bench/, beside this script)
 
-from boostray.distributed.runtime import loopback_environment  # noqa: E402
-
-loopback_environment()
 
 
 def _train(base: dict, **overrides) -> dict:

@@ -6,7 +6,19 @@ The names below are imported on first use: a Ray actor that only needs ``boostra
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import TYPE_CHECKING, Any
+
+#: Ray decides once, when it is imported, whether a Ray it starts may bind the machine's network address
+#: (and turns even an explicit 127.0.0.1 into that address). boostray starts its local Ray on loopback
+#: only, so the variable is set before any ``import ray`` of the process; ``runtime.ray_session`` takes
+#: it out of the environment again once Ray has read it, so that no child process (a ``ray start
+#: --address``, which aborts under it) inherits it. Joining a cluster is unaffected.
+LOOPBACK_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+loopback_set_here = "ray" not in sys.modules and LOOPBACK_VARIABLE not in os.environ
+if loopback_set_here:
+    os.environ[LOOPBACK_VARIABLE] = "0"
 
 __version__ = "0.2.0"
 __all__ = ["Ensemble", "load_ensemble", "create_model", "list_models", "__version__"]

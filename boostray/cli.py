@@ -132,6 +132,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from boostray.distributed.trainer import train
 
     config = config_from_args(args)
+    if config.workers:
+        from boostray.distributed.console import quiet_driver_console
+
+        quiet_driver_console(config.verbose)
     run_dir, metrics = train(config)
     if config.mlflow:
         from boostray.apps.tracking import log_finished_run
@@ -377,8 +381,8 @@ def _add_predict_command(sub: argparse._SubParsersAction) -> None:
                         description="Score every row of a Parquet data set with an actor pool; writes a Parquet "
                         "folder with the id, label, class_name and probabilities.")
     pr.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
-    pr.add_argument("--input", required=True, help="Parquet file or folder with an id and an image column")
-    pr.add_argument("--output", required=True, help="Parquet folder to write (must not exist)")
+    pr.add_argument("--input", required=True, help="Parquet file or folder with an id and an image column: a path or a storage URI (s3://, gs://, file://)")
+    pr.add_argument("--output", required=True, help="Parquet folder to write (must not exist): a path or a storage URI; at a URI it is complete once its _SUCCESS file is there")
     add_model_options(pr, PredictOptions.model_fields)
     pr.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
     pr.set_defaults(func=cmd_predict)
@@ -458,9 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from boostray.distributed.runtime import loopback_environment
-
-    loopback_environment()
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")  # read when Ray Train is imported; Ray 2.60's default
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

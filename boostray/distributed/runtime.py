@@ -6,6 +6,7 @@ import importlib
 import os
 import threading
 import urllib.request
+import warnings
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
@@ -15,11 +16,25 @@ LOOPBACK = "127.0.0.1"
 _owned = False  # whether Ray runs as a local instance that ray_session started in this process
 
 
-def loopback_environment() -> None:
-    """Must run before Ray starts: without it Ray binds the machine's non-loopback address."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+#: set while ``ray.init`` starts a local instance, so that the processes it spawns inherit them, and in
+#: the job's runtime environment, for the workers; taken out of this process's environment afterwards,
+#: so that no later child (a ``ray start --address`` among them, which aborts under the first) inherits them
+LOCAL_INSTANCE_ENVIRONMENT = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # Ray's processes bind 127.0.0.1, not the network address
+    "RAY_USAGE_STATS_ENABLED": "0",  # and report nothing
+}
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in os.environ for the block (a value the user set stays theirs), as before after it."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 DIRECT_INGRESS_PORTS = 64  # replica HTTP ports Serve may hand out per node under direct ingress
@@ -69,6 +84,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
     global _owned
     import ray
 
+    _forget_loopback_variable()
     if ray.is_initialized():
         yield False
         return
@@ -82,6 +98,16 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
     finally:
         _owned = False
         ray.shutdown()
+
+
+def _forget_loopback_variable() -> None:
+    """Ray has read the variable boostray set before importing it (boostray/__init__.py): out of the
+    environment with it, so that child processes do not inherit it."""
+    import boostray
+
+    if boostray.loopback_set_here:
+        os.environ.pop(boostray.LOOPBACK_VARIABLE, None)
+        boostray.loopback_set_here = False
 
 
 def _import_meanwhile(modules: Sequence[str]) -> threading.Thread:
@@ -105,15 +131,26 @@ def _start(address: str | None, num_cpus: int | None, object_store_bytes: int, d
     if target:
         ray.init(address=target, log_to_driver=True)
         return False
-    loopback_environment()
+    with _environment(LOCAL_INSTANCE_ENVIRONMENT):
+        _init_local(num_cpus, object_store_bytes, dashboard)
+    address = ray.util.get_node_ip_address()
+    if address != LOOPBACK:  # Ray was imported before boostray, without the variable
+        warnings.warn(f"the local Ray listens on {address}, not only on {LOOPBACK}: import boostray before ray, or "
+                      f"set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Python starts", RuntimeWarning, stacklevel=4)
+    return True
+
+
+def _init_local(num_cpus: int | None, object_store_bytes: int, dashboard: bool) -> None:
+    import ray
+
     ray.init(
         num_cpus=num_cpus,
         object_store_memory=object_store_bytes,
         include_dashboard=dashboard,
         dashboard_host=LOOPBACK,
-        _node_ip_address=LOOPBACK,
         log_to_driver=True,
         runtime_env={"env_vars": {
+            **LOCAL_INSTANCE_ENVIRONMENT,  # Ray's workers ask for their node's address too
             "GLOO_SOCKET_IFNAME": "lo",  # gloo's pair sockets on loopback
             "NCCL_SOCKET_IFNAME": "lo",  # and NCCL's bootstrap sockets, on a GPU machine
             # Ray Train gives a worker group 60 s to start; a loaded machine needs more
@@ -122,7 +159,6 @@ def _start(address: str | None, num_cpus: int | None, object_store_bytes: int, d
             "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"),
         }},
     )
-    return True
 
 
 def require_gpus(needed: float, what: str) -> None:

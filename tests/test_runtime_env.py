@@ -1,0 +1,42 @@
+"""A library caller's local Ray: on loopback without any variable set by the caller, and the variable
+boostray needs for it kept out of the caller's child processes."""
+
+import json
+import os
+import subprocess
+import shutil
+import sys
+import tempfile
+
+import pytest
+
+pytestmark = pytest.mark.ray
+
+SCRIPT = """
+import json, os, subprocess, sys
+import boostray  # before Ray, as any boostray entry point imports it
+from boostray.distributed.runtime import ray_session
+import ray
+
+with ray_session(num_cpus=1, dashboard=False):
+    node = [n["NodeManagerAddress"] for n in ray.nodes()]
+    worker = ray.get(ray.remote(num_cpus=0)(lambda: __import__("ray").util.get_node_ip_address()).remote())
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'))"],
+                           capture_output=True, text=True).stdout.strip()
+print(json.dumps({"node": node, "worker": worker, "child": child,
+                  "after": os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}))
+"""
+
+
+def test_a_library_caller_gets_a_loopback_ray_and_children_do_not_inherit_the_variable():
+    ray_tmpdir = tempfile.mkdtemp(prefix="br-", dir="/tmp")  # Ray's socket paths must stay short
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_TMPDIR=ray_tmpdir, RAY_USAGE_STATS_ENABLED="0")
+    try:
+        out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        shutil.rmtree(ray_tmpdir, ignore_errors=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen == {"node": ["127.0.0.1"], "worker": "127.0.0.1", "child": "None", "after": None}, seen
+    assert "not only on 127.0.0.1" not in out.stderr
