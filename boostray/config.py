@@ -170,6 +170,8 @@ class TrainConfig(Options):
     address: str | None = _opt(None, "Ray cluster to join (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
     dashboard: bool = _opt(False, "run Ray's dashboard (http://127.0.0.1:8265) on the local Ray that this command "
                            "starts: ten more Python processes at its start; no effect on a cluster")
+    verbose: bool = _opt(False, "show Ray's routine INFO lines (Ray Train's report of every round, and the like) on "
+                         "the console; without it they go to the run's log, OUTPUT/.ray/NAME/ray.log")
     mlflow: str | None = _opt(None, "log the finished run to MLflow (the mlflow extra): a tracking URI, or auto "
                               "(a bare --mlflow): MLflow's embedded SQLite store under --output", min_length=1)
 
@@ -238,7 +240,7 @@ class ServeOptions(Options):
     max_batch_size: int = _opt(32, "requests batched into one forward", ge=1)
     batch_wait_ms: float = _opt(5.0, "how long a batch waits to fill, in ms, while other requests are in the "
                                 "replica; a lone request never waits", ge=0)
-    max_instances: int = _opt(256, "instances allowed per request", ge=1)
+    max_instances: int = _opt(256, "instances allowed per request, and per forward of a batch of requests", ge=1)
     max_body_bytes: int = _opt(16 << 20, "request body limit in bytes; larger gets 413", ge=1)
     cascade: bool = _opt(False, "stop evaluating members once the answer cannot change")
     forward: Literal["auto", "stacked", "loop"] = _opt(

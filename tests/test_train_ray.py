@@ -164,11 +164,13 @@ def actors_started(ray_tmpdir: str) -> set[str]:
 
 
 def test_main_job_starts_its_own_ray_on_loopback_only(tmp_path):
-    """`boostray train` starts a local Ray of its own, only on loopback, without the dashboard and
-    without Ray Train's helpers for shared clusters (owned_instance.py); it stops it at the end."""
+    """`boostray train` starts a local Ray of its own, only on loopback (with no Ray variable set by the
+    caller), without the dashboard and without Ray Train's helpers for shared clusters
+    (owned_instance.py); it stops it at the end. Its console shows boostray's lines, not Ray's routine
+    INFO, which goes to the run's ray.log."""
     ray_tmpdir = tempfile.mkdtemp(prefix="br-", dir="/tmp")  # Ray's socket paths must stay short
-    env = {**os.environ, "HOME": str(tmp_path), "RAY_TMPDIR": ray_tmpdir}  # default --output is ~/boostray_runs
-    env.pop("RAY_ADDRESS", None)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(tmp_path), RAY_TMPDIR=ray_tmpdir)  # default --output is ~/boostray_runs
     try:
         proc = subprocess.Popen([BOOSTRAY, "train", "--epochs", "3", "--members", "3", "--name", "main"],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -190,6 +192,12 @@ def test_main_job_starts_its_own_ray_on_loopback_only(tmp_path):
     assert {"TrainController", "RayTrainWorker", "SynchronizationActor", "WeightRegistry"} <= actors, actors
     assert not actors & {"PlacementGroupCleaner", "DatasetManager", "PreemptionWatcher"}, actors
     assert dashboard_modules == []  # no --dashboard
+    assert "[boostray] round 1/3" in out and "[boostray] epoch 3/3" in out
+    for routine in ("Reporting training result", "Started a local Ray instance", "Attempting to start training worker group",
+                    "Setting up process group"):
+        assert routine not in out, routine
+    ray_log = open(tmp_path / "boostray_runs" / ".ray" / "main" / "ray.log").read()
+    assert ray_log.count("Reporting training result") == 3 and "[boostray]" not in ray_log
 
 
 def test_a_trainer_on_an_owned_instance_leaves_out_the_cluster_helpers(ray_cluster):

@@ -24,6 +24,7 @@ from boostray.core.boost_state import BoostState
 from boostray.config import TrainConfig
 from boostray.core.data import ImageDataset
 from boostray.core.engine import Engine
+from boostray.distributed.console import route_ray_records
 
 
 def _resolve(obj: Any) -> Any:
@@ -45,6 +46,7 @@ def rank_nodes(world: int) -> list[str]:
 
 def train_loop_per_worker(loop_config: dict) -> dict | None:
     config = TrainConfig(**loop_config["config"]).resolved()
+    route_ray_records(loop_config.get("ray_log"), verbose=config.verbose)  # Ray Train has set up logging by now
     device = ray.train.torch.get_device()
     if device.type == "cpu":  # as many intra-op threads as CPUs reserved: Ray sets no OMP_NUM_THREADS here,
         torch.set_num_threads(max(1, int(config.cpus_per_worker)))  # and two workers x all cores oversubscribe

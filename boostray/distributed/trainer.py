@@ -23,8 +23,12 @@ from boostray.core.engine import train_in_process
 from boostray.core.run_directory import write_run_directory
 from boostray.core.streaming import FILES_PER_GROUP
 from boostray.core.weights import LocalWeightStore
-from boostray.distributed.runtime import ray_session, require_gpus
+from boostray.distributed.runtime import owns_local_instance, ray_session, require_gpus
+from boostray.distributed.shared_path import require_shared
 from boostray.errors import ConfigError, DataError, RunFailedError
+
+
+RAY_LOG = "ray.log"  # Ray's routine INFO records of the workers, beside Ray Train's checkpoints (console.py)
 
 
 def default_run_name(config: TrainConfig) -> str:
@@ -85,11 +89,11 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
                                 checkpoint_dir=os.path.join(ray_storage, config.name))
 
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from boostray.distributed.console import train_log_level
     from boostray.distributed.owned_instance import OwnedInstanceTorchTrainer
-    from boostray.distributed.runtime import owns_local_instance
     from boostray.distributed.train_loop import train_loop_per_worker
     from boostray.distributed.weight_store import RayWeightStore
 
@@ -111,6 +115,7 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "data": data_ref, "store": store,
                            "members_dir": storage.join(ray_storage, config.name, MEMBERS_FOLDER),
+                           "ray_log": None if storage.is_uri(ray_storage) else os.path.join(ray_storage, config.name, RAY_LOG),
                            "hold_after_round": hold_after_round},
         torch_config=None if local else torch_config_for_cluster(),
         scaling_config=ScalingConfig(
@@ -122,6 +127,7 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
+            logging_config=LoggingConfig(log_level=train_log_level(config.verbose)),
         ),
     )
     try:
@@ -199,6 +205,8 @@ def train(config: TrainConfig, *, hold_after_round: int | None = None) -> tuple[
         stamps["ray"] = time.time()
         if config.gpu and config.workers:
             require_gpus(config.workers, f"--gpu with --workers {config.workers}")
+        if config.workers and not storage.is_uri(output) and not owns_local_instance():
+            require_shared(output, "--output", cpus_per_worker=config.cpus_per_worker, gpu=config.gpu)
         state = run_training(config, data, hold_after_round=hold_after_round)
         stamps["fit"] = time.time()
     stamps["ray_down"] = time.time()
