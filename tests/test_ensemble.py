@@ -162,3 +162,27 @@ def test_inference_copies_fold_every_batch_norm_and_keep_the_outputs(name):
         expected, got = net(x), fast(x.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     assert any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())  # the member is untouched
+
+
+@pytest.mark.parametrize("cascade", [False, True])
+def test_a_forward_in_chunks_equals_one_forward_and_never_takes_more_than_the_limit(tmp_path, cascade):
+    """Serve batches requests; predict_in_chunks bounds the instances of one forward."""
+    from boostray.core.inference import MemberStack, cascade_predict, predict_in_chunks
+
+    make_artifact(tmp_path, lean=1.0)
+    stack = MemberStack(load_ensemble(str(tmp_path)), "loop")
+    x = np.random.default_rng(5).integers(0, 256, (23, 1, 8, 8), dtype=np.uint8)
+    sizes = []
+    forward = stack.nets[0].forward
+    stack.nets[0].forward = lambda batch: (sizes.append(batch.shape[0]), forward(batch))[1]  # every member-0 forward
+    proba, used = predict_in_chunks(stack, x, 5, cascade=cascade)
+    assert max(sizes) <= 5 and sum(sizes) == 23
+    sizes.clear()
+    whole = cascade_predict(stack, x) if cascade else None
+    expected = whole.proba if cascade else stack.predict_proba(x)
+    assert max(sizes) == 23
+    np.testing.assert_allclose(proba, expected, rtol=1e-5, atol=1e-7)
+    if cascade:
+        np.testing.assert_array_equal(used, whole.members_used)
+    else:
+        assert used is None

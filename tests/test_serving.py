@@ -116,6 +116,16 @@ def test_bad_requests_get_4xx_and_the_server_keeps_answering(server, test_images
     assert request(url, {"instances": good})[0] == 200
 
 
+def test_a_60_mb_body_gets_413_that_a_plain_urllib_client_sees(server, test_images):
+    """urllib sends a body whole before it reads the answer: the server drops the refused body rather
+    than closing the connection under it (which the client sees as a reset, with no status)."""
+    for url in (predict_url(server), f"{server}/v2/models/served/infer"):
+        status, body = request(url, raw=b" " * (60 << 20))
+        assert status == 413 and "exceeds the limit of 200000" in body["error"], (url, status, body)
+    images, _ = test_images
+    assert request(predict_url(server), {"instances": images[:1].tolist()})[0] == 200
+
+
 def test_open_inference_protocol_v2_with_the_triton_client(server, run_dir, test_images):
     """KServe v2 on the same application, driven by a client the project did not write."""
     import tritonclient.http as triton
@@ -275,6 +285,7 @@ def test_serve_command_answers_then_shuts_down_on_ctrl_c(run_dir, tmp_path, ingr
             status, body = request(predict_url(f"http://127.0.0.1:{p}", "digits"), instances)
             assert status == 200 and len(body["predictions"]) == 5
             answers.append(body["predictions"])
+            assert request(predict_url(f"http://127.0.0.1:{p}", "digits"), raw=b" " * (60 << 20))[0] == 413
         assert all(a == answers[0] for a in answers)
     except BaseException:  # a failed check must not leave a server (and its Ray) running for the rest of the suite
         proc.send_signal(signal.SIGINT)

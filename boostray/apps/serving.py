@@ -28,10 +28,10 @@ from boostray.core.ensemble import load_ensemble, read_manifest
 from boostray.core.inference import (
     MemberStack,
     RequestError,
-    cascade_predict,
     format_predictions,
     parse_instances,
     parse_top_k,
+    predict_in_chunks,
 )
 
 app = FastAPI(
@@ -42,6 +42,20 @@ app = FastAPI(
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message})
+
+
+DRAIN_BYTES = 1 << 30  # a refused body is read and dropped up to this much, then the connection is closed
+
+
+async def _drain(request: Request, declared: int) -> None:
+    """Read and drop the rest of a refused body, up to DRAIN_BYTES."""
+    if declared > DRAIN_BYTES:
+        return
+    dropped = 0
+    async for chunk in request.stream():
+        dropped += len(chunk)
+        if dropped > DRAIN_BYTES:
+            return
 
 
 def _timed(response: JSONResponse, started: float, parsed: float, answered: float, forward_ms: float) -> JSONResponse:
@@ -101,10 +115,8 @@ class EnsembleServer:
         return out
 
     def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        if self.options.cascade:
-            result = cascade_predict(self.stack, x)
-            return result.proba, result.members_used
-        return self.stack.predict_proba(x), None
+        """A batch counts requests; its forward counts instances, at most --max-instances at a time."""
+        return predict_in_chunks(self.stack, x, self.options.max_instances, cascade=self.options.cascade)
 
     def _check_name(self, name: str) -> JSONResponse | None:
         if name != self.name:
@@ -112,15 +124,21 @@ class EnsembleServer:
         return None
 
     async def _body(self, request: Request) -> bytes:
-        """The request body, refused with 413 past the limit (before reading it, where it says its size)."""
+        """The request body, refused with 413 past the limit without ever holding more than the limit:
+        a body that says it is too large is read and dropped chunk by chunk first, so that a client
+        which sends it whole before reading the answer (urllib does) gets the 413, not a reset."""
         limit = self.options.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _drain(request, int(declared))
             raise RequestError(413, f"body of {declared} bytes exceeds the limit of {limit}")
-        body = await request.body()
-        if len(body) > limit:
-            raise RequestError(413, f"body of {len(body)} bytes exceeds the limit of {limit}")
-        return body
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                await _drain(request, DRAIN_BYTES)
+                raise RequestError(413, f"body of more than {limit} bytes exceeds the limit of {limit}")
+        return bytes(body)
 
     @app.post("/v1/models/{name}:predict")
     async def predict(self, name: str, request: Request) -> JSONResponse:

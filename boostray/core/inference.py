@@ -197,6 +197,24 @@ def cascade_predict(stack: MemberStack, pixels: np.ndarray) -> CascadeResult:
     return CascadeResult(proba=proba, members_used=used)
 
 
+def predict_in_chunks(stack: MemberStack, pixels: np.ndarray, limit: int, *,
+                      cascade: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """(probabilities, members used or None) of ``pixels``, at most ``limit`` instances per forward: a
+    batch of many requests never puts more than ``limit`` x M member outputs in memory at once."""
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    probas, used = [], []
+    for start in range(0, len(pixels), limit):
+        chunk = pixels[start:start + limit]
+        if cascade:
+            result = cascade_predict(stack, chunk)
+            probas.append(result.proba)
+            used.append(result.members_used)
+        else:
+            probas.append(stack.predict_proba(chunk))
+    return np.concatenate(probas), (np.concatenate(used) if cascade else None)
+
+
 def format_predictions(proba: np.ndarray, classes: list[str], top_k: int | None, members_used: np.ndarray | None = None) -> list[dict]:
     out = []
     for i, p in enumerate(proba):
