@@ -120,3 +120,31 @@ def s3_server(tmp_path_factory):
 def test_a_run_trained_to_s3_equals_the_file_one_and_is_read_back(ray_cluster, s3_server, file_store, tmp_path, monkeypatch):
     assert train_to(s3_server, ray_cluster) == 0  # the same options and seed as the file:// run
     check_uri_run(s3_server, "uri-run", str(file_store / "uri-run"), monkeypatch, tmp_path)
+
+
+@pytest.mark.ray
+def test_predict_reads_and_writes_s3_uris(ray_cluster, s3_server, file_store, capsys):
+    """`boostray predict` with its input and output in S3 and the run at a file:// URI: every node reads and
+    writes the URIs through Ray Data; the output is complete once its _SUCCESS marker is there."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from helpers import png_bytes
+
+    images = load_dataset("digits").test.images[:30]
+    table = pa.table({"id": pa.array(range(30)), "image": pa.array([{"bytes": png_bytes(im[0]), "path": None} for im in images])})
+    fs, base = storage.filesystem(storage.join(s3_server, "predict"))
+    fs.create_dir(base, recursive=True)
+    pq.write_table(table, f"{base}/in.parquet", filesystem=fs)
+    run, out = f"file://{file_store}/uri-run", storage.join(s3_server, "predict", "out")
+    assert main(["predict", run, "--input", storage.join(s3_server, "predict", "in.parquet"), "--output", out,
+                 "--address", ray_cluster, "--batch-size", "8", "--cpus-per-actor", "0.5"]) == 0
+    assert "wrote 30 predictions" in capsys.readouterr().out
+    assert storage.exists(storage.join(out, "_SUCCESS"))
+    got = pq.read_table(f"{base}/out", filesystem=fs).to_pandas().sort_values("id")
+    expected = load_ensemble(str(file_store / "uri-run")).predict_proba(images)
+    assert got["label"].tolist() == expected.argmax(1).tolist()
+    np.testing.assert_allclose(np.stack(got["probabilities"].to_numpy()), expected, atol=1e-5)
+    assert main(["predict", run, "--input", storage.join(s3_server, "predict", "in.parquet"), "--output", out,
+                 "--address", ray_cluster]) == 2  # an output is never overwritten
+    assert "already exists" in capsys.readouterr().err

@@ -1,14 +1,15 @@
-"""Batch inference over a Parquet data set with Ray Data: an actor pool of ensemble predictors.
+"""Batch inference over a Parquet data set with Ray Data: images decoded by CPU tasks, then scored by
+an actor pool of ensemble predictors (on GPUs with ``--gpu``), which so spend their time on the forward.
 
 Input: Parquet files with an id column and an ``image`` column (struct with PNG/JPEG ``bytes``, as
 Hugging Face exports) or a numeric list column of C*H*W raw pixel values. Output: a Parquet folder with
-the id, the predicted label and class name, and the probabilities.
+the id, the predicted label and class name, and the probabilities. Input and output may be local paths
+or storage URIs (``s3://``, ``gs://``, ``file://``): every node reads and writes them itself.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Any
 
 import numpy as np
@@ -16,47 +17,47 @@ import numpy as np
 from boostray.core import storage
 from boostray.core.ensemble import load_ensemble, read_manifest
 from boostray.core.images import decode_image
-from boostray.core.inference import MemberStack, cascade_predict
+from boostray.core.inference import MemberStack, predict_in_chunks
 from boostray.errors import DataError
+
+PIXELS = "pixels"  # the column the decode stage hands to the predictors
+SUCCESS_MARKER = "_SUCCESS"  # written last into an output at a URI, where no rename publishes a folder whole
+
+
+def decode_pixels(batch: dict[str, Any], *, id_column: str, image_column: str,
+                  shape: tuple[int, int, int]) -> dict[str, Any]:
+    """A batch's images as (N, C, H, W) pixels, uint8 for encoded images: the CPU stage."""
+    c, h, w = shape
+    column = batch[image_column]
+    if isinstance(column[0], dict):
+        out = np.empty((len(column), c, h, w), dtype=np.uint8)
+        for i, item in enumerate(column):
+            im = decode_image(item["bytes"], "input")
+            if im.shape[1:] != (h, w):
+                raise DataError(f"input image {i} is {im.shape[1:]}, the ensemble expects {(h, w)}")
+            out[i] = im if im.shape[0] == c else np.repeat(im[:1], c, axis=0)
+    else:
+        out = np.stack([np.asarray(v, dtype=np.float32) for v in column])
+        if out.shape[1:] != (c * h * w,) and out.shape[1:] != (c, h, w):
+            raise DataError(f"input rows have {out.shape[1:]} values, the ensemble expects {c * h * w}")
+        out = out.reshape(-1, c, h, w)
+    return {id_column: np.asarray(batch[id_column]), PIXELS: out}
 
 
 class EnsemblePredictor:
-    """One per actor: loads the ensemble once, then predicts batch after batch."""
+    """One per actor: loads the ensemble once, then predicts batch after batch of decoded pixels."""
 
-    def __init__(self, run_dir: str, id_column: str, image_column: str, use_gpu: bool, cascade: bool) -> None:
+    def __init__(self, run_dir: str, id_column: str, use_gpu: bool, cascade: bool, batch_size: int) -> None:
         import torch
 
         if use_gpu and not torch.cuda.is_available():
             raise RuntimeError("this actor was given a GPU, but torch finds no CUDA device")
-        device = "cuda" if use_gpu else "cpu"
-        self.ensemble = load_ensemble(run_dir, device=device)
+        self.ensemble = load_ensemble(run_dir, device="cuda" if use_gpu else "cpu")
         self.stack = MemberStack(self.ensemble)
-        self.shape = tuple(self.ensemble.manifest["input_shape"])
-        self.id_column, self.image_column, self.cascade = id_column, image_column, cascade
-
-    def _pixels(self, column: Any) -> np.ndarray:
-        c, h, w = self.shape
-        first = column[0]
-        if isinstance(first, dict):
-            images = [decode_image(item["bytes"], "input") for item in column]
-            out = np.empty((len(images), c, h, w), dtype=np.float32)
-            for i, im in enumerate(images):
-                if im.shape[1:] != (h, w):
-                    raise DataError(f"input image {i} is {im.shape[1:]}, the ensemble expects {(h, w)}")
-                out[i] = im if im.shape[0] == c else np.repeat(im[:1], c, axis=0)
-            return out
-        arr = np.stack([np.asarray(v, dtype=np.float32) for v in column])
-        if arr.shape[1:] != (c * h * w,) and arr.shape[1:] != (c, h, w):
-            raise DataError(f"input rows have {arr.shape[1:]} values, the ensemble expects {c * h * w}")
-        return arr.reshape(-1, c, h, w)
+        self.id_column, self.cascade, self.batch_size = id_column, cascade, batch_size
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        x = self._pixels(batch[self.image_column])
-        if self.cascade:
-            result = cascade_predict(self.stack, x)
-            proba, used = result.proba, result.members_used
-        else:
-            proba, used = self.stack.predict_proba(x), None
+        proba, used = predict_in_chunks(self.stack, batch[PIXELS], self.batch_size, cascade=self.cascade)
         labels = proba.argmax(1)
         out = {
             self.id_column: np.asarray(batch[self.id_column]),
@@ -71,19 +72,23 @@ class EnsemblePredictor:
 
 def check_predict_inputs(run_dir: str, input_path: str, output_path: str, id_column: str, image_column: str) -> None:
     """Everything that can be checked before Ray starts."""
+    import pyarrow.fs
     import pyarrow.parquet as pq
 
     read_manifest(run_dir)
-    if not os.path.exists(input_path):
+    fs, path = storage.filesystem(input_path)
+    kind = fs.get_file_info(path).type
+    if kind == pyarrow.fs.FileType.NotFound:
         raise DataError(f"input {input_path} does not exist")
     try:
-        schema = pq.read_schema(input_path) if os.path.isfile(input_path) else pq.ParquetDataset(input_path).schema
+        schema = (pq.read_schema(path, filesystem=fs) if kind == pyarrow.fs.FileType.File
+                  else pq.ParquetDataset(path, filesystem=fs).schema)
     except Exception as exc:  # pyarrow raises several types for unreadable files
         raise DataError(f"cannot read {input_path} as Parquet: {exc}") from None
     for col in (id_column, image_column):
         if col not in schema.names:
             raise DataError(f"input has no {col!r} column (columns: {schema.names})")
-    if os.path.exists(output_path):
+    if storage.exists(output_path):
         raise DataError(f"output {output_path} already exists")
 
 
@@ -91,28 +96,51 @@ def predict_parquet(
     run_dir: str, input_path: str, output_path: str, *, id_column: str = "id", image_column: str = "image",
     batch_size: int = 256, actors: int = 1, gpu: bool = False, cascade: bool = False, cpus_per_actor: float = 1.0,
 ) -> int:
-    """Score every row of ``input_path``; writes ``output_path`` (a Parquet folder). Returns rows written."""
-    import pyarrow.parquet as pq
+    """Score every row of ``input_path``; writes ``output_path`` (a Parquet folder), never half: a local
+    folder appears by rename, one at a URI gets its _SUCCESS marker last and is removed on failure.
+    Returns the rows written."""
     import ray
 
     check_predict_inputs(run_dir, input_path, output_path, id_column, image_column)
-    tmp = f"{output_path}.partial-{os.getpid()}"
-    ds = ray.data.read_parquet(input_path, columns=[id_column, image_column])
-    predictions = ds.map_batches(
+    _, manifest = read_manifest(run_dir)
+    in_fs, in_path = storage.filesystem(input_path)
+    out_fs, out_path = storage.filesystem(output_path)
+    target = out_path if storage.is_uri(output_path) else f"{out_path}.partial-{os.getpid()}"
+    ds = ray.data.read_parquet(in_path, filesystem=in_fs).select_columns([id_column, image_column])
+    pixels = ds.map_batches(decode_pixels, batch_size=batch_size, batch_format="numpy", fn_kwargs={
+        "id_column": id_column, "image_column": image_column, "shape": tuple(manifest["input_shape"])})
+    predictions = pixels.map_batches(
         EnsemblePredictor,
-        fn_constructor_kwargs={"run_dir": run_dir if storage.is_uri(run_dir) else os.path.abspath(run_dir), "id_column": id_column,
-                               "image_column": image_column, "use_gpu": gpu, "cascade": cascade},
-        batch_size=batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_gpus=1 if gpu else 0,
-        num_cpus=cpus_per_actor,
+        fn_constructor_kwargs={"run_dir": run_dir if storage.is_uri(run_dir) else os.path.abspath(run_dir),
+                               "id_column": id_column, "use_gpu": gpu, "cascade": cascade, "batch_size": batch_size},
+        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+        num_gpus=1 if gpu else 0, num_cpus=cpus_per_actor,
     )
     try:
-        predictions.write_parquet(tmp)
-        rows = pq.ParquetDataset(tmp).read(columns=[id_column]).num_rows
-        os.rename(tmp, output_path)  # never a half-written output under the requested name
+        predictions.write_parquet(target, filesystem=out_fs)
+        rows = _count_rows(out_fs, target)
+        if storage.is_uri(output_path):
+            with out_fs.open_output_stream(f"{target}/{SUCCESS_MARKER}") as f:
+                f.write(f"{rows}\n".encode())
+        else:
+            os.rename(target, out_path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        import pyarrow.fs
+
+        if out_fs.get_file_info(target).type != pyarrow.fs.FileType.NotFound:
+            out_fs.delete_dir(target)
         raise
+    return rows
+
+
+def _count_rows(fs, folder: str) -> int:
+    """Rows of the Parquet files under ``folder``, from their footers."""
+    import pyarrow.fs
+    import pyarrow.parquet as pq
+
+    rows = 0
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(folder, recursive=True)):
+        if info.path.endswith(".parquet"):
+            with fs.open_input_file(info.path) as f:
+                rows += pq.ParquetFile(f).metadata.num_rows
     return rows

@@ -34,6 +34,16 @@ def _filesystem(uri: str):
         raise ConfigError(f"{uri}: not a storage URI pyarrow can open ({exc})") from None
 
 
+def filesystem(path: str):
+    """(pyarrow filesystem, path inside it) for a local path or a storage URI: what Ray Data and pyarrow
+    take as ``filesystem=`` and path."""
+    if not is_uri(path):
+        import pyarrow.fs
+
+        return pyarrow.fs.LocalFileSystem(), local_path(path)
+    return _filesystem(path)
+
+
 def join(base: str, *parts: str) -> str:
     """``os.path.join`` for paths; for URIs the parts go before the query string."""
     if not is_uri(base):
