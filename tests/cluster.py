@@ -25,7 +25,47 @@ import urllib.request
 import uuid
 
 BIN = os.path.dirname(sys.executable)  # the venv: `ray job submit` runs the python on PATH at `ray start`
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: a job's working dir
 LOOPBACK = "127.0.0.1"
+
+
+def bare_python(folder: str) -> str:
+    """A Python environment with this one's packages (torch, Ray) but not boostray, as on a cluster node
+    that never installed it: a venv whose .pth lists this venv's site-packages, whose own .pth files
+    (boostray's editable install among them) a listed folder does not run. Returns its bin folder,
+    with a ``ray`` command."""
+    import sysconfig
+
+    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", folder], check=True)
+    site = subprocess.run([os.path.join(folder, "bin", "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    with open(os.path.join(site, "packages-of-the-test-venv.pth"), "w") as f:
+        f.write(sysconfig.get_paths()["purelib"] + "\n")
+    ray = os.path.join(folder, "bin", "ray")
+    with open(ray, "w") as f:
+        f.write(f"#!{folder}/bin/python\nimport sys\nfrom ray.scripts.scripts import main\nsys.exit(main())\n")
+    os.chmod(ray, 0o755)
+    return os.path.join(folder, "bin")
+
+
+def can_hide_folders() -> bool:
+    """Whether a process can get a mount namespace of its own here (root, unshare): a node that does
+    not see a folder of this machine's filesystem."""
+    try:
+        return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
+    except FileNotFoundError:
+        return False
+
+
+def submit(cluster: "LocalCluster", pipeline: str, *args: str, env: dict | None = None, popen: bool = False):
+    """`ray job submit --working-dir .` from the repository root, as the README shows it."""
+    cmd = [os.path.join(BIN, "ray"), "job", "submit", "--address", cluster.dashboard, "--working-dir", ROOT]
+    if env:
+        cmd += ["--runtime-env-json", json.dumps({"env_vars": env})]
+    cmd += ["--", "python", f"pipelines/{pipeline}", *args]
+    if popen:
+        return subprocess.Popen(cmd, env=cluster.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, env=cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
 def free_port() -> int:
@@ -36,13 +76,14 @@ def free_port() -> int:
 
 
 class LocalCluster:
-    def __init__(self, workdir: str) -> None:
-        self.workdir = workdir
+    def __init__(self, workdir: str, node_bin: str = BIN) -> None:
+        """``node_bin``: the folder of the ``ray`` and ``python`` the nodes run (and jobs, on their PATH)."""
+        self.workdir, self.node_bin = workdir, node_bin
         self.temp_dir = os.path.join("/tmp", f"ray-cluster-{uuid.uuid4().hex[:8]}")  # short: socket paths
         self.port, self.dashboard_port = free_port(), free_port()
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith("RAY_") or k == "RAY_USAGE_STATS_ENABLED"}
-        self.env.update(PATH=f"{BIN}:{self.env.get('PATH', '')}", RAY_AUTH_MODE="token",
+        self.env.update(PATH=f"{node_bin}:{self.env.get('PATH', '')}", RAY_AUTH_MODE="token",
                         RAY_AUTH_TOKEN=secrets.token_hex(16), RAY_USAGE_STATS_ENABLED="0")
         self.nodes: dict[str, subprocess.Popen] = {}
         self.node_ids: dict[str, str] = {}  # name -> Ray node id
@@ -55,9 +96,12 @@ class LocalCluster:
     def dashboard(self) -> str:
         return f"http://{LOOPBACK}:{self.dashboard_port}"
 
-    def _start(self, name: str, args: list[str], cpus: float, resources: str, object_store_bytes: int | None) -> None:
+    def _start(self, name: str, args: list[str], cpus: float, resources: str, object_store_bytes: int | None,
+               hidden: str | None = None) -> None:
         log = open(os.path.join(self.workdir, f"node-{name}.log"), "w")
-        cmd = [os.path.join(BIN, "ray"), "start", "--block", "--node-ip-address", LOOPBACK,
+        # ``hidden``: the node sees an empty folder of its own there (a tmpfs in a mount namespace of its own)
+        wrap = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs node-private "$0" && exec "$@"', hidden] if hidden else []
+        cmd = [*wrap, os.path.join(self.node_bin, "ray"), "start", "--block", "--node-ip-address", LOOPBACK,
                "--num-cpus", str(cpus), "--resources", resources, "--disable-usage-stats",
                "--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port()),
                *(["--object-store-memory", str(object_store_bytes)] if object_store_bytes else []), *args]
@@ -70,13 +114,13 @@ class LocalCluster:
                              "--ray-client-server-port", str(free_port())], cpus, '{"head": 1}', object_store_bytes)
         self.node_ids["head"] = self.wait_for_new_node(set())
 
-    def add_node(self, name: str, cpus: float = 1, object_store_bytes: int | None = None) -> str:
-        """Start a worker node; returns its Ray node id."""
+    def add_node(self, name: str, cpus: float = 1, object_store_bytes: int | None = None, hidden: str | None = None) -> str:
+        """Start a worker node; returns its Ray node id. ``hidden``: a folder this node does not see."""
         known = {n["node_id"] for n in self.alive_nodes()}
         # its own session folder, as on its own machine: nodes sharing one would garbage-collect each
         # other's runtime environments (a job's working directory) and read each other's logs
         self._start(name, ["--address", self.address, "--temp-dir", f"{self.temp_dir}-{name}"], cpus, f'{{"{name}": 1}}',
-                    object_store_bytes)
+                    object_store_bytes, hidden)
         self.node_ids[name] = self.wait_for_new_node(known)
         return self.node_ids[name]
 

@@ -20,10 +20,9 @@ from boostray.apps.evaluate import evaluate_run
 from boostray.config import TrainConfig
 from boostray.core.data import load_dataset
 from boostray.distributed.trainer import train
-from cluster import BIN, LocalCluster, free_port
+from cluster import BIN, ROOT, LocalCluster, free_port, submit
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = {"workers": 2, "cpus_per_worker": 1, "epochs": 4, "members": 2, "seed": 3}  # one rank per 1-CPU node
 
 
@@ -42,17 +41,6 @@ def cluster(tmp_path_factory):
         yield c
     finally:
         c.shutdown()
-
-
-def submit(cluster: LocalCluster, pipeline: str, *args: str, env: dict | None = None, popen: bool = False):
-    """`ray job submit --working-dir .` from the repository root, as the README shows it."""
-    cmd = [os.path.join(BIN, "ray"), "job", "submit", "--address", cluster.dashboard, "--working-dir", ROOT]
-    if env:
-        cmd += ["--runtime-env-json", json.dumps({"env_vars": env})]
-    cmd += ["--", "python", f"pipelines/{pipeline}", *args]
-    if popen:
-        return subprocess.Popen(cmd, env=cluster.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(cmd, env=cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
