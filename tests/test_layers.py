@@ -106,3 +106,37 @@ def test_no_document_shows_a_developers_absolute_folder():
         pytest.skip("not a git checkout")
     hits = [f for f in tracked if re.search(r"/work/|/home/\w+|/root/", open(os.path.join(ROOT, f)).read())]
     assert not hits, hits
+
+
+#: the private Ray names boostray uses, where, and why (docs/architecture.md lists them too)
+PRIVATE_RAY = {("boostray.distributed.owned_instance", "_create_default_callbacks")}
+
+
+def private_ray_names(path: str) -> set[str]:
+    """Underscore names ``path`` takes from Ray: imported from a ray module, a ray module path with a
+    private part, or a private method called through super() of a Ray class, or a private keyword."""
+    found = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "ray":
+            found |= {a.name for a in node.names if a.name.startswith("_")}
+            found |= {p for p in node.module.split(".") if p.startswith("_")}
+        elif isinstance(node, ast.Import):
+            found |= {p for a in node.names if a.name.split(".")[0] == "ray" for p in a.name.split(".") if p.startswith("_")}
+        elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            base = node.value
+            if isinstance(base, ast.Call) and isinstance(base.func, ast.Name) and base.func.id == "super":
+                found.add(node.attr)
+            while isinstance(base, ast.Attribute):
+                base = base.value
+            if isinstance(base, ast.Name) and base.id == "ray":
+                found.add(node.attr)
+        elif isinstance(node, ast.keyword) and (node.arg or "").startswith("_"):
+            found.add(node.arg)
+    return found
+
+
+def test_the_private_ray_surface_is_one_method_in_one_module():
+    used = {(name, private) for name, path in modules().items() for private in private_ray_names(path)}
+    assert used == PRIVATE_RAY
+    architecture = open(os.path.join(ROOT, "docs", "architecture.md")).read()
+    assert all(private in architecture for _, private in PRIVATE_RAY)

@@ -215,15 +215,3 @@ def test_a_trainer_on_an_owned_instance_leaves_out_the_cluster_helpers(ray_clust
     plain, owned = names(TorchTrainer), names(OwnedInstanceTorchTrainer)
     assert {"PlacementGroupCleanerCallback", "DatasetsCallback", "BackendSetupCallback"} <= plain
     assert plain - owned == {"PlacementGroupCleanerCallback", "DatasetsCallback"}
-
-
-def test_the_private_ray_helpers_of_the_loopback_backend_are_still_there():
-    """distributed/loopback_backend.py subclasses Ray Train's private torch backend (no public API
-    rendezvouses through a file): if a Ray upgrade moves these, this fails before any run does."""
-    import inspect
-
-    from ray.train.torch.config import _set_torch_distributed_env_vars, _setup_torch_process_group, _TorchBackend
-
-    params = inspect.signature(_setup_torch_process_group).parameters
-    assert {"backend", "world_rank", "world_size", "init_method", "timeout_s"} <= set(params)
-    assert callable(_set_torch_distributed_env_vars) and callable(getattr(_TorchBackend, "on_start", None))
