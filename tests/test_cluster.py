@@ -116,7 +116,7 @@ def lose_node_of_rank_after_round_1(cluster: LocalCluster, job: subprocess.Popen
 
 def test_a_lost_node_is_replaced_and_the_run_ends_as_if_uninterrupted(cluster, reference, tmp_path):
     out, name = str(tmp_path), "lost-node"
-    job = submit(cluster, "train.py", *run_options(name, out, max_failures=1),
+    job = submit(cluster, "train.py", *run_options(name, out, max_failures=1), "--verbose",  # where each rank runs
                  env={"BOOSTRAY_TEST_HOLD_AFTER_ROUND": "1"}, popen=True)
     # rank 0 owns the sample-weight object in the object store: it goes down with its node
     lost, log = lose_node_of_rank_after_round_1(cluster, job, os.path.join(out, ".ray", name), rank=0)
@@ -132,7 +132,7 @@ def test_a_lost_node_is_replaced_and_the_run_ends_as_if_uninterrupted(cluster, r
 
 def test_without_max_failures_a_lost_node_fails_the_job_saying_how_to_resume(cluster, reference, tmp_path):
     out, name = str(tmp_path), "no-retries"
-    job = submit(cluster, "train.py", *run_options(name, out), env={"BOOSTRAY_TEST_HOLD_AFTER_ROUND": "1"}, popen=True)
+    job = submit(cluster, "train.py", *run_options(name, out), "--verbose", env={"BOOSTRAY_TEST_HOLD_AFTER_ROUND": "1"}, popen=True)
     _, log = lose_node_of_rank_after_round_1(cluster, job, os.path.join(out, ".ray", name), rank=1)
     log += job.stdout.read()
     assert job.wait(timeout=600) != 0

@@ -142,21 +142,47 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
     return BoostState.from_saveable(result.return_value)
 
 
+def lost_actors(exc: BaseException) -> dict[int, Any]:
+    """Rank -> the RayActorError behind that rank's failure, for the ranks whose worker died or stopped
+    answering (Ray Train's ``WorkerGroupError.worker_failures``; a failed health check keeps the actor
+    error as its ``health_check_failure``). A rank that raised in the training code is not among them."""
+    import ray
+
+    lost = {}
+    for rank, failure in (getattr(exc, "worker_failures", None) or {}).items():
+        seen = [failure, getattr(failure, "health_check_failure", None), failure.__cause__]
+        found = next((e for e in seen if isinstance(e, ray.exceptions.RayActorError)), None)
+        if found is not None:
+            lost[rank] = found
+    return lost
+
+
+def actor_node(actor_error: Any) -> str | None:
+    """The node a dead actor ran on, from Ray's state API (None where the API cannot say)."""
+    from ray.util.state import get_actor
+
+    try:
+        state = get_actor(actor_error.actor_id) if actor_error.actor_id else None
+    except Exception:  # noqa: BLE001 - the state API needs the dashboard, which a local Ray may not run
+        return None
+    return getattr(state, "node_id", None)
+
+
 def describe_failure(exc: BaseException, config: TrainConfig, run_storage: str) -> str | None:
     """One line for a run that Ray Train gave up on after losing workers: which ranks, on which nodes,
     whether those nodes left the cluster, and how to resume (the same --name restarts from the last
     checkpoint). None for any other failure (a bug keeps its traceback)."""
     import ray
 
-    text = str(exc)
-    node_ids = list(dict.fromkeys(re.findall(r"node_id='([0-9a-f]+)'", text)))
-    dead = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if not n.get("Alive")}
-    lost = [f"node {n[:12]} ({dead[n]})" for n in node_ids if n in dead]
-    if not lost and "health check failed" not in text and "ActorDiedError" not in text:
+    lost = lost_actors(exc)
+    if not lost:
         return None
-    ranks = ", ".join(str(r) for r in sorted(getattr(exc, "worker_failures", None) or {})) or "?"
-    what = (f"rank {ranks} lost {' and '.join(lost)}, which left the cluster" if lost
-            else f"rank {ranks} stopped answering (on node {', '.join(n[:12] for n in node_ids) or '?'}: lost or overloaded)")
+    nodes = list(dict.fromkeys(n for n in map(actor_node, lost.values()) if n))
+    dead = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if not n.get("Alive")}
+    departed = [f"node {n[:12]} ({dead[n]})" for n in nodes if n in dead]
+    ranks = ", ".join(str(r) for r in sorted(lost))
+    what = (f"rank {ranks} lost {' and '.join(departed)}, which left the cluster" if departed
+            else f"rank {ranks} stopped answering (on node {', '.join(n[:12] for n in nodes) or '?'}: lost or overloaded)")
     rounds = sorted(d for d in (os.listdir(run_storage) if os.path.isdir(run_storage) else [])
                     if re.fullmatch(r"round_\d{4}", d))
     where = (f"from its checkpoint of round {int(rounds[-1][6:])}/{config.members}" if rounds
