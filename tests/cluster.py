@@ -83,7 +83,7 @@ class LocalCluster:
         self.port, self.dashboard_port = free_port(), free_port()
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith("RAY_") or k == "RAY_USAGE_STATS_ENABLED"}
-        self.env.update(PATH=f"{node_bin}:{self.env.get('PATH', '')}", RAY_AUTH_MODE="token",
+        self.env.update(PATH=f"{node_bin}:{self.env.get('PATH', '')}", RAY_AUTH_MODE="token", XDG_CACHE_HOME=os.path.join(workdir, "cache"),
                         RAY_AUTH_TOKEN=secrets.token_hex(16), RAY_USAGE_STATS_ENABLED="0")
         self.nodes: dict[str, subprocess.Popen] = {}
         self.node_ids: dict[str, str] = {}  # name -> Ray node id

@@ -5,10 +5,15 @@ brings the code in its working dir), and a node that does not share the machine'
 import json
 import os
 import subprocess
+import zipfile
 
+import numpy as np
 import pytest
+import yaml
 
-from cluster import LocalCluster, bare_python, can_hide_folders, submit
+from boostray import load_ensemble
+from boostray.core.data import load_dataset
+from cluster import ROOT, LocalCluster, bare_python, can_hide_folders, free_port, submit
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 
@@ -33,15 +38,58 @@ def cluster(tmp_path_factory, node_bin):
         c.shutdown()
 
 
-def test_a_job_brings_boostray_to_nodes_that_do_not_have_it(cluster, tmp_path):
+@pytest.fixture(scope="module")
+def bare_run(cluster, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("bare-runs"))
+    job = submit(cluster, "train.py", "--workers", "1", "--epochs", "2", "--members", "2", "--output", out, "--name", "bare")
+    return os.path.join(out, "bare"), job
+
+
+def test_a_job_brings_boostray_to_nodes_that_do_not_have_it(cluster, bare_run):
     """`ray job submit --working-dir .`: the driver and the Train workers import boostray from the
     uploaded working directory."""
-    out = str(tmp_path / "runs")
-    job = submit(cluster, "train.py", "--workers", "1", "--epochs", "2", "--members", "2", "--output", out, "--name", "bare")
+    run_dir, job = bare_run
     assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
-    metrics = json.load(open(os.path.join(out, "bare", "metrics.json")))
+    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
     assert metrics["rank_nodes"] == [cluster.node_ids["node-a"]]
     assert "[boostray] round 2/2" in job.stdout
+
+
+def code_zip(path: str) -> str:
+    """The repository's package as a runtime_env zip (one top-level folder), as `git archive` makes it."""
+    with zipfile.ZipFile(path, "w") as z:
+        for folder, _, files in os.walk(os.path.join(ROOT, "boostray")):
+            for name in files:
+                if name.endswith(".py"):
+                    full = os.path.join(folder, name)
+                    z.write(full, os.path.join("boostray-src", os.path.relpath(full, ROOT)))
+    return path
+
+
+def test_serve_deploy_brings_the_code_in_its_runtime_env_and_the_run_from_a_uri(cluster, bare_run, tmp_path):
+    """pipelines/serve_cluster.yaml with local stand-ins: the zip and the run at file:// URIs, the proxy on
+    127.0.0.1. Every replica runs on a node whose Python lacks boostray."""
+    run_dir, job = bare_run
+    assert job.returncode == 0, job.stdout[-4000:]
+    port = free_port()
+    config = yaml.safe_load(open(os.path.join(ROOT, "pipelines", "serve_cluster.yaml")))
+    config.update(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    app = config["applications"][0]
+    app["runtime_env"]["working_dir"] = "file://" + code_zip(str(tmp_path / "boostray.zip"))
+    app["args"].update(run_dir=f"file://{run_dir}", replicas=1, cpus_per_replica=0.5)
+    path = str(tmp_path / "serve.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(config, f)
+    deployed = cluster.cli("serve", "deploy", path, "--address", cluster.dashboard)
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+    try:
+        images = load_dataset("digits").test.images[:8]
+        answer = cluster.post_when_ready(f"http://127.0.0.1:{port}/v1/models/bare:predict",
+                                         json.dumps({"instances": images.tolist()}).encode())
+        expected = load_ensemble(run_dir).predict_proba(images)
+        np.testing.assert_allclose([p["probabilities"] for p in answer["predictions"]], expected, atol=1e-5)
+    finally:
+        cluster.cli("serve", "shutdown", "-y", "--address", cluster.dashboard)
 
 
 @pytest.mark.skipif(not can_hide_folders(), reason="needs unshare -m (root) to give a node a filesystem of its own")

@@ -8,7 +8,8 @@ import pytest
 from boostray.config import TrainConfig, read_config_file
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
-TRAIN_CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "pipelines", "*.yaml")) if not p.endswith("serve_config.yaml"))
+SERVE_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "pipelines", "serve_*.yaml")))
+TRAIN_CONFIGS = sorted(set(glob.glob(os.path.join(ROOT, "pipelines", "*.yaml"))) - set(SERVE_CONFIGS))
 
 
 def test_there_are_shipped_configs():
@@ -18,6 +19,17 @@ def test_there_are_shipped_configs():
 @pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=os.path.basename)
 def test_shipped_train_config_validates(path):
     TrainConfig(**read_config_file(path))  # raises ConfigError if any key or value is bad
+
+
+@pytest.mark.parametrize("path", SERVE_CONFIGS, ids=os.path.basename)
+def test_shipped_serve_config_arguments_validate(path):
+    import yaml
+
+    from boostray.config import ServeOptions
+
+    apps = yaml.safe_load(open(path))["applications"]
+    assert [a["import_path"] for a in apps] == ["boostray.apps.serving:build_app"]
+    ServeOptions(**apps[0]["args"])
 
 
 def test_python_dash_m_boostray_is_the_boostray_command():
