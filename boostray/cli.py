@@ -226,8 +226,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from boostray.distributed.runtime import ray_session
     from boostray.apps.tuning import read_sweep_config, run_sweep
+    from boostray.core import storage
+    from boostray.distributed.runtime import ray_session
 
     config = read_sweep_config(args.config)  # every key checked before Ray starts
     config = config.with_options(**{k: v for k in ("name", "output") if (v := getattr(args, k))})
@@ -237,7 +238,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"best trial {summary['best_trial']}: {summary['best_params']}")
     print(f"  {config.metric} {summary[f'best_{config.metric}']:.4f}, "
           f"test accuracy (reported once) {summary['best_test_accuracy']:.4f}")
-    print(f"tables: {config.sweep_dir}/trials.md, best config: {config.sweep_dir}/best_config.yaml, "
+    print(f"tables: {storage.join(config.sweep_dir, 'trials.md')}, best config: {storage.join(config.sweep_dir, 'best_config.yaml')}, "
           f"best ensemble: {summary['best_run_dir']}  ({summary['wall_seconds']:.0f} s)")
     return 0
 
@@ -396,7 +397,7 @@ def _add_tune_command(sub: argparse._SubParsersAction) -> None:
     tn.add_argument("config", metavar="CONFIG.yaml", help="sweep description (train options, search space, scheduler)")
     tn.add_argument("--resume", action="store_true", help="resume an interrupted sweep of the same name; finished trials are kept")
     tn.add_argument("--name", help="override the sweep's name")
-    tn.add_argument("--output", help="override the sweep's output folder")
+    tn.add_argument("--output", help="override the sweep's output: a folder, or a storage URI (s3://, gs://, file://) that then holds the trials, Tune's state and the results")
     tn.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
     tn.set_defaults(func=cmd_tune)
 

@@ -148,3 +148,29 @@ def test_predict_reads_and_writes_s3_uris(ray_cluster, s3_server, file_store, ca
     assert main(["predict", run, "--input", storage.join(s3_server, "predict", "in.parquet"), "--output", out,
                  "--address", ray_cluster]) == 2  # an output is never overwritten
     assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+def test_a_sweep_at_an_s3_uri_keeps_its_trials_state_and_results_there(ray_cluster, s3_server, tmp_path, monkeypatch, capsys):
+    """`boostray tune --output s3://...`: Tune's state, the trials' checkpoints and members, the tables and
+    the best trial's run directory all in S3; the best run is read back from there."""
+    import yaml
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    sweep = {"name": "s3-sweep", "train": {"dataset": "digits", "epochs": 2, "members": 2, "workers": 1, "cpus_per_worker": 0.5},
+             "search_space": {"lr": {"type": "grid", "values": [0.05]}}, "num_samples": 1}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    output = storage.join(s3_server, "sweeps")
+    assert main(["tune", str(tmp_path / "sweep.yaml"), "--output", output, "--address", ray_cluster]) == 0
+    sweep_dir = storage.join(output, "s3-sweep")
+    assert "best ensemble: " + storage.join(sweep_dir, "best") in capsys.readouterr().out
+    summary = json.loads(storage.read_bytes(storage.join(sweep_dir, "summary.json")))
+    assert summary["trials"] == 1 and summary["errored"] == 0 and summary["best_run_dir"] == storage.join(sweep_dir, "best")
+    assert storage.read_bytes(storage.join(sweep_dir, "trials.csv")).decode().startswith("trial,lr,")
+    trial = summary["best_trial"]
+    assert storage.exists(storage.join(sweep_dir, "trials", ".ray", f"trial-{trial}", "members", "round_0002.pt"))
+    assert storage.exists(storage.join(sweep_dir, "tune", "s3-sweep"))
+    from boostray.apps.evaluate import evaluate_run
+
+    assert evaluate_run(summary["best_run_dir"])["accuracy"] == pytest.approx(summary["best_test_accuracy"])
+    assert not os.path.exists(os.path.expanduser(os.path.join("~", "boostray_runs", "s3-sweep")))

@@ -10,10 +10,12 @@ configuration as a YAML for ``boostray train --config``, and the best trial's ru
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 import shutil
+import tempfile
 import time
 from typing import Annotated, Any, Literal
 
@@ -124,7 +126,9 @@ class SweepConfig(_Strict):
 
     @property
     def sweep_dir(self) -> str:
-        return os.path.join(os.path.abspath(os.path.expanduser(self.output)), self.name)
+        """SWEEP_DIR: a local folder, or a storage URI (the trials' checkpoints, Tune's state and the
+        results then all live there)."""
+        return storage.join(self.output if storage.is_uri(self.output) else storage.local_path(self.output), self.name)
 
     @field_validator("train", mode="before")
     @classmethod
@@ -136,8 +140,10 @@ class SweepConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_together(self) -> "SweepConfig":
-        if storage.is_uri(self.output):
-            raise ConfigError(f"output {self.output}: a sweep keeps its trials in a local or shared folder, not a URI")
+        if storage.is_uri(self.output) and self.train.get("mlflow") == "auto":
+            raise ConfigError("train.mlflow auto keeps its store in the sweep folder, which must then be local: give a tracking URI")
+        if storage.is_uri(self.output) and self.train.get("workers", 1) == 0:
+            raise ConfigError(f"output {self.output}: trials with train.workers 0 keep their checkpoints on local disk; use workers >= 1")
         for key in self.search_space:
             if key not in SEARCHABLE:
                 raise ConfigError(f"search_space.{key}: {key!r} cannot be searched (searchable: {', '.join(sorted(SEARCHABLE))})")
@@ -211,17 +217,32 @@ def trial_fn(params: dict, data_box=None, fixed: dict | None = None, sweep_dir: 
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = ray.tune.get_context().get_trial_id()
-    config = TrainConfig(**{**fixed, **params, "name": f"trial-{trial_id}", "output": os.path.join(sweep_dir, "trials")})
+    config = TrainConfig(**{**fixed, **params, "name": trial_name(trial_id), "output": storage.join(sweep_dir, "trials")})
     run_training(config, data_box[0], callbacks=[TuneReportCallback()])
 
 
-def export_trial(checkpoint_path: str, config: TrainConfig, data, run_dir: str) -> dict:
-    """A trial's run directory, built from its last checkpoint (which holds the whole boosting state)."""
-    saved = read_checkpoint(checkpoint_path)
-    members_dir = os.path.join(os.path.dirname(os.path.normpath(checkpoint_path)), MEMBERS_FOLDER)
-    state = load_boost_state(saved["boost"], members_dir)
-    return write_run_directory(run_dir, state, data, config.spec(), name=config.name, options=config.saved(),
-                               extra_metrics={"wall_seconds": state.train_seconds})
+def trial_name(trial_id: str) -> str:
+    return f"trial-{trial_id}"
+
+
+def trial_storage(sweep_dir: str, trial_id: str) -> str:
+    """Where a trial's Ray Train run keeps its checkpoints and members (its --output is SWEEP_DIR/trials)."""
+    return storage.join(sweep_dir, "trials", ".ray", trial_name(trial_id))
+
+
+def export_trial(checkpoint: str, config: TrainConfig, data, run_dir: str) -> dict:
+    """A trial's run directory, built from its last checkpoint (which holds the whole boosting state), read
+    through the storage layer: ``checkpoint`` and ``run_dir`` may be storage URIs."""
+    saved = read_checkpoint(checkpoint)
+    state = load_boost_state(saved["boost"], storage.join(storage.parent(checkpoint), MEMBERS_FOLDER))
+    if not storage.is_uri(run_dir):
+        return write_run_directory(run_dir, state, data, config.spec(), name=config.name, options=config.saved(),
+                                   extra_metrics={"wall_seconds": state.train_seconds})
+    with tempfile.TemporaryDirectory(prefix="boostray-best-") as local:
+        metrics = write_run_directory(os.path.join(local, "run"), state, data, config.spec(), name=config.name,
+                                      options=config.saved(), extra_metrics={"wall_seconds": state.train_seconds})
+        storage.upload_run(os.path.join(local, "run"), run_dir)
+    return metrics
 
 
 def run_sweep(config: SweepConfig, *, resume: bool = False) -> dict:
@@ -232,13 +253,14 @@ def run_sweep(config: SweepConfig, *, resume: bool = False) -> dict:
 
     started = time.perf_counter()
     sweep_dir = config.sweep_dir
-    if os.path.exists(os.path.join(sweep_dir, "summary.json")) and not resume:
+    if storage.exists(storage.join(sweep_dir, "summary.json")) and not resume:
         raise ConfigError(f"sweep {config.name!r} already finished in {sweep_dir}; pick another name")
     check_resources(config)
     data = load_training_data(TrainConfig(**config.train))
     check_streamable(data, TrainConfig(**config.train))
     data_ref = ray.put(data)
-    os.makedirs(os.path.join(sweep_dir, "trials"), exist_ok=True)
+    if not storage.is_uri(sweep_dir):
+        os.makedirs(os.path.join(sweep_dir, "trials"), exist_ok=True)
     probe = TrainConfig(**config.train)
     epochs = config.search_space.get("epochs")
     max_epochs = max([probe.epochs] + ([int(v) for v in epochs.reachable()] if epochs else []))
@@ -246,7 +268,7 @@ def run_sweep(config: SweepConfig, *, resume: bool = False) -> dict:
         tune.with_parameters(trial_fn, data_box=[data_ref], fixed=config.train, sweep_dir=sweep_dir),
         {"CPU": float(config.resources.trial_cpu)},
     )
-    experiment_path = os.path.join(sweep_dir, "tune", config.name)
+    experiment_path = storage.join(sweep_dir, "tune", config.name)
     if resume and tune.Tuner.can_restore(experiment_path):
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True)
     else:
@@ -276,7 +298,7 @@ def run_sweep(config: SweepConfig, *, resume: bool = False) -> dict:
                 search_alg=search_alg, max_concurrent_trials=limit,
                 time_budget_s=config.time_budget_s,
             ),
-            run_config=tune.RunConfig(name=config.name, storage_path=os.path.join(sweep_dir, "tune"), verbose=1),
+            run_config=tune.RunConfig(name=config.name, storage_path=storage.join(sweep_dir, "tune"), verbose=1),
         )
     results = tuner.fit()
     return summarize(config, results, data, time.perf_counter() - started)
@@ -298,7 +320,8 @@ def summarize(config: SweepConfig, results, data, wall_seconds: float) -> dict:
             "trial": trial_id, **params, f"best_{config.metric}": best, "rounds_completed": rounds,
             "rounds": planned, "stopped_early": rounds < planned and result.error is None,
             "error": None if result.error is None else str(result.error).splitlines()[0][:120],
-            "checkpoint": last.get("checkpoint_path") if last is not None else None,
+            "checkpoint": (storage.join(trial_storage(sweep_dir, trial_id), os.path.basename(last["checkpoint_path"]))
+                           if last is not None and last.get("checkpoint_path") else None),
         })
     key = f"best_{config.metric}"
     finished = [r for r in rows if r["checkpoint"] and r["rounds_completed"] == r["rounds"] and r["error"] is None
@@ -306,22 +329,12 @@ def summarize(config: SweepConfig, results, data, wall_seconds: float) -> dict:
     if not finished:
         raise ConfigError("no trial finished all its rounds; raise time_budget_s or num_samples")
     best = max(finished, key=lambda r: r[key]) if config.mode == "max" else min(finished, key=lambda r: r[key])
-    columns = list(rows[0])
-    with open(os.path.join(sweep_dir, "trials.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    with open(os.path.join(sweep_dir, "trials.md"), "w") as f:
-        shown = [c for c in columns if c not in ("checkpoint", "error")]
-        f.write("| " + " | ".join(shown) + " |\n|" + "---|" * len(shown) + "\n")
-        for r in sorted(rows, key=lambda r: -r[key] if not math.isnan(r[key]) else math.inf):
-            f.write("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in shown) + " |\n")
+    write_tables(sweep_dir, rows, key)
     best_config = TrainConfig(**{**config.train, **{k: best[k] for k in config.search_space}})
-    with open(os.path.join(sweep_dir, "best_config.yaml"), "w") as f:
-        yaml.safe_dump(best_config.saved(), f, sort_keys=False)
+    storage.write_bytes(storage.join(sweep_dir, "best_config.yaml"), yaml.safe_dump(best_config.saved(), sort_keys=False).encode())
     best_config.name = f"best-{best['trial']}"
-    best_dir = os.path.join(sweep_dir, "best")
-    if os.path.exists(best_dir):
+    best_dir = storage.join(sweep_dir, "best")
+    if not storage.is_uri(best_dir) and os.path.exists(best_dir):  # a resumed sweep's; at a URI it is overwritten
         shutil.rmtree(best_dir)
     metrics = export_trial(best["checkpoint"], best_config, data, best_dir)
     summary = {
@@ -330,11 +343,25 @@ def summarize(config: SweepConfig, results, data, wall_seconds: float) -> dict:
         "best_params": {k: best[k] for k in config.search_space}, f"best_{config.metric}": best[key],
         "best_test_accuracy": metrics["test"]["accuracy"], "wall_seconds": wall_seconds, "best_run_dir": best_dir,
     }
-    with open(os.path.join(sweep_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    storage.write_bytes(storage.join(sweep_dir, "summary.json"), json.dumps(summary, indent=2).encode())
     if config.train.get("mlflow"):
         log_sweep(config, results, rows, best_dir, metrics, best_config)
     return summary
+
+
+def write_tables(sweep_dir: str, rows: list[dict], key: str) -> None:
+    """trials.csv (every column) and trials.md (ranked by ``key``, without the paths and errors)."""
+    columns = list(rows[0])
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    storage.write_bytes(storage.join(sweep_dir, "trials.csv"), text.getvalue().encode())
+    shown = [c for c in columns if c not in ("checkpoint", "error")]
+    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    for r in sorted(rows, key=lambda r: -r[key] if not math.isnan(r[key]) else math.inf):
+        lines.append("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in shown) + " |")
+    storage.write_bytes(storage.join(sweep_dir, "trials.md"), ("\n".join(lines) + "\n").encode())
 
 
 def log_sweep(config: SweepConfig, results, rows: list[dict], best_dir: str, metrics: dict, best_config: TrainConfig) -> None:

@@ -39,8 +39,9 @@ def save_checkpoint(directory: str, training: dict, state: BoostState, members_d
 
 
 def read_checkpoint(directory: str) -> dict:
-    """The checkpoint in ``directory``: the training state's parts and, under "boost", the saved state."""
-    return torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+    """The checkpoint in ``directory`` (a folder or a storage URI): the training state's parts and, under
+    "boost", the saved state."""
+    return storage.torch_load(storage.join(directory, CHECKPOINT_FILE))
 
 
 def load_boost_state(saved: dict, members_dir: str | None = None) -> BoostState:

@@ -52,6 +52,14 @@ def join(base: str, *parts: str) -> str:
     return "/".join([head.rstrip("/"), *parts]) + sep + query
 
 
+def parent(path: str) -> str:
+    """``os.path.dirname`` for paths; for URIs the last part goes, the query string stays."""
+    if not is_uri(path):
+        return os.path.dirname(os.path.normpath(path))
+    head, sep, query = path.partition("?")
+    return head.rstrip("/").rsplit("/", 1)[0] + sep + query
+
+
 def local_path(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
