@@ -49,3 +49,17 @@ def test_cli_predict_refuses_bad_input_before_starting_ray(run_dir, tmp_path, ca
     assert main(["predict", run_dir, "--input", str(tmp_path / "noid.parquet"), "--output", str(tmp_path / "o")]) == 2
     assert "no 'id' column" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_images_are_decoded_by_cpu_tasks_never_inside_gpu_actors(ray_cluster, run_dir, tmp_path, capsys):
+    """The optimized plan that Ray Data would run: the decoding in CPU tasks, the GPU actor pool doing the
+    forward alone (nothing runs: this machine has no GPU)."""
+    from boostray.apps.batch_predict import prediction_dataset
+
+    pq.write_table(pa.table({"id": pa.array([0]), "image": pa.array([[0.0] * 64])}), tmp_path / "in.parquet")
+    capsys.readouterr()
+    prediction_dataset(run_dir, str(tmp_path / "in.parquet"), gpu=True).explain()
+    plan = capsys.readouterr().out.split("Physical Plan (Optimized) --------")[1]
+    operators = [line.strip("+- ") for line in plan.splitlines() if "[" in line]
+    assert [o for o in operators if o.startswith("ActorPool")] == ["ActorPoolMapOperator[MapBatches(EnsemblePredictor)]"], plan
+    assert any(o.startswith("TaskPoolMapOperator[") and "MapBatches(decode_pixels)" in o for o in operators), plan

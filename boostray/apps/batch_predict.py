@@ -92,30 +92,38 @@ def check_predict_inputs(run_dir: str, input_path: str, output_path: str, id_col
         raise DataError(f"output {output_path} already exists")
 
 
-def predict_parquet(
-    run_dir: str, input_path: str, output_path: str, *, id_column: str = "id", image_column: str = "image",
-    batch_size: int = 256, actors: int = 1, gpu: bool = False, cascade: bool = False, cpus_per_actor: float = 1.0,
-) -> int:
-    """Score every row of ``input_path``; writes ``output_path`` (a Parquet folder), never half: a local
-    folder appears by rename, one at a URI gets its _SUCCESS marker last and is removed on failure.
-    Returns the rows written."""
+def prediction_dataset(run_dir: str, input_path: str, *, id_column: str = "id", image_column: str = "image",
+                       batch_size: int = 256, actors: int = 1, gpu: bool = False, cascade: bool = False,
+                       cpus_per_actor: float = 1.0):
+    """The Ray Data pipeline, not yet run: read, decode (CPU tasks), predict (the actor pool). Ray Data
+    may fuse two stages only where their resources match, so never the decoding into GPU actors."""
     import ray
 
-    check_predict_inputs(run_dir, input_path, output_path, id_column, image_column)
     _, manifest = read_manifest(run_dir)
     in_fs, in_path = storage.filesystem(input_path)
-    out_fs, out_path = storage.filesystem(output_path)
-    target = out_path if storage.is_uri(output_path) else f"{out_path}.partial-{os.getpid()}"
     ds = ray.data.read_parquet(in_path, filesystem=in_fs).select_columns([id_column, image_column])
     pixels = ds.map_batches(decode_pixels, batch_size=batch_size, batch_format="numpy", fn_kwargs={
         "id_column": id_column, "image_column": image_column, "shape": tuple(manifest["input_shape"])})
-    predictions = pixels.map_batches(
+    return pixels.map_batches(
         EnsemblePredictor,
         fn_constructor_kwargs={"run_dir": run_dir if storage.is_uri(run_dir) else os.path.abspath(run_dir),
                                "id_column": id_column, "use_gpu": gpu, "cascade": cascade, "batch_size": batch_size},
         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=1 if gpu else 0, num_cpus=cpus_per_actor,
     )
+
+
+def predict_parquet(run_dir: str, input_path: str, output_path: str, *, id_column: str = "id",
+                    image_column: str = "image", **options: Any) -> int:
+    """Score every row of ``input_path``; writes ``output_path`` (a Parquet folder), never half: a local
+    folder appears by rename, one at a URI gets its _SUCCESS marker last and is removed on failure.
+    ``options``: those of prediction_dataset. Returns the rows written."""
+    import pyarrow.fs
+
+    check_predict_inputs(run_dir, input_path, output_path, id_column, image_column)
+    predictions = prediction_dataset(run_dir, input_path, id_column=id_column, image_column=image_column, **options)
+    out_fs, out_path = storage.filesystem(output_path)
+    target = out_path if storage.is_uri(output_path) else f"{out_path}.partial-{os.getpid()}"
     try:
         predictions.write_parquet(target, filesystem=out_fs)
         rows = _count_rows(out_fs, target)
@@ -125,8 +133,6 @@ def predict_parquet(
         else:
             os.rename(target, out_path)
     except BaseException:
-        import pyarrow.fs
-
         if out_fs.get_file_info(target).type != pyarrow.fs.FileType.NotFound:
             out_fs.delete_dir(target)
         raise
