@@ -9,6 +9,7 @@ test session's own local Ray (`ray stop` would stop every Ray on the machine).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -23,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from typing import Iterator, Sequence
 
 BIN = os.path.dirname(sys.executable)  # the venv: `ray job submit` runs the python on PATH at `ray start`
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: a job's working dir
@@ -55,6 +57,21 @@ def can_hide_folders() -> bool:
         return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
     except FileNotFoundError:
         return False
+
+
+@contextlib.contextmanager
+def running_cluster(workdir: str, nodes: Sequence[str], *, node_bin: str = BIN,
+                    object_store_bytes: int | None = None) -> Iterator["LocalCluster"]:
+    """A head with no CPUs for training (the GCS, the job drivers, Serve's proxy: so any rank's node can
+    be lost) and one 1-CPU node per name in ``nodes``; every process is gone after the block."""
+    c = LocalCluster(workdir, node_bin=node_bin)
+    try:
+        c.start_head(cpus=0, object_store_bytes=object_store_bytes)
+        for name in nodes:
+            c.add_node(name, cpus=1, object_store_bytes=object_store_bytes)
+        yield c
+    finally:
+        c.shutdown()
 
 
 def submit(cluster: "LocalCluster", pipeline: str, *args: str, env: dict | None = None, popen: bool = False):

@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import threading
-import uuid
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -20,7 +19,7 @@ from boostray.apps.evaluate import evaluate_run
 from boostray.config import TrainConfig
 from boostray.core.data import load_dataset
 from boostray.distributed.trainer import train
-from cluster import BIN, ROOT, LocalCluster, free_port, submit
+from cluster import ROOT, LocalCluster, free_port, running_cluster, submit
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 RUN = {"workers": 2, "cpus_per_worker": 1, "epochs": 4, "members": 2, "seed": 3}  # one rank per 1-CPU node
@@ -33,14 +32,8 @@ def run_options(name: str, output: str, **extra) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = LocalCluster(str(tmp_path_factory.mktemp("cluster")))
-    try:
-        c.start_head(cpus=0)  # the GCS, the job drivers, Serve's proxy: no training, so any rank's node can be lost
-        c.add_node("node-a", cpus=1)
-        c.add_node("node-b", cpus=1)
+    with running_cluster(str(tmp_path_factory.mktemp("cluster")), ["node-a", "node-b"]) as c:
         yield c
-    finally:
-        c.shutdown()
 
 
 @pytest.fixture(scope="module")

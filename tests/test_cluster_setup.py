@@ -13,7 +13,7 @@ import yaml
 
 from boostray import load_ensemble
 from boostray.core.data import load_dataset
-from cluster import ROOT, LocalCluster, bare_python, can_hide_folders, free_port, submit
+from cluster import ROOT, bare_python, can_hide_folders, free_port, running_cluster, submit
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 
@@ -29,13 +29,8 @@ def node_bin(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, node_bin):
-    c = LocalCluster(str(tmp_path_factory.mktemp("bare-cluster")), node_bin=node_bin)
-    try:
-        c.start_head(cpus=0)
-        c.add_node("node-a", cpus=1)
+    with running_cluster(str(tmp_path_factory.mktemp("bare-cluster")), ["node-a"], node_bin=node_bin) as c:
         yield c
-    finally:
-        c.shutdown()
 
 
 @pytest.fixture(scope="module")

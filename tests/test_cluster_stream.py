@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cluster import LocalCluster
+from cluster import running_cluster
 from helpers import synthetic_images
 from test_cluster import submit
 
@@ -40,14 +40,9 @@ def write_large(folder: str, n_train: int = 30_000, n_test: int = 600) -> int:
 
 @pytest.fixture(scope="module")
 def small_store_cluster(tmp_path_factory):
-    c = LocalCluster(str(tmp_path_factory.mktemp("small-store")))
-    try:
-        c.start_head(cpus=0, object_store_bytes=STORE_BYTES)
-        c.add_node("node-a", cpus=1, object_store_bytes=STORE_BYTES)
-        c.add_node("node-b", cpus=1, object_store_bytes=STORE_BYTES)
+    with running_cluster(str(tmp_path_factory.mktemp("small-store")), ["node-a", "node-b"],
+                         object_store_bytes=STORE_BYTES) as c:
         yield c
-    finally:
-        c.shutdown()
 
 
 def test_a_job_streams_training_data_larger_than_the_object_store(small_store_cluster, tmp_path):
