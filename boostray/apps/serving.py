@@ -47,9 +47,9 @@ def _error(status: int, message: str) -> JSONResponse:
 DRAIN_BYTES = 1 << 30  # a refused body is read and dropped up to this much, then the connection is closed
 
 
-async def _drain(request: Request, declared: int) -> None:
-    """Read and drop the rest of a refused body, up to DRAIN_BYTES."""
-    if declared > DRAIN_BYTES:
+async def _drain(request: Request, declared: int | None = None) -> None:
+    """Read and drop the rest of a refused body, up to DRAIN_BYTES (none of it when it says it is larger)."""
+    if declared is not None and declared > DRAIN_BYTES:
         return
     dropped = 0
     async for chunk in request.stream():
@@ -136,7 +136,7 @@ class EnsembleServer:
         async for chunk in request.stream():
             body += chunk
             if len(body) > limit:
-                await _drain(request, DRAIN_BYTES)
+                await _drain(request)
                 raise RequestError(413, f"body of more than {limit} bytes exceeds the limit of {limit}")
         return bytes(body)
 
