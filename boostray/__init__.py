@@ -21,14 +21,17 @@ if loopback_set_here:
     os.environ[LOOPBACK_VARIABLE] = "0"
 
 __version__ = "0.2.0"
-__all__ = ["Ensemble", "load_ensemble", "create_model", "list_models", "__version__"]
+__all__ = ["BoostTrainer", "BoostConfig", "BoostResult", "Ensemble", "load_ensemble", "create_model", "build_model",
+           "list_models", "register_model", "__version__"]
 
-_LAZY = {"Ensemble": "boostray.core.ensemble", "load_ensemble": "boostray.core.ensemble",
-         "create_model": "boostray.core.models", "list_models": "boostray.core.models"}
+_LAZY = {"BoostTrainer": "boostray.api", "BoostResult": "boostray.api", "BoostConfig": "boostray.config",
+         "Ensemble": "boostray.core.ensemble", "load_ensemble": "boostray.core.ensemble",
+         "create_model": "boostray.core.models", "build_model": "boostray.core.models",
+         "list_models": "boostray.core.models", "register_model": "boostray.core.models"}
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (boostray.api and boostray.config import Ray's edge and pydantic: left to first use)
     from boostray.core.ensemble import Ensemble, load_ensemble
-    from boostray.core.models import create_model, list_models
+    from boostray.core.models import build_model, create_model, list_models, register_model
 
 
 def __getattr__(name: str) -> Any:

@@ -24,11 +24,36 @@ EXIT_USAGE = 2
 RUN_DIR_HELP = "a run directory written by 'boostray train': a path, or a storage URI (file://, s3://, gs://, hdfs://)"
 
 
+def json_mapping(text: str) -> dict:
+    """``--model-kwargs '{"width": 64}'``: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"width\": 64}}', got {text!r}")
+    return value
+
+
+def name_list(text: str) -> list[str]:
+    """``--feature-columns a,b,c``: names separated by commas."""
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected names separated by commas, got {text!r}")
+    return names
+
+
 def _flag_type(annotation) -> tuple[type, list | None]:
-    """argparse type and choices of an option's annotation (int, float, str, bool, Literal, X | None)."""
+    """argparse type and choices of an option's annotation (int, float, str, bool, Literal, X | None, a
+    mapping as JSON, a list as comma-separated names)."""
     args = typing.get_args(annotation)
-    if typing.get_origin(annotation) is typing.Literal:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
         return type(args[0]), list(args)
+    if origin is dict:
+        return json_mapping, None
+    if origin is list:
+        return name_list, None
     if args and type(None) in args:  # X | None
         return _flag_type(next(a for a in args if a is not type(None)))
     return annotation, None
@@ -129,19 +154,20 @@ DEFAULT_COMPARE_METHODS = "single,single:schedule=step,checkpoint,snapshot,fge,s
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from boostray.distributed.trainer import train
+    """A client of the Python API: the options become a BoostTrainer, as from Python."""
+    from boostray.api import BoostTrainer
 
     config = config_from_args(args)
     if config.workers:
         from boostray.distributed.console import quiet_driver_console
 
         quiet_driver_console(config.verbose)
-    run_dir, metrics = train(config)
+    result = BoostTrainer.from_config(config).fit()
     if config.mlflow:
         from boostray.apps.tracking import log_finished_run
 
-        log_finished_run(config, run_dir, metrics)
-    print(format_summary(run_dir, metrics))
+        log_finished_run(result.config, result.path, result.metrics)
+    print(format_summary(result.path, result.metrics))
     return 0
 
 
@@ -294,10 +320,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """One portable file computing the whole ensemble (core/export.py); --check compares ONNX Runtime."""
-    import numpy as np
 
     from boostray.core.ensemble import load_ensemble
-    from boostray.core.export import compare_with_runtime, export_ensemble
+    from boostray.core.export import compare_with_runtime, example_inputs, export_ensemble
 
     if args.format == "onnx":
         require_extra("onnx", "onnx", "boostray export --format onnx")
@@ -314,11 +339,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise BoostrayError(f"--output {path} must be a file in an existing folder")
     export_ensemble(ensemble, path, args.format)
     print(f"wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB, {len(ensemble)} members, "
-          f"input uint8 {list(ensemble.input_shape)} x any batch, output probabilities)")
+          f"input {'uint8' if ensemble.input_kind == 'image' else 'float32'} {list(ensemble.input_shape)} x any batch, "
+          f"output probabilities)")
     if args.check:
-        images = np.random.default_rng(0).integers(0, 256, (args.check, *ensemble.input_shape), dtype=np.uint8)
-        diff = compare_with_runtime(path, ensemble, images)
-        print(f"ONNX Runtime vs load_ensemble on {args.check} random images: max |difference| {diff:.2e}")
+        diff = compare_with_runtime(path, ensemble, example_inputs(ensemble, args.check))
+        print(f"ONNX Runtime vs load_ensemble on {args.check} random inputs: max |difference| {diff:.2e}")
         if diff > 1e-4:
             print("boostray: error: the exported graph disagrees with the ensemble beyond 1e-4", file=sys.stderr)
             return 1

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from boostray.core.data import DATASETS, STREAMABLE
 from boostray.core.methods import AXES, Method, create_method, preset_options
-from boostray.core.models import list_models
+from boostray.core.models import OBJECT_PREFIX, resolve_factory
 from boostray.core.spec import SPEC_FIELDS, RunSpec
 from boostray.errors import ConfigError, require_extra
 
@@ -81,23 +81,11 @@ class Options(BaseModel):
             raise ConfigError(describe_error(exc)) from None
 
 
-class TrainConfig(Options):
-    """Every option of ``boostray train``; also the keys of its YAML config and of config.yaml."""
+class BoostConfig(Options):
+    """The boosting and training options of a run: the method, its budget, the optimisation and the
+    boosting step. ``boostray.BoostTrainer`` takes it; ``TrainConfig`` (every option of ``boostray train``)
+    extends it with the data, the model name, the compute and where the run goes."""
 
-    # data
-    dataset: str = _opt("digits", "data set: digits (embedded), fashion-mnist, cifar10, cifar100, parquet, imagefolder")
-    data_dir: str | None = _opt(None, "folder holding the data set's files (fashion-mnist default: /usr/share/datasets/fashion-mnist)")
-    download: bool = _opt(False, "let torchvision download CIFAR into --data-dir (off: never touch the network)")
-    imbalance_ratio: float | None = _opt(None, "make the training split long-tailed with this max/min class ratio (e.g. 10, 100)", ge=1)
-    val_fraction: float = _opt(0.1, "fraction of train held out for validation when the data has no validation split", gt=0, lt=1)
-    train_subset: int | None = _opt(None, "train on this many (seeded) training samples only", ge=2)
-    stream: bool = _opt(False, "parquet, imagefolder: keep the training images on disk and read them a group at a "
-                        "time: a Parquet row group, or 256 image files (for data larger than memory; the files must "
-                        "be at the same path on every node)")
-    stream_window: int = _opt(4, "--stream: groups whose samples are shuffled together (the rest of the order: "
-                              "groups dealt to the workers in a seeded permutation each epoch)", ge=1)
-    # model and method
-    model: str = _opt("small_cnn", "model name from the registry (see 'boostray models')")
     method: str = _opt("cbnn-tail", "a preset of the four method axes below: cbnn-tail (the default: the single "
                        "network's cosine schedule, SAMME re-weighting at eta 0.1 from half the budget on, members "
                        "from the tail chosen greedily from the final network on validation; the final network alone "
@@ -151,18 +139,65 @@ class TrainConfig(Options):
                                  ">= this (in (0, 1]; default: off)", gt=0, le=1)
     mix_uniform: float = _opt(0.0, "gamma: mix the new weights with uniform, w <- (1 - gamma) w + gamma / n (in [0, 1])",
                               ge=0, le=1)
-    # compute
-    workers: int = _opt(1, "Ray Train workers (DDP ranks); 0 trains in this process without Ray", ge=0)
-    cpus_per_worker: float = _opt(1.0, "CPUs reserved per worker (and its torch threads)", gt=0)
-    gpu: bool = _opt(False, "one GPU per worker (NCCL), or with --workers 0 this machine's GPU; otherwise CPU workers (gloo)")
+    # numerics
     amp: Literal["bf16", "fp16"] | None = _opt(None, "autocast dtype on CUDA: bf16 or fp16")
     channels_last: bool = _opt(False, "channels-last memory format for training (faster convolutions on GPUs and, "
                                "for small_cnn, on CPUs: docs/performance.md; evaluation passes on a CPU use it "
                                "either way)")
     compile: bool = _opt(False, "torch.compile the training forward and backward (a one-off compile of tens of "
                          "seconds that pays on long runs: docs/performance.md)")
-    max_failures: int = _opt(0, "worker failures to recover from (Ray FailureConfig); -1 for unlimited", ge=-1)
     seed: int = _opt(0, "seed of the model's initialisation, the sampling order and the augmentation")
+
+    @model_validator(mode="after")
+    def _check_method(self) -> "BoostConfig":
+        preset_options(self.method)  # an unknown method names the presets
+        self.resolved().build_method()  # the axes against the budget
+        return self
+
+    def resolved(self):
+        """A copy with every preset-dependent option (axes, eta, lambda_source, calibrate) filled in from
+        the method's preset where it was not given: what a run is trained with, saved and compared."""
+        options = preset_options(self.method)
+        return self.model_copy(update={k: options[k] for k in PRESET_KEYS if getattr(self, k) is None and k in options})
+
+    def build_method(self) -> Method:
+        """The Method (schedule, rounds, members) of the resolved options."""
+        return create_method(self.method, epochs=self.epochs, members=self.members,
+                             deep_budget=self.deep_budget, **{k: getattr(self, k) for k in AXES})
+
+
+class TrainConfig(BoostConfig):
+    """Every option of ``boostray train``; also the keys of its YAML config and of config.yaml."""
+
+    # data
+    dataset: str = _opt("digits", "data set: digits (embedded), fashion-mnist, cifar10, cifar100, parquet, imagefolder")
+    data_dir: str | None = _opt(None, "folder holding the data set's files (fashion-mnist default: /usr/share/datasets/fashion-mnist)")
+    download: bool = _opt(False, "let torchvision download CIFAR into --data-dir (off: never touch the network)")
+    imbalance_ratio: float | None = _opt(None, "make the training split long-tailed with this max/min class ratio (e.g. 10, 100)", ge=1)
+    val_fraction: float = _opt(0.1, "fraction of train held out for validation when the data has no validation split", gt=0, lt=1)
+    train_subset: int | None = _opt(None, "train on this many (seeded) training samples only", ge=2)
+    stream: bool = _opt(False, "parquet, imagefolder: keep the training images on disk and read them a group at a "
+                        "time: a Parquet row group, or 256 image files (for data larger than memory; the files must "
+                        "be at the same path on every node)")
+    stream_window: int = _opt(4, "--stream: groups whose samples are shuffled together (the rest of the order: "
+                              "groups dealt to the workers in a seeded permutation each epoch)", ge=1)
+    feature_columns: list[str] | None = _opt(None, "parquet: train on these numeric columns as features, as given "
+                                             "(one list column, or several scalar columns; comma-separated), "
+                                             "not as an image column", min_length=1)
+    label_column: str = _opt("label", "parquet: the column holding the integer class labels", min_length=1)
+    standardize: bool = _opt(False, "features: standardise each feature by its mean and std over the training split")
+    # model
+    model: str = _opt("small_cnn", "the network: a built-in name (see 'boostray models') or your own factory or "
+                      "nn.Module class as package.module:name (importable on every node: PYTHONPATH, or ray job submit "
+                      "--working-dir / py_modules), called with those of num_classes, in_channels, image_size and "
+                      "input_shape that it names, e.g. torchvision.models:resnet18")
+    model_kwargs: dict[str, Any] = _opt({}, "keyword arguments for the model, as JSON on the command line "
+                                        "(e.g. '{\"width\": 64}') or a mapping in YAML")
+    # compute
+    workers: int = _opt(1, "Ray Train workers (DDP ranks); 0 trains in this process without Ray", ge=0)
+    cpus_per_worker: float = _opt(1.0, "CPUs reserved per worker (and its torch threads)", gt=0)
+    gpu: bool = _opt(False, "one GPU per worker (NCCL), or with --workers 0 this machine's GPU; otherwise CPU workers (gloo)")
+    max_failures: int = _opt(0, "worker failures to recover from (Ray FailureConfig); -1 for unlimited", ge=-1)
     # run
     name: str | None = _opt(None, "run name; the same name resumes an interrupted run (default: method-dataset-model-time)")
     output: str = _opt(os.path.join("~", "boostray_runs"), "folder that receives the run directory, or a storage URI "
@@ -180,10 +215,12 @@ class TrainConfig(Options):
         """What no single field can check: names that must exist, and options that depend on each other."""
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}")
-        if self.model not in list_models():
-            raise ConfigError(f"unknown model {self.model!r}; choose one of: {', '.join(list_models())}")
-        preset_options(self.method)  # an unknown method names the presets
-        self.resolved().build_method()  # the axes against the budget
+        if not self.model.startswith(OBJECT_PREFIX):  # a Python object comes with the run (BoostTrainer)
+            resolve_factory(self.model)  # a built-in name, or an import path that imports here
+        if self.feature_columns and self.dataset not in ("parquet",):
+            raise ConfigError(f"--feature-columns names Parquet columns; --dataset {self.dataset} has none")
+        if self.feature_columns and self.stream:
+            raise ConfigError("--feature-columns trains from memory: drop --stream")
         if self.stream and self.dataset not in STREAMABLE:
             raise ConfigError(f"--stream reads {' or '.join(STREAMABLE)} data, not {self.dataset}")
         if self.workers and self.batch_size < self.workers:
@@ -197,17 +234,6 @@ class TrainConfig(Options):
     def replace(self, **changes: Any) -> "TrainConfig":
         """A checked copy with ``changes``."""
         return TrainConfig(**{**self.model_dump(), **changes})
-
-    def resolved(self) -> "TrainConfig":
-        """A copy with every preset-dependent option (axes, eta, lambda_source, calibrate) filled in from
-        the method's preset where it was not given: what a run is trained with, saved and compared."""
-        options = preset_options(self.method)
-        return self.model_copy(update={k: options[k] for k in PRESET_KEYS if getattr(self, k) is None and k in options})
-
-    def build_method(self) -> Method:
-        """The Method (schedule, rounds, members) of the resolved options."""
-        return create_method(self.method, epochs=self.epochs, members=self.members,
-                             deep_budget=self.deep_budget, **{k: getattr(self, k) for k in AXES})
 
     def spec(self) -> RunSpec:
         """What the run trains, resolved, as the Ray-free core takes it."""

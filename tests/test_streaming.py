@@ -180,7 +180,7 @@ def test_a_streamed_ray_train_run_on_two_workers_equals_the_same_split_in_memory
     config = TrainConfig(dataset="parquet", data_dir=folder, stream=True, stream_window=2, epochs=4, members=2,
                          seed=5, workers=2, output=str(tmp_path), name="streamed", combine="uniform")  # ship both
     run_dir, metrics = train(config)
-    reference = run_training(config.replace(name="in-memory"), twin)
+    reference, _ = run_training(config.replace(name="in-memory"), twin)
     assert [m["lambda"] for m in metrics["members"]] == [m.lambda_ for m in reference.members]
     weights = pq.read_table(os.path.join(run_dir, "sample_weights.parquet")).column("final").to_numpy()
     np.testing.assert_array_equal(weights, reference.weights.astype(weights.dtype))  # the file keeps float32

@@ -25,7 +25,7 @@ def cbnn_run(tmp_path_factory):
 
 def test_run_directory_holds_artifact_metrics_weights_and_config(cbnn_run, capsys):
     manifest = json.loads((cbnn_run / "ensemble" / "manifest.json").read_text())
-    assert manifest["format_version"] == 2 and manifest["method"] == "cbnn-tail"
+    assert manifest["format_version"] == 3 and manifest["method"] == "cbnn-tail"
     assert manifest["model"]["name"] == "small_cnn" and manifest["input_shape"] == [1, 8, 8]
     assert [m["epoch"] for m in manifest["members"]] == [2, 4]
     assert all(m["weight"] > 0 and len(m["sha256"]) == 64 for m in manifest["members"])

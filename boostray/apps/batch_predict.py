@@ -25,11 +25,13 @@ SUCCESS_MARKER = "_SUCCESS"  # written last into an output at a URI, where no re
 
 
 def decode_pixels(batch: dict[str, Any], *, id_column: str, image_column: str,
-                  shape: tuple[int, int, int]) -> dict[str, Any]:
-    """A batch's images as (N, C, H, W) pixels, uint8 for encoded images: the CPU stage."""
-    c, h, w = shape
+                  shape: tuple[int, ...]) -> dict[str, Any]:
+    """A batch's inputs shaped (N, *shape): images decoded (uint8), or numbers as given: the CPU stage."""
     column = batch[image_column]
     if isinstance(column[0], dict):
+        if len(shape) != 3:
+            raise DataError(f"the ensemble takes numbers shaped {shape}, not encoded images")
+        c, h, w = shape
         out = np.empty((len(column), c, h, w), dtype=np.uint8)
         for i, item in enumerate(column):
             im = decode_image(item["bytes"], "input")
@@ -38,9 +40,10 @@ def decode_pixels(batch: dict[str, Any], *, id_column: str, image_column: str,
             out[i] = im if im.shape[0] == c else np.repeat(im[:1], c, axis=0)
     else:
         out = np.stack([np.asarray(v, dtype=np.float32) for v in column])
-        if out.shape[1:] != (c * h * w,) and out.shape[1:] != (c, h, w):
-            raise DataError(f"input rows have {out.shape[1:]} values, the ensemble expects {c * h * w}")
-        out = out.reshape(-1, c, h, w)
+        size = int(np.prod(shape))
+        if out.shape[1:] != (size,) and out.shape[1:] != tuple(shape):
+            raise DataError(f"input rows have {out.shape[1:]} values, the ensemble expects {size}")
+        out = out.reshape(-1, *shape)
     return {id_column: np.asarray(batch[id_column]), PIXELS: out}
 
 

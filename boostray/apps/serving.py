@@ -186,7 +186,8 @@ class EnsembleServer:
     async def v2_model(self, name: str, version: str | None = None) -> JSONResponse:
         if (missing := self._check_version(name, version)) is not None:
             return missing
-        return JSONResponse(oip.model_metadata(self.name, self.shape, len(self.classes)))
+        datatype = "UINT8" if self.ensemble.input_kind == "image" else "FP32"
+        return JSONResponse(oip.model_metadata(self.name, self.shape, len(self.classes), datatype))
 
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")

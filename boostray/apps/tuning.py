@@ -218,7 +218,7 @@ def trial_fn(params: dict, data_box=None, fixed: dict | None = None, sweep_dir: 
 
     trial_id = ray.tune.get_context().get_trial_id()
     config = TrainConfig(**{**fixed, **params, "name": trial_name(trial_id), "output": storage.join(sweep_dir, "trials")})
-    run_training(config, data_box[0], callbacks=[TuneReportCallback()])
+    run_training(config, data_box[0], callbacks=[TuneReportCallback()])  # Tune keeps what it reports
 
 
 def trial_name(trial_id: str) -> str:

@@ -20,7 +20,7 @@ import torch
 
 from boostray.core.images import (  # noqa: F401  (part of this module's interface too)
     SPLIT_SEED, ImageSplit, decode_image, decode_image_column, mean_std, parquet_class_names, parquet_image_column,
-    parquet_labels, pixel_histogram, stack_images,
+    feature_array, parquet_labels, pixel_histogram, stack_images,
 )
 from boostray.core.streaming import open_image_files, open_parquet_train
 from boostray.errors import DataError
@@ -39,8 +39,21 @@ class ImageDataset:
     test: ImageSplit
     classes: list[str]
     hflip: bool = False  # horizontal flips preserve the label (not for digits)
-    mean: list[float] = field(default_factory=list)  # per channel, of train pixels / 255
+    mean: list[float] = field(default_factory=list)  # per channel, of train pixels / 255 (features: one or per feature)
     std: list[float] = field(default_factory=list)
+    #: "image": uint8 pixels (N, C, H, W), scaled by 1/255 and augmented; "features": float arrays of any
+    #: shape, trained as given (standardised only if asked), never augmented
+    kind: str = "image"
+
+    @property
+    def scale(self) -> float:
+        """What the raw values are divided by before the mean and std apply."""
+        return 255.0 if self.kind == "image" else 1.0
+
+    @property
+    def augmentable(self) -> bool:
+        """Random crops and flips apply to images only."""
+        return self.kind == "image"
 
     @property
     def num_classes(self) -> int:
@@ -134,7 +147,16 @@ def _cifar_loader(cls_name: str) -> Callable:
     return load
 
 
-def _parquet_split(files: list[str], where: str) -> tuple[ImageSplit, list[str] | None]:
+@dataclass(frozen=True)
+class Columns:
+    """Which Parquet columns hold what: the label, and either the image column found by name (``image``,
+    ``img`` or ``pixels``) or the named feature columns (float features, nothing rescaled)."""
+
+    label: str = "label"
+    features: tuple[str, ...] | None = None
+
+
+def _parquet_split(files: list[str], where: str, columns: Columns = Columns()) -> tuple[ImageSplit, list[str] | None]:
     import pyarrow.parquet as pq
 
     try:
@@ -143,7 +165,9 @@ def _parquet_split(files: list[str], where: str) -> tuple[ImageSplit, list[str] 
         raise DataError(f"cannot read {where} parquet files: {exc}") from None
     if table.num_rows == 0:
         raise DataError(f"the {where} split is empty ({files[0]})")
-    labels = parquet_labels(table, where)
+    labels = parquet_labels(table, where, columns.label)
+    if columns.features:
+        return ImageSplit(feature_array(table, list(columns.features), where), labels), parquet_class_names(table.schema)
     images = decode_image_column(table.column(parquet_image_column(table.column_names, where)), where)
     return ImageSplit(images, labels), parquet_class_names(table.schema)
 
@@ -156,7 +180,7 @@ def _split_files(data_dir: str, split: str) -> list[str]:
     return found
 
 
-def load_parquet_splits(data_dir: str | None, download: bool, stream: bool = False):
+def load_parquet_splits(data_dir: str | None, download: bool, stream: bool = False, columns: Columns = Columns()):
     """A Parquet folder as Hugging Face ``datasets`` exports it: train*.parquet, optional validation*
     and test*.parquet, columns ``label`` (int) and ``image`` ({bytes: PNG/JPEG}) or a numeric list.
     With ``stream`` the training split stays on disk (streaming.py)."""
@@ -171,12 +195,12 @@ def load_parquet_splits(data_dir: str | None, download: bool, stream: bool = Fal
 
         train, names = open_parquet_train(train_files)
     else:
-        train, names = _parquet_split(train_files, "train")
+        train, names = _parquet_split(train_files, "train", columns)
     val = test = None
     if files := _split_files(data_dir, "validation") or _split_files(data_dir, "val"):
-        val, _ = _parquet_split(files, "validation")
+        val, _ = _parquet_split(files, "validation", columns)
     if files := _split_files(data_dir, "test"):
-        test, _ = _parquet_split(files, "test")
+        test, _ = _parquet_split(files, "test", columns)
     shapes = {s.image_shape for s in (train, val, test) if s is not None}
     if len(shapes) > 1:
         raise DataError(f"mismatched image shapes across splits: {sorted(shapes)}")
@@ -245,6 +269,15 @@ def load_imagefolder_splits(data_dir: str | None, download: bool, stream: bool =
     return train, val, test, classes, True
 
 
+#: the dataset name of data handed in from Python (BoostTrainer's ``datasets``): nothing to load by name
+IN_MEMORY = "in-memory"
+
+
+def load_in_memory_splits(data_dir: str | None, download: bool):
+    raise DataError(f"--dataset {IN_MEMORY}: this run's data was handed in from Python (boostray.BoostTrainer("
+                    f"datasets=...)); name a data set to load it from files")
+
+
 DATASETS: dict[str, Callable] = {
     "digits": load_digits_splits,
     "fashion-mnist": load_fashion_mnist_splits,
@@ -252,6 +285,7 @@ DATASETS: dict[str, Callable] = {
     "cifar100": _cifar_loader("CIFAR100"),
     "parquet": load_parquet_splits,
     "imagefolder": load_imagefolder_splits,
+    IN_MEMORY: load_in_memory_splits,
 }
 STREAMABLE = ("parquet", "imagefolder")  # what --stream can leave on disk
 
@@ -299,20 +333,38 @@ def load_dataset(
     train_subset: int | None = None,
     download: bool = False,
     stream: bool = False,
+    columns: Columns = Columns(),
+    standardize: bool = False,
 ) -> ImageDataset:
     """Load, split and validate a data set. Raises DataError with a one-line reason on bad data.
     ``stream`` keeps a Parquet training split on disk (streaming.py); it is decoded once here, a row
-    group at a time, to validate it and count its pixel statistics."""
+    group at a time, to validate it and count its pixel statistics. ``columns``: Parquet's label and
+    feature columns (features train as given, standardised only with ``standardize``)."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     if data_dir is not None and name not in ("digits",) and not os.path.exists(data_dir):
         raise DataError(f"data directory {data_dir} does not exist")
     if stream and name not in STREAMABLE:
         raise DataError(f"--stream reads {' or '.join(STREAMABLE)} data, not {name}")
-    if stream:
-        train, val, test, classes, hflip = DATASETS[name](data_dir, download, stream=True)
+    if name == "parquet":
+        loaded = load_parquet_splits(data_dir, download, stream=stream, columns=columns)
+    elif stream:
+        loaded = DATASETS[name](data_dir, download, stream=True)
     else:
-        train, val, test, classes, hflip = DATASETS[name](data_dir, download)
+        loaded = DATASETS[name](data_dir, download)
+    train, val, test, classes, hflip = loaded
+    return assemble_dataset(name, train, val, test, classes, hflip=hflip, val_fraction=val_fraction,
+                            test_fraction=test_fraction, imbalance_ratio=imbalance_ratio, train_subset=train_subset,
+                            standardize=standardize)
+
+
+def assemble_dataset(name: str, train: ImageSplit, val: ImageSplit | None, test: ImageSplit | None,
+                     classes: list[str], *, hflip: bool = False, val_fraction: float = 0.1, test_fraction: float = 0.2,
+                     imbalance_ratio: float | None = None, train_subset: int | None = None,
+                     standardize: bool = False) -> ImageDataset:
+    """Splits as loaded (validation and test optional) -> a checked data set: the missing splits held out
+    of train with the fixed split seed, the long tail and the subset applied, the normalisation counted.
+    uint8 arrays are images; any other numbers are features."""
     k = len(classes)
     if k < 2:
         raise DataError(f"{name} has {k} class(es); classification needs at least 2")
@@ -328,7 +380,10 @@ def load_dataset(
         train = train.subset(np.sort(rng.permutation(len(train))[:train_subset]))
     for split, where in ((train, "train"), (val, "validation"), (test, "test")):
         _check_split(split, where, k)
-    if stream:  # one pass: the training split checked and counted group by group, held-out splits kept
+    if isinstance(train, ImageSplit) and train.images.dtype != np.uint8:
+        mean, std = feature_statistics(train.images, standardize)
+        return ImageDataset(name, train, val, test, classes, False, mean, std, kind="features")
+    if not isinstance(train, ImageSplit):  # streamed: one pass checks and counts the training split group by group
         held = [s for s in (val, test) if not isinstance(s, ImageSplit)]
         histogram, images = train.scan(held)
         in_memory = {id(s): ImageSplit(im, s.labels) for s, im in zip(held, images)}
@@ -339,18 +394,52 @@ def load_dataset(
     return ImageDataset(name, train, val, test, classes, hflip, mean, std)
 
 
+def feature_statistics(features: np.ndarray, standardize: bool) -> tuple[list[float], list[float]]:
+    """Features train as given (mean 0, std 1) unless ``standardize``: then each feature's mean and std
+    over the training split (std at least 1e-6)."""
+    if not standardize:
+        return [0.0], [1.0]
+    flat = features.reshape(features.shape[0], -1).astype(np.float64)
+    return flat.mean(axis=0).tolist(), np.maximum(flat.std(axis=0), 1e-6).tolist()
+
+
 # ----------------------------------------------------------------------------------- torch adapters
 
 
-def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels (B, C, H, W) -> float, scaled to [0, 1] and standardised per channel."""
-    return (images.float().div_(255.0) - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+def normalization_shape(size: int, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """How ``size`` means (or stds) broadcast over a batch of ``input_shape``: one per image channel, one
+    for everything, or one per feature."""
+    if size == 1:
+        return (1,) * (len(input_shape) + 1)
+    if len(input_shape) == 3 and size == input_shape[0]:
+        return (1, size, 1, 1)
+    return (1, *input_shape)
+
+
+def normalization_tensors(mean: list[float], std: list[float], input_shape: tuple[int, ...],
+                          device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and std as tensors shaped to broadcast over a batch."""
+    shape = normalization_shape(len(mean), tuple(input_shape))
+    return (torch.tensor(mean, dtype=torch.float32, device=device).view(shape),
+            torch.tensor(std, dtype=torch.float32, device=device).view(shape))
+
+
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, scale: float = 255.0) -> torch.Tensor:
+    """Raw values -> float, divided by ``scale`` (255 for pixels, 1 for features) and standardised by
+    ``mean`` and ``std`` (shaped by normalization_tensors)."""
+    x = images.float()
+    if scale != 1.0:
+        x = x.div_(scale) if x is not images else x / scale
+    return (x - mean) / std
 
 
 def load_training_data(config) -> ImageDataset:
     """The data set a run trains on, as its options (a TrainConfig or anything with the same fields)
     describe it: the one place that turns options into data, for the trainer and every application."""
+    features = getattr(config, "feature_columns", None)
+    columns = Columns(label=getattr(config, "label_column", "label"), features=tuple(features) if features else None)
     return load_dataset(
         config.dataset, config.data_dir, val_fraction=config.val_fraction, imbalance_ratio=config.imbalance_ratio,
         train_subset=config.train_subset, download=config.download, stream=getattr(config, "stream", False),
+        columns=columns, standardize=getattr(config, "standardize", False),
     )

@@ -22,7 +22,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from boostray.core.batches import ChunkedBatches, TrainBatches
 from boostray.core.boost_state import BoostState, MemberRecord
@@ -34,9 +33,10 @@ from boostray.core.collectives import (
     all_sum, barrier, combine_correctness, combine_rows, gather_digests, shard_indices, weights_digest,
 )
 from boostray.core.combine import crossfit_proba, lambda_from_validation
-from boostray.core.data import ImageDataset, normalize
+from boostray.core.data import ImageDataset, normalization_tensors, normalize
 from boostray.core.metrics import accuracy
-from boostray.core.models import create_model
+from boostray.core.models import build_model
+from boostray.core.recipe import DEFAULT_RECIPE, Recipe
 from boostray.core.spec import RunSpec
 from boostray.core.weights import LocalWeightStore
 
@@ -48,7 +48,7 @@ def eval_batch_size(device: torch.device, image_shape: tuple[int, ...]) -> int:
     that a batch's activations stay in cache (larger batches ran slower: docs/performance.md)."""
     if device.type == "cuda":
         return EVAL_BATCH
-    pixels = int(image_shape[-1]) * int(image_shape[-2])
+    pixels = int(np.prod(image_shape[1:])) if len(image_shape) == 3 else 1
     return int(max(16, min(EVAL_BATCH, 2 ** round(math.log2(50_000 / pixels)))))
 
 
@@ -83,27 +83,26 @@ class Engine:
 
     def __init__(self, spec: RunSpec, data: ImageDataset, *, store: Any, rank: int = 0, world: int = 1,
                  device: torch.device | None = None,
-                 wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None) -> None:
-        self.spec, self.data, self.store = spec, data, store
+                 wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+                 recipe: Recipe = DEFAULT_RECIPE) -> None:
+        self.spec, self.data, self.store, self.recipe = spec, data, store, recipe
         self.method = spec.method
         self.rank, self.world = rank, world
         self.device = device or torch.device("cpu")
         self.eval_batch = eval_batch_size(self.device, data.input_shape)
-        self.mean = torch.tensor(data.mean, device=self.device)
-        self.std = torch.tensor(data.std, device=self.device)
-        c, h, _ = data.input_shape
+        self.mean, self.std = normalization_tensors(data.mean, data.std, data.input_shape, self.device)
         torch.manual_seed(spec.seed)  # identical initialisation on every rank (DDP also broadcasts it)
-        net = create_model(spec.model, num_classes=data.num_classes, in_channels=c, image_size=h)
+        net = self.new_network()
         if spec.channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.net = net.to(self.device)  # the plain network: what members, evals and checkpoints use
         trained = torch.compile(self.net) if spec.compile else self.net  # shares the network's parameters
         self.model = wrap_model(trained) if wrap_model else trained
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=spec.lr, momentum=0.9, nesterov=True, weight_decay=spec.weight_decay
-        )
+        self.optimizer = recipe.make_optimizer(self.model.parameters(), spec.lr, spec.weight_decay)
+        augment = spec.augment and data.augmentable
         batching = dict(batch_size=max(1, spec.batch_size // world), device=self.device, seed=spec.seed, rank=rank,
-                        world=world, augment=spec.augment, crop_padding=data.crop_padding, hflip=data.hflip)
+                        world=world, augment=augment, crop_padding=data.crop_padding if augment else 0,
+                        hflip=data.hflip and augment)
         if data.streamed or data.train.chunked is not None:  # read a chunk at a time (streaming.py)
             self.batches: TrainBatches | ChunkedBatches = ChunkedBatches(data.train, window=spec.stream_window, **batching)
         else:
@@ -121,10 +120,19 @@ class Engine:
         # saved and restored with every checkpoint, like a stateful training callback.
         self.averaged = torch.optim.swa_utils.AveragedModel(self.net) if self.method.averaged_member else None
 
+    def new_network(self) -> torch.nn.Module:
+        """A freshly initialised network: the recipe's model, or the one the run's model name builds."""
+        return build_model(self.spec.model, num_classes=self.data.num_classes, input_shape=self.data.input_shape,
+                           kwargs=self.spec.model_kwargs, factory=self.recipe.model)
+
     # -- passes over data ---------------------------------------------------------------------------
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        x = normalize(images.to(self.device, non_blocking=True), self.mean, self.std)
-        return x.contiguous(memory_format=torch.channels_last) if self.spec.channels_last else x
+        x = normalize(images.to(self.device, non_blocking=True), self.mean, self.std, self.data.scale)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last_inputs else x
+
+    @property
+    def channels_last_inputs(self) -> bool:
+        return self.spec.channels_last and len(self.data.input_shape) == 3
 
     def train_epoch(self, epoch: int, weights: torch.Tensor, record: bool) -> tuple[dict, tuple | None]:
         """One epoch with the weighted loss L = sum_i (n w_i) CE_i / |batch|; optionally record
@@ -139,7 +147,7 @@ class Engine:
             x = self.prepare(images)
             with self.autocast:
                 logits = self.model(x)
-                per_sample = F.cross_entropy(logits.float(), y, reduction="none")
+                per_sample = self.recipe.per_sample_loss(logits.float(), y)
             loss = (n * weights[idx] * per_sample).sum() / y.numel()
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -163,8 +171,8 @@ class Engine:
         own format."""
         net = self.net if module is None else module
         net.eval()
-        if self.device.type == "cuda" or self.spec.channels_last:
-            return net, self.spec.channels_last
+        if self.device.type == "cuda" or self.spec.channels_last or len(self.data.input_shape) != 3:
+            return net, self.channels_last_inputs
         twin = copy.deepcopy(net).to(memory_format=torch.channels_last)
         return twin.eval(), True
 
@@ -246,9 +254,8 @@ class Engine:
         """A fresh network for round ``r`` of independent networks: its own initialisation (seed + r, the
         same on every rank), and an optimizer without momentum. The LR schedule restarts by itself
         (Method.lr_factor); the parameters are copied in place, so a DDP or compiled wrapper keeps them."""
-        c, h, _ = self.data.input_shape
         torch.manual_seed(self.spec.seed + r)
-        fresh = create_model(self.spec.model, num_classes=self.data.num_classes, in_channels=c, image_size=h)
+        fresh = self.new_network()
         with torch.no_grad():
             self.net.load_state_dict(fresh.state_dict())
         self.optimizer.state.clear()
@@ -439,11 +446,11 @@ def ensemble_val_proba(state: BoostState, data: ImageDataset, spec: RunSpec) -> 
 
 def train_in_process(spec: RunSpec, data: ImageDataset, device: str | torch.device = "cpu",
                      on_round: Callable[[dict, BoostState], None] | None = None,
-                     checkpoint_dir: str | None = None, keep: int = 2) -> BoostState:
+                     checkpoint_dir: str | None = None, keep: int = 2, recipe: Recipe = DEFAULT_RECIPE) -> BoostState:
     """A whole run in this process, without Ray: one rank, an in-process weight store. With
     ``checkpoint_dir`` every round is checkpointed there (round_NNNN/, the newest ``keep`` kept, members
     once each in members/), and a run that finds checkpoints resumes from the newest."""
-    engine = Engine(spec, data, store=LocalWeightStore(), device=torch.device(device))
+    engine = Engine(spec, data, store=LocalWeightStore(), device=torch.device(device), recipe=recipe)
     state = BoostState.initial(len(data.train))
     members_dir = os.path.join(checkpoint_dir, MEMBERS_FOLDER) if checkpoint_dir else None
     if checkpoint_dir and (done := round_dirs(checkpoint_dir)):

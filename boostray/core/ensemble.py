@@ -1,7 +1,8 @@
 """The ensemble artifact: ``ensemble/manifest.json`` plus one state dict per member, and its loader.
 
-Inputs to ``predict_proba`` are raw pixel values (0..255) shaped (N, C, H, W) as in the data set;
-the manifest's normalisation is applied here, so the artifact is self-describing for serving.
+Inputs to ``predict_proba`` are raw values shaped as in the data set: pixel values (0..255) shaped
+(N, C, H, W) for images, floats of the input shape for features. The manifest's normalisation is applied
+here, so the artifact is self-describing for serving.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from torch import nn
 from boostray.core import storage
 from boostray.core.boosting import apply_temperature, vote
 from boostray.errors import ArtifactError
-from boostray.core.models import create_model
+from boostray.core.data import normalization_tensors
+from boostray.core.models import OBJECT_PREFIX, build_model, create_model, import_path_of
 
-FORMAT_VERSION = 2  # 2: "temperature" and the method's axes; version 1 manifests load with temperature 1
-READABLE_VERSIONS = (1, 2)
+# 2: "temperature" and the method's axes; version 1 manifests load with temperature 1. 3: the model entry is
+# a name or import path with the user's keyword arguments, the classes and the input shape; "input_kind"
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
 
 
@@ -66,9 +70,11 @@ class Ensemble:
         self.temperature = float(manifest.get("temperature", 1.0))
         self.classes: list[str] = manifest["classes"]
         self.input_shape = tuple(manifest["input_shape"])
+        self.input_kind: str = manifest.get("input_kind", "image")
+        self.scale = float(manifest["normalization"].get("scale", 255.0))
         self.device = torch.device("cpu")
-        self._mean = torch.tensor(manifest["normalization"]["mean"])
-        self._std = torch.tensor(manifest["normalization"]["std"])
+        self._mean, self._std = normalization_tensors(manifest["normalization"]["mean"], manifest["normalization"]["std"],
+                                                      self.input_shape)
 
     def to(self, device: str | torch.device) -> "Ensemble":
         self.device = torch.device(device)
@@ -81,17 +87,18 @@ class Ensemble:
         if t.ndim == len(self.input_shape):
             t = t.unsqueeze(0)
         if tuple(t.shape[1:]) != self.input_shape:
-            raise ValueError(f"expected images shaped (N, {', '.join(map(str, self.input_shape))}), got {tuple(t.shape)}")
+            what = "images" if self.input_kind == "image" else "inputs"
+            raise ValueError(f"expected {what} shaped (N, {', '.join(map(str, self.input_shape))}), got {tuple(t.shape)}")
         return t
 
     @torch.no_grad()
     def member_proba(self, x: np.ndarray | torch.Tensor, batch_size: int = 1024) -> np.ndarray:
         """Each member's softmax outputs: (M, N, K)."""
         t = self._as_tensor(x)
-        mean, std = self._mean.to(self.device).view(1, -1, 1, 1), self._std.to(self.device).view(1, -1, 1, 1)
+        mean, std = self._mean.to(self.device), self._std.to(self.device)
         out = np.empty((len(self.members), t.shape[0], len(self.classes)), dtype=np.float32)
         for start in range(0, t.shape[0], batch_size):
-            xb = (t[start:start + batch_size].to(self.device).float() / 255.0 - mean) / std
+            xb = (t[start:start + batch_size].to(self.device).float() / self.scale - mean) / std
             for i, m in enumerate(self.members):
                 out[i, start:start + xb.shape[0]] = torch.softmax(m(xb), dim=1).cpu().numpy()
         return out
@@ -143,9 +150,29 @@ def read_manifest(path: str) -> tuple[str, dict]:
     return directory, manifest
 
 
-def load_ensemble(path: str, device: str | torch.device = "cpu") -> Ensemble:
-    """Load a run directory (or its ``ensemble/`` folder); every member's sha256 is checked."""
+def member_factory(manifest: dict, model=None):
+    """A callable that builds one (untrained) member as the manifest says: ``model`` (a class or factory,
+    for a run whose model was handed in as a Python object), else the name or import path it records."""
+    spec = manifest["model"]
+    if "num_classes" not in spec:  # before version 3: a built-in name, kwargs num_classes/in_channels/image_size
+        return lambda: create_model(spec["name"], **spec["kwargs"])
+    if model is None and spec["name"].startswith(OBJECT_PREFIX):
+        raise ArtifactError(f"this run's model ({spec['name'][len(OBJECT_PREFIX):]}) was handed in from Python as an "
+                            f"object: load it with load_ensemble(path, model=<that class or factory>)")
+    if isinstance(model, str):
+        name, model = model, None
+    else:
+        name = (import_path_of(model) if model is not None else None) or spec["name"]
+    return lambda: build_model(name, num_classes=spec["num_classes"], input_shape=spec["input_shape"],
+                               kwargs=spec["kwargs"], factory=model)
+
+
+def load_ensemble(path: str, device: str | torch.device = "cpu", model=None) -> Ensemble:
+    """Load a run directory (or its ``ensemble/`` folder); every member's sha256 is checked. ``model``: the
+    class or factory of a run whose model was handed in from Python as an object (the run directory holds
+    no code); a run whose model has a name or an import path needs none."""
     directory, manifest = read_manifest(path)
+    build = member_factory(manifest, model)
     members = []
     for entry in manifest["members"]:
         fpath = os.path.join(directory, entry["file"])
@@ -155,7 +182,7 @@ def load_ensemble(path: str, device: str | torch.device = "cpu") -> Ensemble:
         if digest != entry["sha256"]:
             raise ArtifactError(f"sha256 mismatch for {fpath}: the file was changed after training")
         model_spec = manifest["model"]
-        net = create_model(model_spec["name"], **model_spec["kwargs"])
+        net = build()
         try:
             net.load_state_dict(torch.load(fpath, map_location="cpu", weights_only=True))
         except Exception as exc:  # a state dict that does not fit the manifest's model

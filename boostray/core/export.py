@@ -33,11 +33,12 @@ class EnsembleGraph(nn.Module):
         self.hard = ensemble.vote_mode == "hard"
         self.num_classes = len(ensemble.classes)
         self.temperature = float(ensemble.temperature)
-        self.register_buffer("mean", torch.tensor(ensemble.manifest["normalization"]["mean"]).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(ensemble.manifest["normalization"]["std"]).view(1, -1, 1, 1))
+        self.scale = float(ensemble.scale)
+        self.register_buffer("mean", ensemble._mean.clone())
+        self.register_buffer("std", ensemble._std.clone())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.float() / 255.0 - self.mean) / self.std
+        x = (images.float() / self.scale - self.mean) / self.std
         combined = None
         for weight, member in zip(self.weights, self.members):
             logits = member(x)
@@ -51,12 +52,25 @@ class EnsembleGraph(nn.Module):
         return torch.softmax(torch.log(combined.clamp_min(1e-12)) / self.temperature, dim=1)
 
 
+def input_dtype(ensemble: Ensemble) -> torch.dtype:
+    """The graph's input: uint8 pixels for images, float32 for features."""
+    return torch.uint8 if ensemble.input_kind == "image" else torch.float32
+
+
+def example_inputs(ensemble: Ensemble, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` random inputs of the ensemble's kind: pixel values for images, standard normal features."""
+    rng = np.random.default_rng(seed)
+    if ensemble.input_kind == "image":
+        return rng.integers(0, 256, (n, *ensemble.input_shape), dtype=np.uint8)
+    return rng.standard_normal((n, *ensemble.input_shape)).astype(np.float32)
+
+
 def export_ensemble(ensemble: Ensemble, path: str, fmt: str = "onnx") -> str:
     """Write the ensemble as one file (atomically: a crash leaves no half-written model); returns ``path``."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {FORMATS}")
     graph = EnsembleGraph(ensemble).eval()
-    example = torch.zeros((2, *ensemble.input_shape), dtype=torch.uint8)
+    example = torch.zeros((2, *ensemble.input_shape), dtype=input_dtype(ensemble))
     tmp = f"{path}.partial-{os.getpid()}"
     try:
         with torch.no_grad():
@@ -101,5 +115,5 @@ def compare_with_runtime(path: str, ensemble: Ensemble, images: np.ndarray) -> f
     import onnxruntime
 
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    got = session.run(None, {"images": np.ascontiguousarray(images, dtype=np.uint8)})[0]
+    got = session.run(None, {"images": np.ascontiguousarray(images, dtype=np.uint8 if ensemble.input_kind == "image" else np.float32)})[0]
     return float(np.abs(got - ensemble.predict_proba(images)).max())

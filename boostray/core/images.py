@@ -95,19 +95,63 @@ def parquet_image_column(column_names: list[str], where: str) -> str:
     return image_col
 
 
-def parquet_labels(table, where: str) -> np.ndarray:
-    """The ``label`` column as int64, or a one-line DataError."""
+def parquet_labels(table, where: str, column: str = "label") -> np.ndarray:
+    """The label column as int64, or a one-line DataError."""
     if table.num_rows == 0:
         raise DataError(f"the {where} split is empty")
-    if "label" not in table.column_names:
-        raise DataError(f"{where} parquet has no 'label' column (columns: {table.column_names})")
-    labels_col = table.column("label")
+    if column not in table.column_names:
+        raise DataError(f"{where} parquet has no {column!r} column (columns: {table.column_names}); "
+                        f"--label-column names another")
+    labels_col = table.column(column)
     if labels_col.null_count:
         raise DataError(f"{where} parquet has missing labels")
     labels = np.asarray(labels_col.to_numpy(zero_copy_only=False))
     if not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"{where} parquet column 'label' must be integers, got {labels.dtype}")
+        raise DataError(f"{where} parquet column {column!r} must be integers, got {labels.dtype}")
     return labels.astype(np.int64)
+
+
+def check_pixel_values(values: np.ndarray, where: str) -> None:
+    """Numbers that are read as pixels must be pixel values: integers in 0..255, or fractions in [0, 1].
+    Anything else (negative, over 255, fractional above 1) would be clipped or rounded into an image,
+    silently: refused, naming the way to train on it as features."""
+    if values.size == 0:
+        return
+    low, high = values.min(), values.max()
+    fractional = not np.issubdtype(values.dtype, np.integer) and high > 1 and not np.all(np.mod(values, 1) == 0)
+    if low < 0 or high > 255 or fractional:
+        raise DataError(f"{where} parquet image column holds numbers that are not pixel values (min {float(low):g}, "
+                        f"max {float(high):g}{', fractional' if fractional else ''}); to train on them as features, "
+                        f"name the column with --feature-columns (and a model such as --model mlp)")
+
+
+def feature_array(table, columns: list[str], where: str) -> np.ndarray:
+    """Named numeric columns as float32 features: one list column (N, L), or several scalar columns (N, F).
+    Nothing is scaled or clipped."""
+    import pyarrow as pa
+
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise DataError(f"{where} parquet has no column {missing[0]!r} (columns: {table.column_names})")
+    parts = []
+    for name in columns:
+        col = table.column(name).combine_chunks()
+        if col.null_count:
+            raise DataError(f"{where} parquet column {name!r} has missing values")
+        if pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_fixed_size_list(col.type):
+            lengths = set(col.value_lengths().to_pylist())
+            if len(lengths) != 1:
+                raise DataError(f"{where} parquet column {name!r} holds lists of lengths {sorted(lengths)[:5]}, not one length")
+            values = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), lengths.pop())
+        elif pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type):
+            values = col.to_numpy(zero_copy_only=False).reshape(-1, 1)
+        else:
+            raise DataError(f"{where} parquet column {name!r} is {col.type}, not numbers or lists of numbers")
+        parts.append(np.asarray(values, dtype=np.float32))
+    out = np.concatenate(parts, axis=1)
+    if not np.isfinite(out).all():
+        raise DataError(f"{where} parquet features hold NaN or inf")
+    return out
 
 
 def parquet_class_names(schema) -> list[str] | None:
@@ -142,6 +186,7 @@ def decode_image_column(col, where: str, unit_scale: bool | None = None) -> np.n
             raise DataError(f"mismatched image shapes in {where} split: list lengths {sorted(lengths)[:5]}")
         length = lengths.pop()
         values = col.flatten().to_numpy(zero_copy_only=False)
+        check_pixel_values(values, where)
         if np.issubdtype(values.dtype, np.integer):
             scale_up = unit_scale if unit_scale is not None else values.max(initial=0) <= 1
             pixels = values * 255 if scale_up else values
@@ -157,7 +202,8 @@ def decode_image_column(col, where: str, unit_scale: bool | None = None) -> np.n
             if side * side * c == length:
                 break
         else:
-            raise DataError(f"{where} image lists of length {length} are neither square grey nor square RGB")
+            raise DataError(f"{where} image lists of length {length} are neither square grey nor square RGB images; "
+                            f"to train on them as features, name the column with --feature-columns")
         if pixels.dtype != np.uint8:
             pixels = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
         return pixels.reshape(len(col), c, side, side)

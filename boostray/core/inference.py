@@ -76,6 +76,8 @@ def parse_instances(payload: object, shape: tuple[int, int, int], max_instances:
     out = np.empty((len(instances), *shape), dtype=np.float32)
     for i, inst in enumerate(instances):
         if isinstance(inst, dict):
+            if len(shape) != 3:
+                raise RequestError(400, f"instance {i}: this model takes numbers shaped {shape}, not encoded images")
             if set(inst) != {"b64"} or not isinstance(inst["b64"], str):
                 raise RequestError(400, f"instance {i}: an object instance must be {{\"b64\": \"<image>\"}}")
             out[i] = _decode_b64_image(inst["b64"], shape, i)
@@ -84,7 +86,7 @@ def parse_instances(payload: object, shape: tuple[int, int, int], max_instances:
             arr = np.asarray(inst, dtype=np.float32)
         except (ValueError, TypeError):
             raise RequestError(400, f"instance {i}: not a numeric array") from None
-        if arr.dtype == object or arr.shape not in (shape, shape[1:] if shape[0] == 1 else shape):
+        if arr.dtype == object or arr.shape not in (shape, shape[1:] if len(shape) == 3 and shape[0] == 1 else shape):
             raise RequestError(400, f"instance {i}: shape {arr.shape}, expected {shape}")
         if not np.isfinite(arr).all():
             raise RequestError(400, f"instance {i}: NaN or infinite values")
@@ -124,8 +126,7 @@ class MemberStack:
     def __init__(self, ensemble: Ensemble, mode: str = "auto") -> None:
         self.ensemble = ensemble
         self.device = ensemble.device
-        self.mean = torch.tensor(ensemble.manifest["normalization"]["mean"], device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(ensemble.manifest["normalization"]["std"], device=self.device).view(1, -1, 1, 1)
+        self.mean, self.std = ensemble._mean.to(self.device), ensemble._std.to(self.device)
         self.mode = mode if mode != "auto" else ("stacked" if self.device.type == "cuda" else "loop")
         if self.mode not in ("stacked", "loop"):
             raise ValueError(f"unknown forward mode {mode!r}")
@@ -137,12 +138,12 @@ class MemberStack:
             return torch.func.functional_call(self.base, (params, buffers), (x,))
 
         self._vmapped = torch.vmap(one, in_dims=(0, 0, None))
-        self.channels_last = self.mode == "loop" and self.device.type == "cpu"
+        self.channels_last = self.mode == "loop" and self.device.type == "cpu" and len(ensemble.input_shape) == 3
         self.nets = [inference_copy(m) for m in members] if self.channels_last else list(members)
 
     def normalize(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         x = torch.as_tensor(pixels, dtype=torch.float32, device=self.device)
-        x = (x / 255.0 - self.mean) / self.std
+        x = (x / self.ensemble.scale - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     @torch.inference_mode()

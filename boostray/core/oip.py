@@ -34,10 +34,10 @@ def server_metadata(version: str) -> dict:
     return {"name": "boostray", "version": version, "extensions": ["binary_tensor_data"]}
 
 
-def model_metadata(name: str, shape: tuple[int, int, int], num_classes: int) -> dict:
+def model_metadata(name: str, shape: tuple[int, ...], num_classes: int, datatype: str = "UINT8") -> dict:
     return {
         "name": name, "versions": ["1"], "platform": "boostray_ensemble",
-        "inputs": [{"name": "images", "datatype": "UINT8", "shape": [-1, *shape]}],
+        "inputs": [{"name": "images", "datatype": datatype, "shape": [-1, *shape]}],
         "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, num_classes]},
                     {"name": "label", "datatype": "INT64", "shape": [-1]}],
     }
@@ -98,13 +98,16 @@ def parse_infer_request(body: bytes, header_length: str | None, shape: tuple[int
         raise RequestError(400, f"binary_data_size {binary_size!r} does not match the {len(binary)} bytes sent")
     if binary_size is None and binary:
         raise RequestError(400, "binary data was sent but the input names no binary_data_size")
-    c, h, w = shape
+    shape = tuple(shape)
+    size = int(np.prod(shape))
     if datatype in PIXEL_TYPES:
-        if tuple(dims[1:]) not in ((c, h, w),) + (((h, w),) if c == 1 else ()):
-            raise RequestError(400, f"input shape {dims} does not fit the model's images [N, {c}, {h}, {w}]")
+        grey = ((shape[1:],) if len(shape) == 3 and shape[0] == 1 else ())
+        if tuple(dims[1:]) not in (shape,) + grey:
+            raise RequestError(400, f"input shape {dims} does not fit the model's {'images' if len(shape) == 3 else 'inputs'} "
+                                    f"[N, {', '.join(map(str, shape))}]")
         dtype = np.dtype(PIXEL_TYPES[datatype]).newbyteorder("<")
         if binary_size is not None:
-            if len(binary) != n * c * h * w * dtype.itemsize:
+            if len(binary) != n * size * dtype.itemsize:
                 raise RequestError(400, f"{len(binary)} bytes of {datatype} do not fill shape {dims}")
             flat = np.frombuffer(binary, dtype=dtype)
         else:
@@ -112,12 +115,14 @@ def parse_infer_request(body: bytes, header_length: str | None, shape: tuple[int
                 flat = np.asarray(tensor.get("data"), dtype=np.float64).ravel()
             except (TypeError, ValueError):
                 raise RequestError(400, "input 'data' must be numbers") from None
-            if flat.size != n * c * h * w:
-                raise RequestError(400, f"input 'data' holds {flat.size} values, shape {dims} needs {n * c * h * w}")
-        pixels = flat.astype(np.float32).reshape(n, c, h, w)
+            if flat.size != n * size:
+                raise RequestError(400, f"input 'data' holds {flat.size} values, shape {dims} needs {n * size}")
+        pixels = flat.astype(np.float32).reshape(n, *shape)
         if not np.isfinite(pixels).all():
             raise RequestError(400, "input 'data' holds NaN or infinite values")
     elif datatype == "BYTES":
+        if len(shape) != 3:
+            raise RequestError(400, f"this model takes FP32 features shaped [N, {', '.join(map(str, shape))}], not encoded images")
         if len(dims) != 1:
             raise RequestError(400, f"a BYTES input holds one encoded image per element: shape [N], got {dims}")
         if binary_size is not None:

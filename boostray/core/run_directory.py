@@ -133,14 +133,17 @@ def write_sample_weights(path: str, state: BoostState, data: ImageDataset) -> No
 
 def manifest_fields(name: str, spec: RunSpec, data: ImageDataset, choice: Choice) -> dict:
     """What the ensemble's manifest says about the run besides its members."""
-    c, h, w = data.input_shape
     return {
         "name": name,
         "method": spec.method.name,
         "method_axes": spec.method.describe(),
-        "model": {"name": spec.model, "kwargs": {"num_classes": data.num_classes, "in_channels": c, "image_size": h}},
-        "input_shape": [c, h, w],
-        "normalization": {"scale": 255.0, "mean": data.mean, "std": data.std},
+        # what every process that loads a member calls: the name (built-in or import path) with the user's
+        # keyword arguments, told the classes and the input shape (models.build_model); no code is saved
+        "model": {"name": spec.model, "kwargs": dict(spec.model_kwargs), "num_classes": data.num_classes,
+                  "input_shape": list(data.input_shape)},
+        "input_shape": list(data.input_shape),
+        "input_kind": data.kind,
+        "normalization": {"scale": data.scale, "mean": data.mean, "std": data.std},
         "classes": data.classes,
         "vote": spec.vote,
         "temperature": choice.combination.temperature,

@@ -25,6 +25,7 @@ class RunSpec:
     stream_window: int
     # model and optimisation
     model: str
+    model_kwargs: dict
     epochs: int
     members: int
     lr: float

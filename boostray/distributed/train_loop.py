@@ -24,6 +24,7 @@ from boostray.core.boost_state import BoostState
 from boostray.config import TrainConfig
 from boostray.core.data import ImageDataset
 from boostray.core.engine import Engine
+from boostray.core.recipe import DEFAULT_RECIPE
 from boostray.distributed.console import route_ray_records
 
 
@@ -53,7 +54,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     data: ImageDataset = _resolve(loop_config["data"])
     ctx = ray.train.get_context()
     engine = Engine(config.spec(), data, store=loop_config["store"], rank=ctx.get_world_rank(), world=ctx.get_world_size(),
-                    device=device, wrap_model=ray.train.torch.prepare_model)
+                    device=device, wrap_model=ray.train.torch.prepare_model, recipe=loop_config.get("recipe") or DEFAULT_RECIPE)
     checkpoint = ray.train.get_checkpoint()
     members_dir = loop_config.get("members_dir")  # members are saved once each, beside the checkpoints
     if checkpoint:

@@ -12,6 +12,7 @@ import math
 import os
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from boostray.config import TrainConfig
@@ -20,6 +21,8 @@ from boostray.core.boost_state import BoostState
 from boostray.core.checkpoints import MEMBERS_FOLDER
 from boostray.core.data import ImageDataset, load_training_data
 from boostray.core.engine import train_in_process
+from boostray.core.models import build_model
+from boostray.core.recipe import DEFAULT_RECIPE, Recipe
 from boostray.core.run_directory import write_run_directory
 from boostray.core.streaming import FILES_PER_GROUP
 from boostray.core.weights import LocalWeightStore
@@ -32,7 +35,8 @@ RAY_LOG = "ray.log"  # Ray's routine INFO records of the workers, beside Ray Tra
 
 
 def default_run_name(config: TrainConfig) -> str:
-    return f"{config.method}-{config.dataset}-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    model = config.model.rpartition(":")[2] or config.model  # an import path's last part
+    return f"{config.method}-{config.dataset}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def resolve_paths(config: TrainConfig) -> tuple[str, str, str]:
@@ -77,16 +81,17 @@ def in_process_device(config: TrainConfig) -> str:
 
 
 def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list | None = None, *,
-                 hold_after_round: int | None = None) -> BoostState:
-    """Run the train loop and return rank 0's final state: on Ray Train, or for workers=0 without Ray
-    in this process (unless Tune ``callbacks`` need Ray Train's local mode). ``data`` may already be in
-    the object store (a sweep puts it once for all trials). ``hold_after_round``: a testing hook, see
-    train_loop.py."""
+                 hold_after_round: int | None = None, recipe: Recipe = DEFAULT_RECIPE) -> tuple[BoostState, Any]:
+    """Run the train loop; returns rank 0's final state and Ray Train's Result (None without Ray): on Ray
+    Train, or for workers=0 without Ray in this process (unless Tune ``callbacks`` need Ray Train's local
+    mode). ``data`` may already be in the object store (a sweep puts it once for all trials). ``recipe``:
+    the user's model object, optimizer and loss, shipped to every worker. ``hold_after_round``: a testing
+    hook, see train_loop.py."""
     config = config.resolved()
     if config.workers == 0 and not callbacks:
         _, _, ray_storage = resolve_paths(config)  # checkpoints as a Ray Train run keeps them: the same --name resumes
-        return train_in_process(config.spec(), data, device=in_process_device(config),
-                                checkpoint_dir=os.path.join(ray_storage, config.name))
+        return train_in_process(config.spec(), data, device=in_process_device(config), recipe=recipe,
+                                checkpoint_dir=os.path.join(ray_storage, config.name)), None
 
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -114,7 +119,7 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
     trainer = trainer_class(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "data": data_ref, "store": store,
-                           "members_dir": storage.join(ray_storage, config.name, MEMBERS_FOLDER),
+                           "members_dir": storage.join(ray_storage, config.name, MEMBERS_FOLDER), "recipe": recipe,
                            "ray_log": None if storage.is_uri(ray_storage) else os.path.join(ray_storage, config.name, RAY_LOG),
                            "hold_after_round": hold_after_round},
         torch_config=None if local else torch_config_for_cluster(),
@@ -139,7 +144,7 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
         raise RunFailedError(message) from exc
     finally:
         store.close()
-    return BoostState.from_saveable(result.return_value)
+    return BoostState.from_saveable(result.return_value), result
 
 
 def lost_actors(exc: BaseException) -> dict[int, Any]:
@@ -203,12 +208,38 @@ def start_up_timing(stamps: dict[str, float], state: BoostState) -> dict[str, fl
             "after_last_round": stamps["fit"] - ended, "ray_stop": stamps["ray_down"] - stamps["fit"]}
 
 
+@dataclass
+class TrainOutcome:
+    """A finished run: where its run directory is, its metrics, the resolved config it was trained with,
+    and Ray Train's Result (None when it trained in this process)."""
+
+    run_dir: str
+    metrics: dict
+    config: TrainConfig
+    ray_result: Any = None
+
+
+def check_model_builds(config: TrainConfig, data: ImageDataset, recipe: Recipe) -> None:
+    """Build the network once here, so that a factory that fails for this data stops the run with one line
+    before Ray starts or any file is written, not in every worker."""
+    build_model(config.model, num_classes=data.num_classes, input_shape=data.input_shape, kwargs=config.model_kwargs,
+                factory=recipe.model)
+
+
 def train(config: TrainConfig, *, hold_after_round: int | None = None) -> tuple[str, dict]:
-    """Validate, train and write the run directory; returns (run directory, metrics). The config's
-    run name is filled in when it has none. ``hold_after_round``: a testing hook, see train_loop.py."""
+    """``fit`` of a config that names its data: (run directory, metrics)."""
+    outcome = fit(config, hold_after_round=hold_after_round)
+    return outcome.run_dir, outcome.metrics
+
+
+def fit(config: TrainConfig, data: ImageDataset | None = None, *, recipe: Recipe = DEFAULT_RECIPE,
+        callbacks: list | None = None, hold_after_round: int | None = None) -> TrainOutcome:
+    """Validate, train and write the run directory. ``data``: a data set built in Python (else the
+    config's data set is loaded); ``recipe``: the user's model object, optimizer and loss; ``callbacks``:
+    Ray Train callbacks (Tune's report). ``hold_after_round``: a testing hook, see train_loop.py."""
     started, stamps = time.perf_counter(), {"start": time.time()}
     if config.name is None:
-        config.name = default_run_name(config)
+        config = config.model_copy(update={"name": default_run_name(config)})
     config = config.resolved()  # what the run is trained with, saved and compared (a copy)
     output, run_dir, _ = resolve_paths(config)
     if storage.is_uri(output) and config.workers == 0:
@@ -220,8 +251,10 @@ def train(config: TrainConfig, *, hold_after_round: int | None = None) -> tuple[
         raise ConfigError(f"run {config.name!r} already finished in {run_dir}; pick another --name")
     if config.workers == 0:
         in_process_device(config)  # --gpu without one fails here, before any file
-    data = load_training_data(config)  # bad data fails here, before Ray or any file
+    if data is None:
+        data = load_training_data(config)  # bad data fails here, before Ray or any file
     check_streamable(data, config)
+    check_model_builds(config, data, recipe)
     if not storage.is_uri(output):
         os.makedirs(output, exist_ok=True)
     stamps["data"] = time.time()
@@ -233,7 +266,7 @@ def train(config: TrainConfig, *, hold_after_round: int | None = None) -> tuple[
             require_gpus(config.workers, f"--gpu with --workers {config.workers}")
         if config.workers and not storage.is_uri(output) and not owns_local_instance():
             require_shared(output, "--output", cpus_per_worker=config.cpus_per_worker, gpu=config.gpu)
-        state = run_training(config, data, hold_after_round=hold_after_round)
+        state, ray_result = run_training(config, data, callbacks, hold_after_round=hold_after_round, recipe=recipe)
         stamps["fit"] = time.time()
     stamps["ray_down"] = time.time()
     wall = time.perf_counter() - started
@@ -241,5 +274,5 @@ def train(config: TrainConfig, *, hold_after_round: int | None = None) -> tuple[
     timing["other"] = wall - sum(v for v in timing.values() if v == v)
     metrics = write_run_directory(run_dir, state, data, config.spec(), name=config.name, options=config.saved(),
                                   extra_metrics={"wall_seconds": wall, "timing_seconds": timing})
-    return run_dir, metrics
+    return TrainOutcome(run_dir, metrics, config, ray_result)
 
