@@ -84,8 +84,10 @@ class Ensemble:
 
     def _as_tensor(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(x)
-        if t.ndim == len(self.input_shape):
-            t = t.unsqueeze(0)
+        shape = self.input_shape
+        if t.ndim == len(shape):  # one input, or a batch of grey images shaped (N, H, W)
+            grey_batch = len(shape) == 3 and shape[0] == 1 and tuple(t.shape[1:]) == shape[1:] and tuple(t.shape) != shape
+            t = t.unsqueeze(1) if grey_batch else t.unsqueeze(0)
         if tuple(t.shape[1:]) != self.input_shape:
             what = "images" if self.input_kind == "image" else "inputs"
             raise ValueError(f"expected {what} shaped (N, {', '.join(map(str, self.input_shape))}), got {tuple(t.shape)}")
