@@ -183,3 +183,24 @@ def test_serve_deploy_on_the_cluster_answers_over_http(cluster, two_node_run):
         np.testing.assert_allclose([p["probabilities"] for p in answer["predictions"]], expected, atol=1e-5)
     finally:
         cluster.cli("serve", "shutdown", "-y", "--address", cluster.dashboard)
+
+
+def test_a_job_brings_the_users_model_module_in_its_working_dir(cluster, tmp_path):
+    """A user's network, in a module only the job's working directory holds: the driver, both Train
+    workers (one per node) and the loading all import it from there."""
+    from cluster import BIN
+    from test_user_models import USER_MODULE
+
+    user = tmp_path / "user-code"
+    user.mkdir()
+    (user / "usernets.py").write_text(USER_MODULE)
+    out = tmp_path / "out"
+    cmd = [os.path.join(BIN, "ray"), "job", "submit", "--address", cluster.dashboard, "--working-dir", str(user), "--",
+           "python", "-m", "boostray.cli", "train", "--model", "usernets:make_net", "--model-kwargs", '{"width": 6}',
+           *run_options("user-job", str(out))]
+    job = subprocess.run(cmd, env=cluster.env, cwd=str(user), capture_output=True, text=True, timeout=900)
+    assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
+    metrics = json.load(open(out / "user-job" / "metrics.json"))
+    assert len(set(metrics["rank_nodes"])) == 2
+    manifest = json.load(open(out / "user-job" / "ensemble" / "manifest.json"))
+    assert manifest["model"]["name"] == "usernets:make_net" and manifest["model"]["kwargs"] == {"width": 6}

@@ -170,3 +170,31 @@ def test_cli_name_and_output_overrides_are_checked(tmp_path, capsys):
     assert main(["tune", write(tmp_path), "--name", "../escape"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("boostray: error: name must match")
+
+
+@pytest.mark.ray
+def test_a_sweep_beside_another_local_ray_instance_finishes(ray_cluster, tmp_path):
+    """`boostray tune` started while another local Ray runs on this machine (the session's, as a served
+    model's would be): every process of the sweep's own Ray must know its instance, or Ray Train's
+    helpers find two and stop, and the trials after the first ones never start."""
+    import signal
+    import subprocess
+    import sys
+
+    # ASHA stops the weak learning rates early: their worker groups' placement groups are what Ray Train's
+    # cleaner frees, and a leaked one leaves the next trials waiting for CPUs for ever
+    lrs = [0.05, 0.0001, 0.03, 0.0002, 0.02, 0.0003]
+    path = write(tmp_path, **{"search_space": {"lr": {"type": "grid", "values": lrs}}, "train.epochs": 3,
+                              "max_concurrent_trials": 2, "resources": {"trial_cpu": 0.1}})
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "boostray"), "tune", path, "--output",
+                             str(tmp_path / "sweeps")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, start_new_session=True)  # its Ray's processes share its process group
+    try:
+        log = proc.communicate(timeout=420)[0]  # alone it takes about a minute here
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the sweep beside another local Ray did not finish in 420 s: " + proc.communicate()[0][-3000:])
+    assert proc.returncode == 0, log[-4000:]
+    rows = (tmp_path / "sweeps" / "s" / "trials.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + len(lrs), rows

@@ -93,11 +93,24 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         _owned = _start(address, num_cpus, object_store_bytes, dashboard)
     finally:
         importing.join()
+    own_address = {"RAY_ADDRESS": ray.get_runtime_context().gcs_address} if _owned else {}
     try:
-        yield True
+        with _environment(own_address):  # Ray's helpers in this process find this instance, not another's
+            yield True
     finally:
         _owned = False
         ray.shutdown()
+
+
+def know_own_instance() -> None:
+    """The setup hook of every worker process of a local Ray that boostray starts: RAY_ADDRESS names this
+    instance. Ray's helpers that look an instance up rather than use the connected one (the state API that
+    Ray Train's placement-group cleaner polls) otherwise stop at "multiple active Ray instances" when
+    another local Ray runs on the machine (a model being served), and the placement groups of trials that
+    Tune stops early are never freed."""
+    import ray
+
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
 
 
 def _forget_loopback_variable() -> None:
@@ -149,7 +162,7 @@ def _init_local(num_cpus: int | None, object_store_bytes: int, dashboard: bool) 
         include_dashboard=dashboard,
         dashboard_host=LOOPBACK,
         log_to_driver=True,
-        runtime_env={"env_vars": {
+        runtime_env={"worker_process_setup_hook": f"{__name__}.know_own_instance", "env_vars": {
             **LOCAL_INSTANCE_ENVIRONMENT,  # Ray's workers ask for their node's address too
             "GLOO_SOCKET_IFNAME": "lo",  # gloo's pair sockets on loopback
             "NCCL_SOCKET_IFNAME": "lo",  # and NCCL's bootstrap sockets, on a GPU machine
