@@ -41,8 +41,8 @@ def _free_port() -> int:
 def bench_forward(run_dir: str, images: np.ndarray, repeats: int = 5) -> dict:
     import torch
 
-    from boostray.core.ensemble import load_ensemble
-    from boostray.core.inference import MemberStack
+    from boostray.core.artifact.ensemble import load_ensemble
+    from boostray.core.artifact.inference import MemberStack
 
     ens = load_ensemble(run_dir)
     out = {"members": len(ens)}
@@ -74,8 +74,8 @@ def bench_forward(run_dir: str, images: np.ndarray, repeats: int = 5) -> dict:
 
 
 def bench_cascade(run_dir: str, images: np.ndarray, labels: np.ndarray) -> dict:
-    from boostray.core.ensemble import load_ensemble
-    from boostray.core.inference import MemberStack, cascade_predict
+    from boostray.core.artifact.ensemble import load_ensemble
+    from boostray.core.artifact.inference import MemberStack, cascade_predict
 
     ens = load_ensemble(run_dir)
     stack = MemberStack(ens)
@@ -212,7 +212,7 @@ def main() -> None:
     parser.add_argument("--http-only", choices=("proxy", "direct"), help=argparse.SUPPRESS)  # one mode, as a child
     parser.add_argument("--json-out")
     args = parser.parse_args()
-    from boostray.core.data import load_dataset
+    from boostray.core.data.datasets import load_dataset
 
     if args.http_only:
         with open(args.json_out, "w") as f:  # not stdout: Ray and Serve print there too

@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 import torch
 
 from boostray.config import TrainConfig
-from boostray.core.data import load_dataset
-from boostray.core.engine import train_in_process
+from boostray.core.data.datasets import load_dataset
+from boostray.core.method.engine import train_in_process
 from report_json import emit  # bench/, beside this script
 
 FOLDER = os.path.join(os.environ.get("TMPDIR", "/tmp"), "boostray-fmnist-parquet")

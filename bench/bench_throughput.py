@@ -33,12 +33,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from boostray.core.batches import TrainBatches  # noqa: E402
+from boostray.core.data.batches import TrainBatches  # noqa: E402
 from boostray.config import TrainConfig  # noqa: E402
-from boostray.core.data import ImageDataset, ImageSplit, load_dataset, normalize  # noqa: E402
-from boostray.core.engine import Engine  # noqa: E402
+from boostray.core.data.datasets import ImageDataset, ImageSplit, load_dataset, normalize  # noqa: E402
+from boostray.core.method.engine import Engine  # noqa: E402
 from boostray.core.models import create_model  # noqa: E402
-from boostray.core.weights import LocalWeightStore  # noqa: E402
+from boostray.core.method.weights import LocalWeightStore  # noqa: E402
 
 
 def random_rgb(n: int = 5000, size: int = 32, classes: int = 10) -> ImageDataset:
@@ -155,8 +155,8 @@ def bench_case(name: str, data: ImageDataset, model: str, batch_size: int, devic
 
 def bench_stacked(device: torch.device) -> dict:
     """All members' forward on CUDA: one vmap-stacked call against a loop over members."""
-    from boostray.core.ensemble import Ensemble
-    from boostray.core.inference import MemberStack
+    from boostray.core.artifact.ensemble import Ensemble
+    from boostray.core.artifact.inference import MemberStack
 
     kwargs = {"num_classes": 10, "in_channels": 3, "image_size": 32}
     members = [create_model("resnet20", **kwargs).eval() for _ in range(4)]

@@ -62,10 +62,10 @@ def _sync_worker(loop_config: dict) -> dict | None:
     import ray.train
     import torch
 
-    from boostray.core.boost_state import BoostState
-    from boostray.core.collectives import barrier, combine_correctness
+    from boostray.core.method.boost_state import BoostState
+    from boostray.core.method.collectives import barrier, combine_correctness
     from boostray.config import TrainConfig
-    from boostray.core.engine import boost_round, sync_weights
+    from boostray.core.method.engine import boost_round, sync_weights
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

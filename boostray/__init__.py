@@ -25,12 +25,12 @@ __all__ = ["BoostTrainer", "BoostConfig", "BoostResult", "Ensemble", "load_ensem
            "list_models", "register_model", "__version__"]
 
 _LAZY = {"BoostTrainer": "boostray.api", "BoostResult": "boostray.api", "BoostConfig": "boostray.config",
-         "Ensemble": "boostray.core.ensemble", "load_ensemble": "boostray.core.ensemble",
+         "Ensemble": "boostray.core.artifact.ensemble", "load_ensemble": "boostray.core.artifact.ensemble",
          "create_model": "boostray.core.models", "build_model": "boostray.core.models",
          "list_models": "boostray.core.models", "register_model": "boostray.core.models"}
 
 if TYPE_CHECKING:  # (boostray.api and boostray.config import Ray's edge and pydantic: left to first use)
-    from boostray.core.ensemble import Ensemble, load_ensemble
+    from boostray.core.artifact.ensemble import Ensemble, load_ensemble
     from boostray.core.models import build_model, create_model, list_models, register_model
 
 

@@ -17,11 +17,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from boostray.config import BoostConfig, TrainConfig
-from boostray.core.data import IN_MEMORY, ImageDataset, assemble_dataset
-from boostray.core.ensemble import Ensemble, load_ensemble
-from boostray.core.images import ImageSplit
+from boostray.core.data.datasets import IN_MEMORY, ImageDataset, assemble_dataset
+from boostray.core.artifact.ensemble import Ensemble, load_ensemble
+from boostray.core.data.images import ImageSplit
 from boostray.core.models import OBJECT_PREFIX, import_path_of
-from boostray.core.recipe import OptimizerFactory, PerSampleLoss, Recipe
+from boostray.core.method.recipe import OptimizerFactory, PerSampleLoss, Recipe
 from boostray.errors import ConfigError, DataError
 
 SPLITS = ("train", "validation", "test")

@@ -231,7 +231,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _run_name(run_dir: str) -> str:
-    from boostray.core.ensemble import read_manifest
+    from boostray.core.artifact.ensemble import read_manifest
 
     _, manifest = read_manifest(run_dir)
     return manifest.get("name") or os.path.basename(os.path.normpath(run_dir))
@@ -253,7 +253,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from boostray.apps.tuning import read_sweep_config, run_sweep
-    from boostray.core import storage
+    from boostray.core.artifact import storage
     from boostray.distributed.runtime import ray_session
 
     config = read_sweep_config(args.config)  # every key checked before Ray starts
@@ -298,7 +298,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     budgets = budgets or [base.epochs]
     if args.seeds < 1:
         raise BoostrayError(f"--seeds must be >= 1, got {args.seeds}")
-    from boostray.core import storage
+    from boostray.core.artifact import storage
 
     if storage.is_uri(args.report or ""):
         raise BoostrayError(f"--report {args.report}: compare writes its report and runs to a local or shared folder, not a URI")
@@ -306,7 +306,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from boostray.apps.compare import run_configs
 
     run_configs(base, specs, args.seeds, out_dir, budgets)  # every run's options (and reuse) checked before Ray starts
-    from boostray.core.data import load_training_data
+    from boostray.core.data.datasets import load_training_data
 
     load_training_data(base)  # and the data
     os.makedirs(out_dir, exist_ok=True)
@@ -319,10 +319,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """One portable file computing the whole ensemble (core/export.py); --check compares ONNX Runtime."""
+    """One portable file computing the whole ensemble (core/artifact/export.py); --check compares ONNX Runtime."""
 
-    from boostray.core.ensemble import load_ensemble
-    from boostray.core.export import compare_with_runtime, example_inputs, export_ensemble
+    from boostray.core.artifact.ensemble import load_ensemble
+    from boostray.core.artifact.export import compare_with_runtime, example_inputs, export_ensemble
 
     if args.format == "onnx":
         require_extra("onnx", "onnx", "boostray export --format onnx")

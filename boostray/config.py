@@ -16,10 +16,10 @@ from typing import Annotated, Any, Callable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from boostray.core.data import DATASETS, STREAMABLE
-from boostray.core.methods import AXES, Method, create_method, preset_options
+from boostray.core.data.datasets import DATASETS, STREAMABLE
+from boostray.core.method.methods import AXES, Method, create_method, preset_options
 from boostray.core.models import OBJECT_PREFIX, resolve_factory
-from boostray.core.spec import SPEC_FIELDS, RunSpec
+from boostray.core.method.spec import SPEC_FIELDS, RunSpec
 from boostray.errors import ConfigError, require_extra
 
 

@@ -60,7 +60,7 @@ def crash_after_round(config, data, checkpoint_dir: str, round_number: int) -> N
     """train_in_process with checkpoints in ``checkpoint_dir``, dying right after ``round_number``."""
     import pytest
 
-    from boostray.core.engine import train_in_process
+    from boostray.core.method.engine import train_in_process
 
     def crash(metrics, state):
         if state.rounds_done == round_number:

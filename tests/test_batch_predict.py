@@ -7,7 +7,7 @@ import pytest
 
 from boostray import load_ensemble
 from boostray.cli import main
-from boostray.core.data import load_dataset
+from boostray.core.data.datasets import load_dataset
 from helpers import png_bytes
 
 pytestmark = pytest.mark.ray

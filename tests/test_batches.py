@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from boostray.core.batches import TrainBatches, crop_and_flip, epoch_indices
+from boostray.core.data.batches import TrainBatches, crop_and_flip, epoch_indices
 
 
 def reference_crop_and_flip(images, padding, hflip, generator):

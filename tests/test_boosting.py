@@ -9,7 +9,7 @@ import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.ensemble import AdaBoostClassifier
 
-from boostray.core.boosting import (
+from boostray.core.method.boosting import (
     ChanceLevelWarning,
     boost_step,
     cap_weight_ratio,

@@ -17,7 +17,7 @@ import yaml
 from boostray import load_ensemble
 from boostray.apps.evaluate import evaluate_run
 from boostray.config import TrainConfig
-from boostray.core.data import load_dataset
+from boostray.core.data.datasets import load_dataset
 from boostray.distributed.trainer import train
 from cluster import ROOT, LocalCluster, free_port, running_cluster, submit
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from boostray import load_ensemble
-from boostray.core.data import load_dataset
+from boostray.core.data.datasets import load_dataset
 from cluster import ROOT, bare_python, can_hide_folders, free_port, running_cluster, submit
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]

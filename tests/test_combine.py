@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from boostray.core.boosting import apply_temperature, checkpoint_weight, clamp_error, vote
-from boostray.core.combine import (
+from boostray.core.method.boosting import apply_temperature, checkpoint_weight, clamp_error, vote
+from boostray.core.method.combine import (
     _score, choose_combination, crossfit_halves, crossfit_proba, fit_combination, fit_temperature, fit_weights,
     greedy_selection, lambda_from_validation,
 )
-from boostray.core.metrics import accuracy, nll
+from boostray.core.method.metrics import accuracy, nll
 
 
 def noisy_members(rng, n=400, k=5, m=5, skill=(0.9, 0.7, 0.6, 0.55, 0.5)):

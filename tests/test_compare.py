@@ -13,7 +13,7 @@ from PIL import Image
 from boostray import load_ensemble
 from boostray.cli import main
 from boostray.apps.compare import parse_methods
-from boostray.core.data import load_dataset, normalize
+from boostray.core.data.datasets import load_dataset, normalize
 from boostray.errors import ConfigError
 
 TINY = ["--workers", "0", "--epochs", "4", "--members", "2"]
@@ -91,7 +91,7 @@ def test_swa_member_has_bn_statistics_recomputed_on_the_training_data(report):
     member = load_ensemble(run_dir).members[0]
     data = load_dataset("digits")
     x = normalize(torch.from_numpy(data.train.images), torch.tensor(data.mean), torch.tensor(data.std))
-    from boostray.core.engine import EVAL_BATCH
+    from boostray.core.method.engine import EVAL_BATCH
 
     with torch.no_grad():  # the layer feeding the first BatchNorm, batch by batch as update_bn saw it
         batch_means = [member[0](x[i:i + EVAL_BATCH]).mean(dim=(0, 2, 3)) for i in range(0, len(x), EVAL_BATCH)]

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from boostray.core.data import load_dataset, long_tailed_indices
+from boostray.core.data.datasets import load_dataset, long_tailed_indices
 from boostray.errors import DataError
 from helpers import synthetic_images, write_parquet_dataset, write_parquet_split
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from boostray.core.diagnostics import LOW_DIVERSITY, RISING, diagnostics
+from boostray.core.method.diagnostics import LOW_DIVERSITY, RISING, diagnostics
 
 
 def onehot(predictions, k=3):

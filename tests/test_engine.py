@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from boostray.config import TrainConfig
-from boostray.core.data import load_dataset
-from boostray.core.engine import train_in_process
+from boostray.core.data.datasets import load_dataset
+from boostray.core.method.engine import train_in_process
 from helpers import crash_after_round
 
 
@@ -67,8 +67,8 @@ def test_the_core_runs_where_ray_cannot_be_imported(tmp_path):
         for module in pkgutil.iter_modules(boostray.core.__path__):  # every core module imports without Ray
             importlib.import_module(f"boostray.core.{module.name}")
         from boostray.config import TrainConfig
-        from boostray.core.data import load_dataset
-        from boostray.core.engine import train_in_process
+        from boostray.core.data.datasets import load_dataset
+        from boostray.core.method.engine import train_in_process
         state = train_in_process(TrainConfig(epochs=2, members=2).spec(), load_dataset("digits"))
         assert "ray" not in sys.modules
         print("members", len(state.members), "ess", round(state.ess[0], 3))
@@ -87,7 +87,7 @@ def test_the_weight_registry_module_imports_without_torch():
         assert "torch" not in sys.modules, "torch imported"
         import boostray
         assert boostray.create_model("small_cnn", num_classes=3, in_channels=1, image_size=8) is not None
-        assert boostray.load_ensemble.__module__ == "boostray.core.ensemble"
+        assert boostray.load_ensemble.__module__ == "boostray.core.artifact.ensemble"
         from boostray import Ensemble, list_models
         print(Ensemble.__name__, "small_cnn" in list_models())
     """)
@@ -109,7 +109,7 @@ def test_compiled_training_keeps_plain_member_state_dicts(digits):
 
 
 def test_boost_state_reads_members_saved_when_lambda_was_called_alpha():
-    from boostray.core.boost_state import BoostState, MemberRecord
+    from boostray.core.method.boost_state import BoostState, MemberRecord
 
     old = {"round": 1, "epoch": 3, "alpha": 2.5, "error": 0.1, "raw_error": 0.1, "train_accuracy": 0.9,
            "val_accuracy": 0.9, "test_accuracy": 0.9}
@@ -121,9 +121,9 @@ def test_boost_state_reads_members_saved_when_lambda_was_called_alpha():
 def test_checkpoints_keep_members_beside_them_and_resume_bit_identically(digits, tmp_path):
     """A checkpoint's size does not grow with the members; restoring round 2's and training on gives the
     same members as the uninterrupted run."""
-    from boostray.core.boost_state import BoostState
-    from boostray.core.engine import Engine
-    from boostray.core.weights import LocalWeightStore
+    from boostray.core.method.boost_state import BoostState
+    from boostray.core.method.engine import Engine
+    from boostray.core.method.weights import LocalWeightStore
 
     config = TrainConfig(epochs=8, members=4, method="cbnn-paper", seed=1).resolved()
     members_dir = str(tmp_path / "members")

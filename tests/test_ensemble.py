@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from boostray import load_ensemble
-from boostray.core.boosting import vote
-from boostray.core.ensemble import write_ensemble
+from boostray.core.method.boosting import vote
+from boostray.core.artifact.ensemble import write_ensemble
 from boostray.errors import ArtifactError
 from boostray.core.models import create_model
 
@@ -87,8 +87,8 @@ def test_missing_or_broken_artifacts_are_refused(tmp_path):
 
 
 def test_the_manifest_temperature_calibrates_every_prediction_path_and_keeps_labels(tmp_path):
-    from boostray.core.boosting import apply_temperature
-    from boostray.core.inference import MemberStack, cascade_predict
+    from boostray.core.method.boosting import apply_temperature
+    from boostray.core.artifact.inference import MemberStack, cascade_predict
 
     make_artifact(tmp_path / "plain")
     make_artifact(tmp_path / "hot", temperature=2.5)
@@ -131,7 +131,7 @@ def test_hard_vote_is_the_weighted_count_of_each_members_label(tmp_path):
 
 
 def test_stacked_forward_equals_the_member_loop(tmp_path):
-    from boostray.core.inference import MemberStack
+    from boostray.core.artifact.inference import MemberStack
 
     make_artifact(tmp_path)
     ens = load_ensemble(str(tmp_path))
@@ -145,7 +145,7 @@ def test_stacked_forward_equals_the_member_loop(tmp_path):
 def test_inference_copies_fold_every_batch_norm_and_keep_the_outputs(name):
     """Serving's CPU forward (MemberStack's loop) runs inference_copy of each member: no batch norm left,
     channels-last, the same logits as the member in eval mode."""
-    from boostray.core.inference import inference_copy
+    from boostray.core.artifact.inference import inference_copy
 
     torch.manual_seed(0)
     net = create_model(name, num_classes=10, in_channels=3, image_size=32).eval()
@@ -167,7 +167,7 @@ def test_inference_copies_fold_every_batch_norm_and_keep_the_outputs(name):
 @pytest.mark.parametrize("cascade", [False, True])
 def test_a_forward_in_chunks_equals_one_forward_and_never_takes_more_than_the_limit(tmp_path, cascade):
     """Serve batches requests; predict_in_chunks bounds the instances of one forward."""
-    from boostray.core.inference import MemberStack, cascade_predict, predict_in_chunks
+    from boostray.core.artifact.inference import MemberStack, cascade_predict, predict_in_chunks
 
     make_artifact(tmp_path, lean=1.0)
     stack = MemberStack(load_ensemble(str(tmp_path)), "loop")

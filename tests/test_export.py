@@ -11,8 +11,8 @@ import torch
 
 from boostray import load_ensemble
 from boostray.cli import main
-from boostray.core.data import load_dataset
-from boostray.core.ensemble import write_ensemble
+from boostray.core.data.datasets import load_dataset
+from boostray.core.artifact.ensemble import write_ensemble
 from boostray.core.models import create_model
 from helpers import train_digits_run
 

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from boostray.cli import main
-from boostray.core.data import load_dataset
+from boostray.core.data.datasets import load_dataset
 from helpers import png_bytes, train_digits_run
 
 pytestmark = pytest.mark.ray

@@ -3,7 +3,7 @@ import math
 import pytest
 
 from boostray.errors import ConfigError
-from boostray.core.methods import create_method, round_boundaries
+from boostray.core.method.methods import create_method, round_boundaries
 
 
 def test_round_boundaries_follow_the_reference_formula():

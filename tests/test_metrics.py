@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from boostray.core.metrics import accuracy, balanced_accuracy, nll
+from boostray.core.method.metrics import accuracy, balanced_accuracy, nll
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -7,8 +7,8 @@ import struct
 import numpy as np
 import pytest
 
-from boostray.core.inference import RequestError
-from boostray.core.oip import infer_response, model_metadata, parse_infer_request
+from boostray.core.artifact.inference import RequestError
+from boostray.core.artifact.oip import infer_response, model_metadata, parse_infer_request
 from helpers import png_bytes
 
 SHAPE = (1, 8, 8)

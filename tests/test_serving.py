@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from boostray import load_ensemble
-from boostray.core.data import load_dataset
+from boostray.core.data.datasets import load_dataset
 from cluster import free_port
 from helpers import png_bytes, train_digits_run
 

@@ -14,8 +14,8 @@ import pytest
 
 from boostray import load_ensemble
 from boostray.cli import main
-from boostray.core import storage
-from boostray.core.data import load_dataset
+from boostray.core.artifact import storage
+from boostray.core.data.datasets import load_dataset
 from cluster import free_port
 
 

@@ -11,9 +11,9 @@ import torch
 
 from boostray.cli import main
 from boostray.config import TrainConfig
-from boostray.core.batches import chunked_epoch_order
-from boostray.core.data import ImageSplit, load_dataset
-from boostray.core.engine import train_in_process
+from boostray.core.data.batches import chunked_epoch_order
+from boostray.core.data.datasets import ImageSplit, load_dataset
+from boostray.core.method.engine import train_in_process
 from helpers import crash_after_round, png_bytes, synthetic_images
 
 
@@ -121,7 +121,7 @@ def write_image_folder(folder, n: int = 450) -> str:
 
 
 def test_an_image_folder_streams_in_mixed_groups_and_trains_as_in_memory(tmp_path, monkeypatch):
-    import boostray.core.streaming as streaming
+    import boostray.core.data.streaming as streaming
 
     folder = write_image_folder(tmp_path / "folder")
     monkeypatch.setattr(streaming, "FILES_PER_GROUP", 60)

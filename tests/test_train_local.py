@@ -44,7 +44,7 @@ def test_run_directory_holds_artifact_metrics_weights_and_config(cbnn_run, capsy
     assert np.std(table["round_2"]) > 0 and sum(table["round_2"]) == pytest.approx(1, rel=1e-4)
 
     ens = load_ensemble(str(cbnn_run))
-    from boostray.core.data import load_dataset
+    from boostray.core.data.datasets import load_dataset
 
     test = load_dataset("digits").test
     assert (ens.predict(test.images) == test.labels).mean() == pytest.approx(metrics["test"]["accuracy"], abs=1e-6)
@@ -90,7 +90,7 @@ def test_levers_lambda_from_validation_ess_bound_and_uniform_mixing(tmp_path):
     args = ["--lambda-source", "val", "--eta", "1", "--ess-min", "0.9", "--mix-uniform", "0.1"]
     assert main(["train", *FAST, *args, "--output", str(tmp_path), "--name", "lev"]) == 0
     metrics = json.loads((tmp_path / "lev" / "metrics.json").read_text())
-    from boostray.core.boosting import checkpoint_weight, clamp_error
+    from boostray.core.method.boosting import checkpoint_weight, clamp_error
 
     for m in metrics["members"]:  # lambda_m from the member's validation error, not the training error
         assert m["error"] == pytest.approx(clamp_error(1 - m["val_accuracy"], 10))

@@ -182,7 +182,7 @@ def write_tabular(folder, n_train: int = 500, n_test: int = 200) -> str:
 
 def test_tabular_features_train_with_mlp_and_are_never_read_as_pixels(tmp_path):
     from boostray.cli import main
-    from boostray.core.data import load_dataset
+    from boostray.core.data.datasets import load_dataset
     from boostray.errors import DataError
 
     data = write_tabular(tmp_path / "tab")

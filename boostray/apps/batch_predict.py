@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from boostray.core import storage
-from boostray.core.ensemble import load_ensemble, read_manifest
-from boostray.core.images import decode_image
-from boostray.core.inference import MemberStack, predict_in_chunks
+from boostray.core.artifact import storage
+from boostray.core.artifact.ensemble import load_ensemble, read_manifest
+from boostray.core.data.images import decode_image
+from boostray.core.artifact.inference import MemberStack, predict_in_chunks
 from boostray.errors import DataError
 
 PIXELS = "pixels"  # the column the decode stage hands to the predictors

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 
 from boostray.config import TrainConfig, read_config_file
-from boostray.core import storage
-from boostray.core.data import load_training_data
-from boostray.core.ensemble import load_ensemble
-from boostray.core.metrics import ensemble_report
+from boostray.core.artifact import storage
+from boostray.core.data.datasets import load_training_data
+from boostray.core.artifact.ensemble import load_ensemble
+from boostray.core.method.metrics import ensemble_report
 from boostray.errors import ArtifactError, DataError
 
 

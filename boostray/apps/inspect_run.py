@@ -9,9 +9,9 @@ import os
 import numpy as np
 
 from boostray.config import TrainConfig, read_config_file
-from boostray.core import storage
-from boostray.core.data import load_training_data
-from boostray.core.ensemble import load_ensemble
+from boostray.core.artifact import storage
+from boostray.core.data.datasets import load_training_data
+from boostray.core.artifact.ensemble import load_ensemble
 from boostray.errors import ArtifactError, ConfigError
 
 

@@ -5,7 +5,7 @@ on one application, with cross-client batching.
 (see pipelines/serve_config.yaml); ``boostray serve RUN_DIR`` builds the same application.
 
 Endpoints: POST /v1/models/<name>:predict, GET /v1/models/<name>, GET /healthz; v2: GET /v2,
-/v2/health/live|ready, /v2/models/<name>[/ready], POST /v2/models/<name>/infer (core/oip.py); OpenAPI
+/v2/health/live|ready, /v2/models/<name>[/ready], POST /v2/models/<name>/infer (core/artifact/oip.py); OpenAPI
 at /docs.
 """
 
@@ -23,9 +23,9 @@ from ray import serve
 
 from boostray import __version__
 from boostray.config import ServeOptions
-from boostray.core import oip, storage
-from boostray.core.ensemble import load_ensemble, read_manifest
-from boostray.core.inference import (
+from boostray.core.artifact import oip, storage
+from boostray.core.artifact.ensemble import load_ensemble, read_manifest
+from boostray.core.artifact.inference import (
     MemberStack,
     RequestError,
     format_predictions,

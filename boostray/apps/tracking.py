@@ -16,7 +16,7 @@ import os
 import threading
 from typing import Any
 
-from boostray.core import storage
+from boostray.core.artifact import storage
 
 EXPERIMENT = "boostray"
 AUTO = "auto"  # --mlflow without a URI

@@ -31,10 +31,10 @@ from boostray.config import (
     load_yaml_mapping,
     parse_options,
 )
-from boostray.core import storage
-from boostray.core.checkpoints import MEMBERS_FOLDER, load_boost_state, read_checkpoint
-from boostray.core.data import load_training_data
-from boostray.core.run_directory import write_run_directory
+from boostray.core.artifact import storage
+from boostray.core.artifact.checkpoints import MEMBERS_FOLDER, load_boost_state, read_checkpoint
+from boostray.core.data.datasets import load_training_data
+from boostray.core.artifact.run_directory import write_run_directory
 from boostray.distributed.trainer import check_streamable, run_training
 from boostray.errors import ConfigError, require_extra
 

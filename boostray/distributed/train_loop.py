@@ -20,11 +20,11 @@ import ray.train
 import ray.train.torch
 import torch
 
-from boostray.core.boost_state import BoostState
+from boostray.core.method.boost_state import BoostState
 from boostray.config import TrainConfig
-from boostray.core.data import ImageDataset
-from boostray.core.engine import Engine
-from boostray.core.recipe import DEFAULT_RECIPE
+from boostray.core.data.datasets import ImageDataset
+from boostray.core.method.engine import Engine
+from boostray.core.method.recipe import DEFAULT_RECIPE
 from boostray.distributed.console import route_ray_records
 
 

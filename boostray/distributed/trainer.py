@@ -16,16 +16,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from boostray.config import TrainConfig
-from boostray.core import storage
-from boostray.core.boost_state import BoostState
-from boostray.core.checkpoints import MEMBERS_FOLDER
-from boostray.core.data import ImageDataset, load_training_data
-from boostray.core.engine import train_in_process
+from boostray.core.artifact import storage
+from boostray.core.method.boost_state import BoostState
+from boostray.core.artifact.checkpoints import MEMBERS_FOLDER
+from boostray.core.data.datasets import ImageDataset, load_training_data
+from boostray.core.method.engine import train_in_process
 from boostray.core.models import build_model
-from boostray.core.recipe import DEFAULT_RECIPE, Recipe
-from boostray.core.run_directory import write_run_directory
-from boostray.core.streaming import FILES_PER_GROUP
-from boostray.core.weights import LocalWeightStore
+from boostray.core.method.recipe import DEFAULT_RECIPE, Recipe
+from boostray.core.artifact.run_directory import write_run_directory
+from boostray.core.data.streaming import FILES_PER_GROUP
+from boostray.core.method.weights import LocalWeightStore
 from boostray.distributed.runtime import owns_local_instance, ray_session, require_gpus
 from boostray.distributed.shared_path import require_shared
 from boostray.errors import ConfigError, DataError, RunFailedError

@@ -4,7 +4,7 @@ The actor holds only the ObjectRef of the current weight vector, its version (th
 to) and the boosting history, so it stays tiny however large n is. Rank 0 puts each new vector into
 the object store and publishes the ref; the other ranks read that version (zero-copy from shared
 memory on the same node). The registry and its in-process twin (``LocalWeightStore``, for runs without
-Ray) are Ray-free, in core/weights.py.
+Ray) are Ray-free, in core/method/weights.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from boostray.core.weights import WeightRegistry
+from boostray.core.method.weights import WeightRegistry
 
 NAMESPACE = "boostray"
 

@@ -15,8 +15,8 @@ import shutil
 
 import torch
 
-from boostray.core import storage
-from boostray.core.boost_state import BoostState
+from boostray.core.artifact import storage
+from boostray.core.method.boost_state import BoostState
 
 CHECKPOINT_FILE = "state.pt"
 MEMBERS_FOLDER = "members"  # beside a run's checkpoints: each member's state and probabilities, written once
@@ -31,7 +31,7 @@ def save_checkpoint(directory: str, training: dict, state: BoostState, members_d
     each, instead of into every checkpoint."""
     torch.save({**training, "boost": state.to_saveable(members=members_dir is None)},
                os.path.join(directory, CHECKPOINT_FILE))
-    if members_dir is not None:  # a local folder, or a storage URI (core/storage.py)
+    if members_dir is not None:  # a local folder, or a storage URI (core/artifact/storage.py)
         for i, member in enumerate(state.members):
             path = member_file(members_dir, member.round)
             if not storage.exists(path):  # written once; a rerun of the round writes it again first

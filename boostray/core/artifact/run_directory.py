@@ -21,16 +21,16 @@ import tempfile
 import numpy as np
 import yaml
 
-from boostray.core import storage
-from boostray.core.boost_state import BoostState
-from boostray.core.boosting import vote
-from boostray.core.combine import Choice, choose_combination, crossfit_proba, fit_combination, scores
-from boostray.core.data import ImageDataset
-from boostray.core.diagnostics import diagnostics
-from boostray.core.ensemble import write_ensemble
-from boostray.core.methods import COMBINATIONS
-from boostray.core.metrics import accuracy, ensemble_report, expected_calibration_error, nll, per_class_accuracy
-from boostray.core.spec import RunSpec
+from boostray.core.artifact import storage
+from boostray.core.method.boost_state import BoostState
+from boostray.core.method.boosting import vote
+from boostray.core.method.combine import Choice, choose_combination, crossfit_proba, fit_combination, scores
+from boostray.core.data.datasets import ImageDataset
+from boostray.core.method.diagnostics import diagnostics
+from boostray.core.artifact.ensemble import write_ensemble
+from boostray.core.method.methods import COMBINATIONS
+from boostray.core.method.metrics import accuracy, ensemble_report, expected_calibration_error, nll, per_class_accuracy
+from boostray.core.method.spec import RunSpec
 
 
 def combine_members(state: BoostState, data: ImageDataset, spec: RunSpec) -> Choice:

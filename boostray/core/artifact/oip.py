@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from boostray.core.inference import RequestError, decode_image_bytes
+from boostray.core.artifact.inference import RequestError, decode_image_bytes
 
 OUTPUTS = ("probabilities", "label")
 PIXEL_TYPES = {"UINT8": np.uint8, "FP32": np.float32}

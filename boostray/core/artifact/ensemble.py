@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from boostray.core import storage
-from boostray.core.boosting import apply_temperature, vote
+from boostray.core.artifact import storage
+from boostray.core.method.boosting import apply_temperature, vote
 from boostray.errors import ArtifactError
-from boostray.core.data import normalization_tensors
+from boostray.core.data.datasets import normalization_tensors
 from boostray.core.models import OBJECT_PREFIX, build_model, create_model, import_path_of
 
 # 2: "temperature" and the method's axes; version 1 manifests load with temperature 1. 3: the model entry is

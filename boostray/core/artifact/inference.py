@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from boostray.core.boosting import apply_temperature
-from boostray.core.ensemble import Ensemble
+from boostray.core.method.boosting import apply_temperature
+from boostray.core.artifact.ensemble import Ensemble
 
 
 class RequestError(Exception):

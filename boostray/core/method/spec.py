@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from boostray.core.methods import Method
+from boostray.core.method.methods import Method
 
 
 @dataclass(frozen=True)

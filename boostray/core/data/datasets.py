@@ -18,11 +18,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from boostray.core.images import (  # noqa: F401  (part of this module's interface too)
+from boostray.core.data.images import (  # noqa: F401  (part of this module's interface too)
     SPLIT_SEED, ImageSplit, decode_image, decode_image_column, mean_std, parquet_class_names, parquet_image_column,
     feature_array, parquet_labels, pixel_histogram, stack_images,
 )
-from boostray.core.streaming import open_image_files, open_parquet_train
+from boostray.core.data.streaming import open_image_files, open_parquet_train
 from boostray.errors import DataError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"

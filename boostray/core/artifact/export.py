@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from boostray.core.ensemble import Ensemble
+from boostray.core.artifact.ensemble import Ensemble
 
 FORMATS = ("onnx", "torch-export")
 OPSET = 17

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from boostray.core.boosting import apply_temperature, vote
+from boostray.core.method.boosting import apply_temperature, vote
 
 
 def accuracy(proba: np.ndarray, labels: np.ndarray) -> float:

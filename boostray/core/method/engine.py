@@ -23,22 +23,22 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from boostray.core.batches import ChunkedBatches, TrainBatches
-from boostray.core.boost_state import BoostState, MemberRecord
-from boostray.core.checkpoints import (
+from boostray.core.data.batches import ChunkedBatches, TrainBatches
+from boostray.core.method.boost_state import BoostState, MemberRecord
+from boostray.core.artifact.checkpoints import (
     MEMBERS_FOLDER, load_boost_state, read_checkpoint, round_dirs, save_checkpoint, write_round_checkpoint,
 )
-from boostray.core.boosting import ChanceLevelWarning, boost_step, clamp_error, effective_sample_size
-from boostray.core.collectives import (
+from boostray.core.method.boosting import ChanceLevelWarning, boost_step, clamp_error, effective_sample_size
+from boostray.core.method.collectives import (
     all_sum, barrier, combine_correctness, combine_rows, gather_digests, shard_indices, weights_digest,
 )
-from boostray.core.combine import crossfit_proba, lambda_from_validation
-from boostray.core.data import ImageDataset, normalization_tensors, normalize
-from boostray.core.metrics import accuracy
+from boostray.core.method.combine import crossfit_proba, lambda_from_validation
+from boostray.core.data.datasets import ImageDataset, normalization_tensors, normalize
+from boostray.core.method.metrics import accuracy
 from boostray.core.models import build_model
-from boostray.core.recipe import DEFAULT_RECIPE, Recipe
-from boostray.core.spec import RunSpec
-from boostray.core.weights import LocalWeightStore
+from boostray.core.method.recipe import DEFAULT_RECIPE, Recipe
+from boostray.core.method.spec import RunSpec
+from boostray.core.method.weights import LocalWeightStore
 
 EVAL_BATCH = 1024  # SWA's batch-norm recount; on CUDA, the evaluation passes too
 

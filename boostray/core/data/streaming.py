@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from boostray.core.images import (
+from boostray.core.data.images import (
     SPLIT_SEED, ImageSplit, decode_image, decode_image_column, parquet_class_names, parquet_image_column, parquet_labels,
     pixel_histogram,
 )

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from boostray.core.metrics import accuracy, pairwise_disagreement
+from boostray.core.method.metrics import accuracy, pairwise_disagreement
 
 RISING = 0.002  # late gain (a fraction) from which a run counts as still improving: 0.2 points
 LOW_DIVERSITY = 0.5  # diversity ratio below which the members make mostly the same mistakes

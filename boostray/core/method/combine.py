@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from boostray.core.boosting import DEFAULT_MIN_ERROR, apply_temperature, checkpoint_weight, clamp_error, vote
-from boostray.core.metrics import accuracy, expected_calibration_error, nll
+from boostray.core.method.boosting import DEFAULT_MIN_ERROR, apply_temperature, checkpoint_weight, clamp_error, vote
+from boostray.core.method.metrics import accuracy, expected_calibration_error, nll
 
 CROSSFIT_SEED = 0
 
