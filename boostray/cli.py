@@ -354,6 +354,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     from boostray.core.models import list_models
 
     print("\n".join(list_models()))
+    print("(or your own: --model package.module:factory, with --model-kwargs JSON)", file=sys.stderr)
     return 0
 
 

@@ -1,5 +1,5 @@
-"""A GPU request on a Ray cluster without GPUs stops at once with one line and exit code 2: Ray would
-otherwise wait for ever to place the worker, replica or actor, and nothing falls back to the CPU."""
+"""A request for more than the Ray cluster holds (GPUs, or CPUs for the workers) stops at once with one line and
+exit code 2: Ray would otherwise wait for ever to place the worker, replica or actor, and nothing falls back to the CPU."""
 
 import time
 
@@ -47,3 +47,11 @@ def test_predict_on_gpu_actors_is_refused(ray_cluster, run_dir, tmp_path, capsys
                     "--gpu", "--address", ray_cluster], capsys)
     assert "--gpu" in line and "asks for 1 GPU(s)" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_a_worker_group_larger_than_the_cluster_is_refused(ray_cluster, tmp_path, capsys):
+    """Three 1-CPU workers on the session's 2-CPU Ray can never be placed: one line, not a wait."""
+    line = refused(["train", "--workers", "3", "--epochs", "2", "--members", "2", "--address", ray_cluster,
+                    "--output", str(tmp_path), "--name", "c"], capsys)
+    assert "--workers 3 x --cpus-per-worker 1 asks for 3 CPU(s)" in line and "has 2" in line
+    assert not (tmp_path / "c").exists()

@@ -185,6 +185,17 @@ def require_gpus(needed: float, what: str) -> None:
         raise ConfigError(f"{what} asks for {needed:g} GPU(s) and the Ray cluster has {have:g}")
 
 
+def require_cpus(needed: float, what: str) -> None:
+    """Stop with one line when the Ray cluster holds fewer CPUs than ``needed`` altogether: a worker group
+    that can never be placed would otherwise wait for Ray Train's start timeout (or for ever)."""
+    import ray
+
+    have = float(ray.cluster_resources().get("CPU", 0))
+    if needed > have:
+        raise ConfigError(f"{what} asks for {needed:g} CPU(s) and the Ray cluster has {have:g}: fewer workers, "
+                          f"or a smaller --cpus-per-worker")
+
+
 def owns_local_instance() -> bool:
     """Whether Ray is a local instance that this process started and stops (not a cluster it joined):
     Ray Train can then leave out its helpers for shared clusters (owned_instance.py)."""

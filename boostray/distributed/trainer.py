@@ -26,7 +26,7 @@ from boostray.core.method.recipe import DEFAULT_RECIPE, Recipe
 from boostray.core.artifact.run_directory import write_run_directory
 from boostray.core.data.streaming import FILES_PER_GROUP
 from boostray.core.method.weights import LocalWeightStore
-from boostray.distributed.runtime import owns_local_instance, ray_session, require_gpus
+from boostray.distributed.runtime import owns_local_instance, ray_session, require_cpus, require_gpus
 from boostray.distributed.shared_path import require_shared
 from boostray.errors import ConfigError, DataError, RunFailedError
 
@@ -264,6 +264,9 @@ def fit(config: TrainConfig, data: ImageDataset | None = None, *, recipe: Recipe
         stamps["ray"] = time.time()
         if config.gpu and config.workers:
             require_gpus(config.workers, f"--gpu with --workers {config.workers}")
+        if config.workers and not callbacks:  # a Tune trial shares the cluster with its siblings: Tune places it
+            require_cpus(config.workers * config.cpus_per_worker,
+                         f"--workers {config.workers} x --cpus-per-worker {config.cpus_per_worker:g}")
         if config.workers and not storage.is_uri(output) and not owns_local_instance():
             require_shared(output, "--output", cpus_per_worker=config.cpus_per_worker, gpu=config.gpu)
         state, ray_result = run_training(config, data, callbacks, hold_after_round=hold_after_round, recipe=recipe)
