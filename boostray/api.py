@@ -153,7 +153,8 @@ def build_dataset(datasets: Mapping[str, Any], columns: tuple, classes: list[str
     names = classes or [str(c) for c in range(k)]
     return assemble_dataset("python", splits["train"], splits.get("validation"), splits.get("test"), names,
                             val_fraction=config.val_fraction, train_subset=config.train_subset,
-                            imbalance_ratio=config.imbalance_ratio, standardize=config.standardize)
+                            imbalance_ratio=config.imbalance_ratio, standardize=config.standardize,
+                            test_holdout_max=config.test_holdout_max)
 
 
 def _as_split(value: Any, where: str, columns: tuple) -> ImageSplit:

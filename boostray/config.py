@@ -146,6 +146,9 @@ class BoostConfig(Options):
                                "either way)")
     compile: bool = _opt(False, "torch.compile the training forward and backward (a one-off compile of tens of "
                          "seconds that pays on long runs: docs/performance.md)")
+    cuda_autotune: bool = _opt(True, "on CUDA: cudnn.benchmark (convolution kernels chosen by timing) and TF32 "
+                               "matmuls and convolutions; --no-cuda-autotune keeps PyTorch's exact, reproducible "
+                               "kernels. No effect on CPUs")
     seed: int = _opt(0, "seed of the model's initialisation, the sampling order and the augmentation")
 
     @model_validator(mode="after")
@@ -175,6 +178,8 @@ class TrainConfig(BoostConfig):
     download: bool = _opt(False, "let torchvision download CIFAR into --data-dir (off: never touch the network)")
     imbalance_ratio: float | None = _opt(None, "make the training split long-tailed with this max/min class ratio (e.g. 10, 100)", ge=1)
     val_fraction: float = _opt(0.1, "fraction of train held out for validation when the data has no validation split", gt=0, lt=1)
+    test_holdout_max: int | None = _opt(10_000, "data without a test split: 20 %% of train is held out as test, at "
+                                        "most this many samples (every member's test probabilities are kept)", ge=1)
     train_subset: int | None = _opt(None, "train on this many (seeded) training samples only", ge=2)
     stream: bool = _opt(False, "parquet, imagefolder: keep the training images on disk and read them a group at a "
                         "time: a Parquet row group, or 256 image files (for data larger than memory; the files must "
@@ -331,7 +336,7 @@ def _adapter(key: str) -> TypeAdapter:
 
 
 # What a run was trained with when its saved config.yaml predates an option (or its current default).
-LEGACY_VALUES: dict[str, Any] = {"lambda_source": "train", "ess_min": None, "mix_uniform": 0.0}
+LEGACY_VALUES: dict[str, Any] = {"lambda_source": "train", "ess_min": None, "mix_uniform": 0.0, "test_holdout_max": None}
 
 
 def saved_options(saved: dict[str, Any]) -> dict[str, Any]:

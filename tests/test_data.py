@@ -101,3 +101,14 @@ def test_bad_parquet_data_fails_with_one_line_reasons(tmp_path):
         load_dataset("parquet", str(tmp_path / "nowhere"))
     with pytest.raises(DataError, match="no train"):
         load_dataset("parquet", str(tmp_path))
+
+
+def test_the_test_hold_out_of_data_without_a_test_split_is_capped():
+    """Data without a test split holds out 20 % of train as test, at most test_holdout_max samples (every
+    member's test probabilities are kept, so an uncapped hold-out grows with the data)."""
+    from boostray.core.data.datasets import load_dataset
+
+    uncapped = load_dataset("digits")
+    capped = load_dataset("digits", test_holdout_max=100)
+    assert len(uncapped.test) == round(0.2 * 1797) and len(capped.test) == 100
+    assert len(capped.train) + len(capped.val) == 1797 - 100

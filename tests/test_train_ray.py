@@ -70,6 +70,14 @@ def test_two_workers_hold_identical_weights_every_round(ddp_run):
     assert metrics["test"]["accuracy"] > 0.9
 
 
+def test_the_error_pass_moves_one_byte_a_sample_not_probabilities(ddp_run):
+    """Each round's correctness is all-reduced as one uint8 code a training sample: N bytes a rank, not the
+    N x K float32 probabilities (K = 10 here: 40 times as many)."""
+    config, run_dir, metrics = ddp_run
+    n_train = len(pq.read_table(os.path.join(run_dir, "sample_weights.parquet"), columns=["index"]))
+    assert metrics["error_pass_bytes"] == [n_train] * 3
+
+
 def test_worker_killed_mid_run_resumes_to_the_same_ensemble(ddp_run, ray_cluster, tmp_path):
     from ray.util.state import list_actors
 

@@ -96,6 +96,7 @@ def build_metrics(state: BoostState, data: ImageDataset, spec: RunSpec, choice: 
         "temperature": combination.temperature,
         "ess": state.ess,
         "rank_weight_digests": state.rank_digests,
+        "error_pass_bytes": state.error_pass_bytes,  # per re-weighting round, all-reduced by each rank: N bytes
         "val": splits["val"],
         "val_crossfit": rule["val_crossfit"],
         "test": splits["test"],

@@ -307,9 +307,12 @@ def long_tailed_indices(labels: np.ndarray, num_classes: int, ratio: float, seed
     return np.sort(np.concatenate(keep))
 
 
-def _hold_out(split: ImageSplit, fraction: float, rng: np.random.Generator) -> tuple[ImageSplit, ImageSplit]:
+def _hold_out(split: ImageSplit, fraction: float, rng: np.random.Generator,
+              cap: int | None = None) -> tuple[ImageSplit, ImageSplit]:
     perm = rng.permutation(len(split))
     n_out = max(1, int(round(fraction * len(split))))
+    if cap is not None:
+        n_out = min(n_out, cap)
     return split.subset(np.sort(perm[n_out:])), split.subset(np.sort(perm[:n_out]))
 
 
@@ -335,6 +338,7 @@ def load_dataset(
     stream: bool = False,
     columns: Columns = Columns(),
     standardize: bool = False,
+    test_holdout_max: int | None = None,
 ) -> ImageDataset:
     """Load, split and validate a data set. Raises DataError with a one-line reason on bad data.
     ``stream`` keeps a Parquet training split on disk (streaming.py); it is decoded once here, a row
@@ -355,13 +359,13 @@ def load_dataset(
     train, val, test, classes, hflip = loaded
     return assemble_dataset(name, train, val, test, classes, hflip=hflip, val_fraction=val_fraction,
                             test_fraction=test_fraction, imbalance_ratio=imbalance_ratio, train_subset=train_subset,
-                            standardize=standardize)
+                            standardize=standardize, test_holdout_max=test_holdout_max)
 
 
 def assemble_dataset(name: str, train: ImageSplit, val: ImageSplit | None, test: ImageSplit | None,
                      classes: list[str], *, hflip: bool = False, val_fraction: float = 0.1, test_fraction: float = 0.2,
                      imbalance_ratio: float | None = None, train_subset: int | None = None,
-                     standardize: bool = False) -> ImageDataset:
+                     standardize: bool = False, test_holdout_max: int | None = None) -> ImageDataset:
     """Splits as loaded (validation and test optional) -> a checked data set: the missing splits held out
     of train with the fixed split seed, the long tail and the subset applied, the normalisation counted.
     uint8 arrays are images; any other numbers are features."""
@@ -371,7 +375,7 @@ def assemble_dataset(name: str, train: ImageSplit, val: ImageSplit | None, test:
     _check_split(train, "train", k)
     rng = np.random.default_rng(SPLIT_SEED)
     if test is None:
-        train, test = _hold_out(train, test_fraction, rng)
+        train, test = _hold_out(train, test_fraction, rng, test_holdout_max)
     if imbalance_ratio is not None and imbalance_ratio != 1:
         train = train.subset(long_tailed_indices(train.labels, k, imbalance_ratio))
     if val is None:
@@ -442,4 +446,5 @@ def load_training_data(config) -> ImageDataset:
         config.dataset, config.data_dir, val_fraction=config.val_fraction, imbalance_ratio=config.imbalance_ratio,
         train_subset=config.train_subset, download=config.download, stream=getattr(config, "stream", False),
         columns=columns, standardize=getattr(config, "standardize", False),
+        test_holdout_max=getattr(config, "test_holdout_max", None),
     )

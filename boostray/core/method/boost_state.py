@@ -55,6 +55,7 @@ class BoostState:
     last_test_proba: np.ndarray | None = None
     epoch_log: list[dict] = field(default_factory=list)
     rank_digests: list[list[list[float]]] = field(default_factory=list)  # per round: each rank's weights digest
+    error_pass_bytes: list[int] = field(default_factory=list)  # per re-weighting round: what this rank all-reduced for c_i
     train_seconds: float = 0.0
     resumed_at_rounds: list[int] = field(default_factory=list)  # rounds_done at each restore from a checkpoint
     loop_wall: list[float] = field(default_factory=list)  # wall clock (time.time) when this process's training loop began and ended

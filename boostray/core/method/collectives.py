@@ -15,6 +15,15 @@ import torch.distributed as dist
 
 WRONG, RIGHT = 1, 2  # correctness codes; 0 = unseen
 
+#: bytes this process has all-reduced, by what: the error pass's share is recorded per round (metrics.json)
+REDUCED_BYTES = {"correctness": 0, "rows": 0}
+
+
+def _all_reduce(tensor: torch.Tensor, op, what: str) -> None:
+    if is_distributed():
+        dist.all_reduce(tensor, op=op)
+        REDUCED_BYTES[what] += tensor.numel() * tensor.element_size()
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -37,8 +46,7 @@ def combine_correctness(index: torch.Tensor, correct: torch.Tensor, n: int) -> n
     device = comm_device()
     codes = torch.zeros(n, dtype=torch.uint8, device=device)
     codes[index.to(device).long()] = torch.where(correct.to(device).bool(), RIGHT, WRONG).to(torch.uint8)
-    if is_distributed():
-        dist.all_reduce(codes, op=dist.ReduceOp.MAX)
+    _all_reduce(codes, dist.ReduceOp.MAX, "correctness")
     out = codes.cpu().numpy()
     missing = int((out == 0).sum())
     if missing:
@@ -51,8 +59,7 @@ def combine_rows(index: np.ndarray, rows: torch.Tensor, n: int) -> torch.Tensor:
     device = comm_device()
     full = torch.zeros((n, *rows.shape[1:]), dtype=rows.dtype, device=device)
     full[torch.as_tensor(index, dtype=torch.long, device=device)] = rows.to(device)
-    if is_distributed():
-        dist.all_reduce(full, op=dist.ReduceOp.SUM)  # shards are disjoint: the sum is exact
+    _all_reduce(full, dist.ReduceOp.SUM, "rows")  # shards are disjoint: the sum is exact
     return full.cpu()
 
 

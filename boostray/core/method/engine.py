@@ -30,7 +30,7 @@ from boostray.core.artifact.checkpoints import (
 )
 from boostray.core.method.boosting import ChanceLevelWarning, boost_step, clamp_error, effective_sample_size
 from boostray.core.method.collectives import (
-    all_sum, barrier, combine_correctness, combine_rows, gather_digests, shard_indices, weights_digest,
+    REDUCED_BYTES, all_sum, barrier, combine_correctness, combine_rows, gather_digests, shard_indices, weights_digest,
 )
 from boostray.core.method.combine import crossfit_proba, lambda_from_validation
 from boostray.core.data.datasets import ImageDataset, normalization_tensors, normalize
@@ -96,8 +96,11 @@ class Engine:
         if spec.channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.net = net.to(self.device)  # the plain network: what members, evals and checkpoints use
-        trained = torch.compile(self.net) if spec.compile else self.net  # shares the network's parameters
-        self.model = wrap_model(trained) if wrap_model else trained
+        if self.device.type == "cuda":  # process-wide settings of a rank's own process
+            torch.backends.cudnn.benchmark = spec.cuda_autotune
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = spec.cuda_autotune
+        wrapped = wrap_model(self.net) if wrap_model else self.net  # DDP first: torch.compile sees its hooks
+        self.model = torch.compile(wrapped) if spec.compile else wrapped  # shares the network's parameters
         self.optimizer = recipe.make_optimizer(self.model.parameters(), spec.lr, spec.weight_decay)
         augment = spec.augment and data.augmentable
         batching = dict(batch_size=max(1, spec.batch_size // world), device=self.device, seed=spec.seed, rank=rank,
@@ -197,22 +200,20 @@ class Engine:
         return combine_rows(index, local.clone(), n)  # clone: a normal tensor, not an inference one
 
     def eval_correctness(self) -> np.ndarray:
-        """c_i on the training set from one eval-mode pass without augmentation (error_source=eval)."""
-        proba = self.predict_chunks(self.batches.eval_chunks(self.eval_batch))
-        return proba.argmax(1).numpy() == self.data.train.labels
-
-    def predict_chunks(self, pieces) -> torch.Tensor:
-        """Softmax outputs of the network on this rank's (indices, images) pieces of the training set,
-        combined over the ranks."""
+        """c_i on the training set from one eval-mode pass without augmentation (error_source=eval). Each
+        rank scores its own share and contributes one byte a sample (combine_correctness): the ranks move
+        N bytes a round, never the N x K probabilities."""
         net, channels_last = self.eval_net()
-        index, rows = [], []
+        labels = self.data.train.labels
+        index, oks = [], []
         with torch.inference_mode():
-            for idx, images in pieces:
-                rows.append(self.forward_proba(net, channels_last, torch.from_numpy(images)))
+            for idx, images in self.batches.eval_chunks(self.eval_batch):
+                predicted = self.forward_proba(net, channels_last, torch.from_numpy(images)).argmax(1)
+                oks.append(predicted.numpy() == labels[idx])
                 index.append(idx)
-        local = torch.cat(rows) if rows else torch.zeros((0, self.data.num_classes))
-        index = np.concatenate(index) if index else np.zeros(0, dtype=np.int64)
-        return combine_rows(index, local.clone(), len(self.data.train))
+        index_all = np.concatenate(index) if index else np.zeros(0, dtype=np.int64)
+        ok_all = np.concatenate(oks) if oks else np.zeros(0, dtype=bool)
+        return combine_correctness(torch.from_numpy(index_all), torch.from_numpy(ok_all), len(labels))
 
     def member_module(self) -> torch.nn.Module:
         """The network a member is taken from: the SWA average (BN statistics recomputed on the whole
@@ -302,7 +303,9 @@ class Engine:
         spec, data = self.spec, self.data
         n, k = len(data.train), data.num_classes
         out = RoundOutcome()
+        before = REDUCED_BYTES["correctness"]
         correct = combine_correctness(recorded[0], recorded[1], n) if spec.error_source == "running" else self.eval_correctness()
+        state.error_pass_bytes.append(REDUCED_BYTES["correctness"] - before)
         out.train_accuracy = float(correct.mean())
         val_error = None
         if spec.lambda_source == "val":

@@ -36,6 +36,7 @@ class RunSpec:
     amp: str | None
     channels_last: bool
     compile: bool
+    cuda_autotune: bool
     # boosting and combination
     eta: float
     min_error: float
