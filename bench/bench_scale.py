@@ -1,0 +1,160 @@
+"""How a run's memory and traffic grow with the data: synthetic 16x16 grey Parquet (256 bytes an image),
+`boostray train --workers 2 --epochs 2 --members 2`, streamed and in memory, at N training images.
+
+Memory is the proportional set size (PSS, from /proc/PID/smaps_rollup) sampled every 0.2 s over the whole
+process tree of the command: the driver, Ray's daemons (the object store's pages are mapped there and in
+every process that reads them), the Train workers. Reported: the tree's peak, the driver's peak and each
+worker's peak, the bytes each rank all-reduced for the error pass per round (metrics.json), training
+images per second (N x epochs / train_seconds).
+
+    python bench/bench_scale.py --sizes 10000,100000 --json-out bench/results/scale.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from report_json import emit  # bench/, beside this script
+
+BIN = os.path.join(os.path.dirname(sys.executable), "boostray")
+SIDE = 16
+
+
+def write_data(folder: str, n_train: int, n_test: int = 2_000, seed: int = 0) -> None:
+    """Class c (of 4) is a bright band at rows 4c..4c+3 over uniform noise: learnable, 256 bytes a row."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name, n in (("train", n_train), ("test", n_test)):
+        writer = None
+        for start in range(0, n, 50_000):
+            m = min(50_000, n - start)
+            labels = rng.integers(0, 4, m)
+            images = rng.integers(0, 100, (m, SIDE, SIDE), dtype=np.uint8)
+            for c in range(4):
+                images[labels == c, 4 * c:4 * c + 4] = 220
+            offsets = pa.array(np.arange(0, m * SIDE * SIDE + 1, SIDE * SIDE, dtype=np.int32))
+            column = pa.ListArray.from_arrays(offsets, pa.array(images.reshape(-1)))
+            table = pa.table({"image": column, "label": pa.array(labels)})
+            writer = writer or pq.ParquetWriter(os.path.join(folder, f"{name}.parquet"), table.schema)
+            writer.write_table(table, row_group_size=1_000)
+        writer.close()
+
+
+def pss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
+def descendants(root: int) -> dict[int, str]:
+    """pid -> command line of ``root`` and every process below it."""
+    children: dict[int, list[int]] = {}
+    names: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                names[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        out[pid] = names.get(pid, "")
+        todo += children.get(pid, [])
+    return out
+
+
+class Sampler(threading.Thread):
+    def __init__(self, root: int) -> None:
+        super().__init__(daemon=True)
+        self.root, self.stop = root, threading.Event()
+        self.tree = self.driver = 0
+        self.workers: dict[int, int] = {}
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            tree = 0
+            for pid, cmd in descendants(self.root).items():
+                kib = pss_kib(pid)
+                tree += kib
+                if "RayTrainWorker" in cmd:
+                    self.workers[pid] = max(self.workers.get(pid, 0), kib)
+            self.tree = max(self.tree, tree)
+            self.driver = max(self.driver, pss_kib(self.root))
+            self.stop.wait(0.2)
+
+
+def one_run(data: str, out: str, name: str, stream: bool) -> dict:
+    args = [BIN, "train", "--dataset", "parquet", "--data-dir", data, "--workers", "2", "--epochs", "2",
+            "--members", "2", "--method", "cbnn", "--output", out, "--name", name, *(["--stream"] if stream else [])]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    started = time.perf_counter()
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    sampler = Sampler(proc.pid)
+    sampler.start()
+    log = proc.communicate()[0]
+    sampler.stop.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{log[-3000:]}")
+    metrics = json.load(open(os.path.join(out, name, "metrics.json")))
+    n = len(pq.read_table(os.path.join(out, name, "sample_weights.parquet"), columns=["index"]))
+    return {"train_images": n, "wall_s": round(time.perf_counter() - started, 1),
+            "train_seconds": round(metrics["train_seconds"], 1),
+            "images_per_s": round(2 * n / metrics["train_seconds"]),
+            "peak_tree_mb": round(sampler.tree / 1024, 1), "peak_driver_mb": round(sampler.driver / 1024, 1),
+            "peak_worker_mb": sorted(round(v / 1024, 1) for v in sampler.workers.values()),
+            "error_pass_bytes_per_round": metrics.get("error_pass_bytes"),
+            "test_accuracy": metrics["test"]["accuracy"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10000,100000", help="training images, comma-separated")
+    parser.add_argument("--modes", default="stream,memory", help="stream and/or memory")
+    parser.add_argument("--json-out", help="also write the JSON to this file")
+    args = parser.parse_args()
+    root = tempfile.mkdtemp(prefix="boostray-scale-")
+    out: dict = {"image_bytes": SIDE * SIDE, "runs": []}
+    try:
+        for n in (int(v) for v in args.sizes.split(",")):
+            data = os.path.join(root, f"data-{n}")
+            write_data(data, n)
+            for mode in args.modes.split(","):
+                result = one_run(data, os.path.join(root, "runs"), f"{mode}-{n}", mode == "stream")
+                out["runs"].append({"mode": mode, "n": n, **result})
+                print(json.dumps(out["runs"][-1]), file=sys.stderr, flush=True)
+        by = {(r["mode"], r["n"]): r for r in out["runs"]}
+        sizes = sorted({r["n"] for r in out["runs"]})
+        if len(sizes) > 1:  # growth per added image between the smallest and the largest N
+            lo, hi = sizes[0], sizes[-1]
+            for mode in {r["mode"] for r in out["runs"]}:
+                a, b = by[(mode, lo)], by[(mode, hi)]
+                out[f"{mode}_bytes_per_image"] = {  # per row added to the Parquet file (90 % of them train)
+                    key[5:-3]: round((b[key] - a[key]) * 2**20 / (hi - lo), 1) for key in ("peak_tree_mb", "peak_driver_mb")}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    emit(out, args.json_out)
+
+
+if __name__ == "__main__":
+    main()
