@@ -32,7 +32,7 @@ test-cluster: $(STAMP)
 # the Ray-free tests (method, model, data, metrics, artifacts, the in-process trainer): the inner loop of development
 FAST_TESTS = tests/test_boosting.py tests/test_combine.py tests/test_configs.py tests/test_console.py tests/test_data.py tests/test_diagnostics.py tests/test_engine.py \
              tests/test_ensemble.py tests/test_layers.py tests/test_methods.py tests/test_metrics.py tests/test_oip.py tests/test_train_local.py \
-             tests/test_storage.py tests/test_streaming.py
+             tests/test_storage.py tests/test_streaming.py tests/test_imbalance.py
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not ray" $(FAST_TESTS)
 

@@ -140,6 +140,8 @@ def format_summary(run_dir: str, metrics: dict) -> str:
         f"temperature {metrics['temperature']:.3f}), final network alone {test['single_accuracy']:.4f}",
         f"train_seconds {metrics['train_seconds']:.1f}, wall_seconds {metrics['wall_seconds']:.1f}",
     ]
+    if "train_imbalance" in metrics:
+        lines.append(f"training labels: largest class / smallest {metrics['train_imbalance']:.1f}")
     if "shipped" in metrics:  # runs written before these records have neither
         lines.append(f"shipped: {metrics['shipped']['reason']}")
         lines.append(f"regime: {metrics['diagnostics']['regime']}")

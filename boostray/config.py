@@ -122,6 +122,14 @@ class BoostConfig(Options):
     weight_decay: float = _opt(5e-4, "SGD weight decay", ge=0)
     batch_size: int = _opt(64, "global batch size, split evenly over the workers", ge=1)
     augment: bool = _opt(True, "random crop with padding (+ horizontal flip where the data allows)")
+    class_weight: Literal["none", "balanced"] = _opt(
+        "none", "per-class loss weights: balanced, proportional to 1 / class frequency (mean 1 over the training "
+        "samples, so the learning rate keeps its meaning); the practitioner's baseline for imbalanced labels")
+    sampler: Literal["uniform", "balanced"] = _opt(
+        "uniform", "the order of an epoch: uniform (a permutation) or balanced (as many draws, with replacement, "
+        "each class equally often; needs --error-source eval)")
+    start_weights: Literal["uniform", "balanced"] = _opt(
+        "uniform", "boosting's starting sample weights: uniform, or balanced (each class the same total weight)")
     # boosting
     eta: float | None = _opt(None, "shrinkage of the sample-weight update, in (0, 1]; 1 is plain SAMME (default: cbnn-tail 0.1, other presets 0.3)",
                              preset=True, gt=0, le=1)
@@ -155,6 +163,9 @@ class BoostConfig(Options):
     def _check_method(self) -> "BoostConfig":
         preset_options(self.method)  # an unknown method names the presets
         self.resolved().build_method()  # the axes against the budget
+        if self.sampler == "balanced" and self.error_source == "running":
+            raise ConfigError("--sampler balanced draws with replacement, so an epoch misses samples: it needs "
+                              "--error-source eval")
         return self
 
     def resolved(self):
@@ -224,6 +235,8 @@ class TrainConfig(BoostConfig):
             resolve_factory(self.model)  # a built-in name, or an import path that imports here
         if self.feature_columns and self.dataset not in ("parquet",):
             raise ConfigError(f"--feature-columns names Parquet columns; --dataset {self.dataset} has none")
+        if self.sampler == "balanced" and self.stream:
+            raise ConfigError("--sampler balanced draws samples from anywhere in the split: drop --stream")
         if self.feature_columns and self.stream:
             raise ConfigError("--feature-columns trains from memory: drop --stream")
         if self.stream and self.dataset not in STREAMABLE:

@@ -61,7 +61,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         with checkpoint.as_directory() as directory:
             state = engine.restore(directory, members_dir)
     else:
-        state = BoostState.initial(len(data.train))
+        state = engine.initial_state()
     state.placements.append(rank_nodes(engine.world))
     hold_after = loop_config.get("hold_after_round") or int(os.environ.get("BOOSTRAY_TEST_HOLD_AFTER_ROUND", 0)) or None
 

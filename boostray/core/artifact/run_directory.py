@@ -23,7 +23,7 @@ import yaml
 
 from boostray.core.artifact import storage
 from boostray.core.method.boost_state import BoostState
-from boostray.core.method.boosting import vote
+from boostray.core.method.boosting import imbalance, vote
 from boostray.core.method.combine import Choice, choose_combination, crossfit_proba, fit_combination, scores
 from boostray.core.data.datasets import ImageDataset
 from boostray.core.method.diagnostics import diagnostics
@@ -95,6 +95,7 @@ def build_metrics(state: BoostState, data: ImageDataset, spec: RunSpec, choice: 
         "members": members,
         "temperature": combination.temperature,
         "ess": state.ess,
+        "train_imbalance": imbalance(np.asarray(data.train.labels)),  # largest class / smallest, in the training split
         "rank_weight_digests": state.rank_digests,
         "error_pass_bytes": state.error_pass_bytes,  # per re-weighting round, all-reduced by each rank: N bytes
         "val": splits["val"],

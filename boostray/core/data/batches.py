@@ -25,11 +25,14 @@ import numpy as np
 import torch
 
 
-def epoch_indices(n: int, epoch: int, seed: int, rank: int, world: int) -> torch.Tensor:
-    """This rank's sample indices for ``epoch``, exactly as DistributedSampler(shuffle=True) orders them."""
+def epoch_indices(n: int, epoch: int, seed: int, rank: int, world: int,
+                  draw: torch.Tensor | None = None) -> torch.Tensor:
+    """This rank's sample indices for ``epoch``, exactly as DistributedSampler(shuffle=True) orders them.
+    ``draw``: per-sample probabilities (the balanced sampler): an epoch of n draws with replacement instead
+    of a permutation, the same global order on every rank, padded and strided as DistributedSampler does."""
     g = torch.Generator()
     g.manual_seed(seed + epoch)
-    order = torch.randperm(n, generator=g)
+    order = torch.randperm(n, generator=g) if draw is None else torch.multinomial(draw, n, replacement=True, generator=g)
     total = math.ceil(n / world) * world
     if total > n:
         order = torch.cat([order, order.repeat(math.ceil((total - n) / n))[: total - n]])
@@ -131,8 +134,9 @@ class TrainBatches:
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, device: torch.device,
                  seed: int, rank: int = 0, world: int = 1, augment: bool = True, crop_padding: int = 0,
-                 hflip: bool = False) -> None:
+                 hflip: bool = False, draw: np.ndarray | None = None) -> None:
         source = images
+        self.draw = None if draw is None else torch.as_tensor(draw, dtype=torch.float64)
         with warnings.catch_warnings():  # arrays from the object store are read-only; nothing writes them
             warnings.simplefilter("ignore", UserWarning)
             images = torch.from_numpy(np.ascontiguousarray(images)).to(device)
@@ -148,7 +152,7 @@ class TrainBatches:
         return math.ceil(math.ceil(self.n / self.world) / self.batch_size)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        index = epoch_indices(self.n, epoch, self.seed, self.rank, self.world).to(self.device)
+        index = epoch_indices(self.n, epoch, self.seed, self.rank, self.world, self.draw).to(self.device)
         generator = _augment_generator(self.device, self.seed, epoch, self.rank)
         for start in range(0, index.numel(), self.batch_size):
             idx = index[start:start + self.batch_size]

@@ -200,3 +200,29 @@ def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
     logits -= logits.max(axis=-1, keepdims=True)
     e = np.exp(logits)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+# ------------------------------------------------------------------------------------- class balance
+
+
+def class_balanced(labels: np.ndarray) -> np.ndarray:
+    """Per-sample values 1 / (K' n_{y_i}), K' the classes present: they sum to 1 and give every class the
+    same total. The balanced sampler's draw probabilities and the balanced start of the sample weights."""
+    counts = np.bincount(labels)
+    present = int((counts > 0).sum())
+    return 1.0 / (present * counts[labels].astype(np.float64))
+
+
+def class_loss_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per-class loss weights proportional to 1 / class frequency, N / (K' n_c), normalised so that their
+    mean over the training samples is 1: the learning rate keeps its meaning (absent classes: 0)."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    present = int((counts > 0).sum())
+    return np.where(counts > 0, labels.size / (present * np.maximum(counts, 1)), 0.0)
+
+
+def imbalance(labels: np.ndarray) -> float:
+    """The ratio of the largest class to the smallest present one."""
+    counts = np.bincount(labels)
+    counts = counts[counts > 0]
+    return float(counts.max() / counts.min())

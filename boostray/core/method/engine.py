@@ -28,7 +28,9 @@ from boostray.core.method.boost_state import BoostState, MemberRecord
 from boostray.core.artifact.checkpoints import (
     MEMBERS_FOLDER, load_boost_state, read_checkpoint, round_dirs, save_checkpoint, write_round_checkpoint,
 )
-from boostray.core.method.boosting import ChanceLevelWarning, boost_step, clamp_error, effective_sample_size
+from boostray.core.method.boosting import (
+    ChanceLevelWarning, boost_step, clamp_error, class_balanced, class_loss_weights, effective_sample_size,
+)
 from boostray.core.method.collectives import (
     REDUCED_BYTES, all_sum, barrier, combine_correctness, combine_rows, gather_digests, shard_indices, weights_digest,
 )
@@ -102,6 +104,9 @@ class Engine:
         wrapped = wrap_model(self.net) if wrap_model else self.net  # DDP first: torch.compile sees its hooks
         self.model = torch.compile(wrapped) if spec.compile else wrapped  # shares the network's parameters
         self.optimizer = recipe.make_optimizer(self.model.parameters(), spec.lr, spec.weight_decay)
+        labels = np.asarray(data.train.labels)
+        self.class_weights = None if spec.class_weight == "none" else torch.as_tensor(
+            class_loss_weights(labels, data.num_classes), dtype=torch.float32, device=self.device)
         augment = spec.augment and data.augmentable
         batching = dict(batch_size=max(1, spec.batch_size // world), device=self.device, seed=spec.seed, rank=rank,
                         world=world, augment=augment, crop_padding=data.crop_padding if augment else 0,
@@ -109,7 +114,8 @@ class Engine:
         if data.streamed or data.train.chunked is not None:  # read a chunk at a time (streaming.py)
             self.batches: TrainBatches | ChunkedBatches = ChunkedBatches(data.train, window=spec.stream_window, **batching)
         else:
-            self.batches = TrainBatches(data.train.images, data.train.labels, **batching)
+            draw = class_balanced(labels) if spec.sampler == "balanced" else None
+            self.batches = TrainBatches(data.train.images, data.train.labels, draw=draw, **batching)
         self.steps_per_epoch = len(self.batches)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: self.method.lr_factor(step / self.steps_per_epoch)
@@ -151,7 +157,8 @@ class Engine:
             with self.autocast:
                 logits = self.model(x)
                 per_sample = self.recipe.per_sample_loss(logits.float(), y)
-            loss = (n * weights[idx] * per_sample).sum() / y.numel()
+            scaled = per_sample if self.class_weights is None else per_sample * self.class_weights[y]
+            loss = (n * weights[idx] * scaled).sum() / y.numel()
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -223,6 +230,13 @@ class Engine:
         batches = (self.prepare(torch.from_numpy(images)) for images in self.batches.all_chunks(EVAL_BATCH))
         torch.optim.swa_utils.update_bn(batches, self.averaged, device=self.device)
         return self.averaged.module
+
+    def initial_state(self) -> BoostState:
+        """A fresh run's state: the sample weights start uniform, or class-balanced (--start-weights)."""
+        state = BoostState.initial(len(self.data.train))
+        if self.spec.start_weights == "balanced":
+            state.weights = class_balanced(np.asarray(self.data.train.labels))
+        return state
 
     # -- checkpoints --------------------------------------------------------------------------------
     def training_state(self) -> dict:
@@ -454,7 +468,7 @@ def train_in_process(spec: RunSpec, data: ImageDataset, device: str | torch.devi
     ``checkpoint_dir`` every round is checkpointed there (round_NNNN/, the newest ``keep`` kept, members
     once each in members/), and a run that finds checkpoints resumes from the newest."""
     engine = Engine(spec, data, store=LocalWeightStore(), device=torch.device(device), recipe=recipe)
-    state = BoostState.initial(len(data.train))
+    state = engine.initial_state()
     members_dir = os.path.join(checkpoint_dir, MEMBERS_FOLDER) if checkpoint_dir else None
     if checkpoint_dir and (done := round_dirs(checkpoint_dir)):
         state = engine.restore(done[-1], members_dir)

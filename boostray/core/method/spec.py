@@ -32,6 +32,9 @@ class RunSpec:
     weight_decay: float
     batch_size: int
     augment: bool
+    class_weight: str
+    sampler: str
+    start_weights: str
     seed: int
     amp: str | None
     channels_last: bool
