@@ -73,3 +73,16 @@ def test_response_and_metadata_shapes():
     assert out["outputs"][0]["shape"] == [2, 2] and out["outputs"][1]["data"] == [1, 0]
     meta = model_metadata("m", SHAPE, 10)
     assert meta["inputs"][0]["shape"] == [-1, 1, 8, 8] and meta["outputs"][0]["shape"] == [-1, 10]
+
+
+def test_a_features_model_refuses_encoded_images_whatever_its_shape():
+    """Float inputs shaped like images (C, H, W) are still features: a PNG would arrive as 0..255 pixels."""
+    import base64
+
+    from boostray.core.artifact.inference import parse_instances
+
+    png = base64.b64encode(b"\x89PNG not really").decode()
+    with pytest.raises(RequestError, match="not encoded images"):
+        parse_instances({"instances": [{"b64": png}]}, (1, 8, 8), 4, images=False)
+    with pytest.raises(RequestError, match="features"):
+        parse_infer_request(request([{"datatype": "BYTES", "shape": [1], "data": [png]}]), None, (1, 8, 8), 4, images=False)

@@ -151,7 +151,7 @@ class EnsembleServer:
                 payload = json.loads(body)
             except (json.JSONDecodeError, UnicodeDecodeError):
                 raise RequestError(400, "the body is not valid JSON") from None
-            x = parse_instances(payload, self.shape, self.options.max_instances)
+            x = parse_instances(payload, self.shape, self.options.max_instances, self.ensemble.input_kind == "image")
             top_k = parse_top_k(payload, len(self.classes))
         except RequestError as exc:
             return _error(exc.status, exc.message)
@@ -204,7 +204,7 @@ class EnsembleServer:
         try:
             body = await self._body(request)
             parsed = oip.parse_infer_request(body, request.headers.get("inference-header-content-length"),
-                                             self.shape, self.options.max_instances)
+                                             self.shape, self.options.max_instances, self.ensemble.input_kind == "image")
         except RequestError as exc:
             return _error(exc.status, exc.message)
         proba, _, _ = await self.batched(parsed.pixels)

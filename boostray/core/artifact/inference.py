@@ -61,7 +61,7 @@ def decode_image_bytes(raw: bytes, shape: tuple[int, int, int], where: str) -> n
     return arr[None] if c == 1 else arr.transpose(2, 0, 1)
 
 
-def parse_instances(payload: object, shape: tuple[int, int, int], max_instances: int) -> np.ndarray:
+def parse_instances(payload: object, shape: tuple[int, ...], max_instances: int, images: bool = True) -> np.ndarray:
     """``{"instances": [...]}`` -> float32 raw pixels (N, C, H, W). Instances are nested numeric arrays
     shaped C x H x W (or H x W for one channel) or ``{"b64": "<PNG/JPEG>"}``."""
     if not isinstance(payload, dict):
@@ -76,7 +76,7 @@ def parse_instances(payload: object, shape: tuple[int, int, int], max_instances:
     out = np.empty((len(instances), *shape), dtype=np.float32)
     for i, inst in enumerate(instances):
         if isinstance(inst, dict):
-            if len(shape) != 3:
+            if not images:  # features, whatever their shape: an encoded image would arrive as 0..255 pixels
                 raise RequestError(400, f"instance {i}: this model takes numbers shaped {shape}, not encoded images")
             if set(inst) != {"b64"} or not isinstance(inst["b64"], str):
                 raise RequestError(400, f"instance {i}: an object instance must be {{\"b64\": \"<image>\"}}")

@@ -76,8 +76,8 @@ def _split_bytes(raw: bytes, count: int) -> list[bytes]:
     return out
 
 
-def parse_infer_request(body: bytes, header_length: str | None, shape: tuple[int, int, int],
-                        max_instances: int) -> InferRequest:
+def parse_infer_request(body: bytes, header_length: str | None, shape: tuple[int, ...],
+                        max_instances: int, images: bool = True) -> InferRequest:
     """A v2 inference request -> float32 raw pixels (N, C, H, W) and the outputs asked for."""
     payload, binary = _json_header(body, header_length)
     inputs = payload.get("inputs")
@@ -121,7 +121,7 @@ def parse_infer_request(body: bytes, header_length: str | None, shape: tuple[int
         if not np.isfinite(pixels).all():
             raise RequestError(400, "input 'data' holds NaN or infinite values")
     elif datatype == "BYTES":
-        if len(shape) != 3:
+        if not images or len(shape) != 3:
             raise RequestError(400, f"this model takes FP32 features shaped [N, {', '.join(map(str, shape))}], not encoded images")
         if len(dims) != 1:
             raise RequestError(400, f"a BYTES input holds one encoded image per element: shape [N], got {dims}")
