@@ -21,17 +21,16 @@ if loopback_set_here:
     os.environ[LOOPBACK_VARIABLE] = "0"
 
 __version__ = "0.2.0"
-__all__ = ["BoostTrainer", "BoostConfig", "BoostResult", "Ensemble", "load_ensemble", "create_model", "build_model",
-           "list_models", "register_model", "__version__"]
+__all__ = ["BoostTrainer", "BoostConfig", "BoostResult", "Ensemble", "load_ensemble", "create_model", "list_models",
+           "__version__"]
 
 _LAZY = {"BoostTrainer": "boostray.api", "BoostResult": "boostray.api", "BoostConfig": "boostray.config",
          "Ensemble": "boostray.core.artifact.ensemble", "load_ensemble": "boostray.core.artifact.ensemble",
-         "create_model": "boostray.core.models", "build_model": "boostray.core.models",
-         "list_models": "boostray.core.models", "register_model": "boostray.core.models"}
+         "create_model": "boostray.core.models", "list_models": "boostray.core.models"}
 
 if TYPE_CHECKING:  # (boostray.api and boostray.config import Ray's edge and pydantic: left to first use)
     from boostray.core.artifact.ensemble import Ensemble, load_ensemble
-    from boostray.core.models import build_model, create_model, list_models, register_model
+    from boostray.core.models import create_model, list_models
 
 
 def __getattr__(name: str) -> Any:

@@ -72,7 +72,7 @@ class BoostTrainer:
                   "standardize": standardize, "verbose": verbose, **_scaling_options(scaling_config),
                   **_run_options(run_config)}
         self.config = TrainConfig(**values)
-        self.datasets = dict(datasets)
+        self.datasets: dict[str, Any] | None = dict(datasets)
         self.columns = (tuple(feature_columns) if feature_columns else ("image",), label_column)
         self.classes = list(classes) if classes is not None else None
         self.recipe = Recipe(model=model_object, optimizer=optimizer, loss=loss)
@@ -81,7 +81,7 @@ class BoostTrainer:
     @classmethod
     def from_config(cls, config: TrainConfig) -> "BoostTrainer":
         """The trainer of ``boostray train``: every option in ``config``, the data set named there."""
-        trainer = cls.__new__(cls)
+        trainer = cls.__new__(cls)  # the options are checked already: nothing for __init__ to translate
         trainer.config, trainer.datasets, trainer.columns, trainer.classes = config, None, None, None
         trainer.recipe, trainer.callbacks = Recipe(), []
         return trainer

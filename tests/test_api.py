@@ -59,7 +59,7 @@ def test_numpy_arrays_in_this_process_with_the_users_loss_and_optimizer(tmp_path
     result = BoostTrainer(Net, datasets={"train": (x, y)}, boost_config=BoostConfig(epochs=4, members=2),
                           optimizer=optimizer, loss=loss,
                           run_config=RunConfig(name="numpy", storage_path=str(tmp_path))).fit()
-    assert result.ray_result is None and result.path == str(tmp_path / "numpy")
+    assert isinstance(result, boostray.BoostResult) and result.ray_result is None and result.path == str(tmp_path / "numpy")
     assert calls["optimizer"] == 1 and calls["loss"] > 10
     assert result.metrics["test"]["accuracy"] > 0.9 and isinstance(result.ensemble, boostray.Ensemble)
     xt, yt = blobs(90, seed=3)

@@ -191,7 +191,7 @@ def test_a_sweep_beside_another_local_ray_instance_finishes(ray_cluster, tmp_pat
                              str(tmp_path / "sweeps")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, start_new_session=True)  # its Ray's processes share its process group
     try:
-        log = proc.communicate(timeout=420)[0]  # alone it takes about a minute here
+        log = proc.communicate(timeout=420)[0]
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail("the sweep beside another local Ray did not finish in 420 s: " + proc.communicate()[0][-3000:])

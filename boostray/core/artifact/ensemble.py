@@ -73,7 +73,8 @@ class Ensemble:
         self.input_kind: str = manifest.get("input_kind", "image")
         self.scale = float(manifest["normalization"].get("scale", 255.0))
         self.device = torch.device("cpu")
-        self._mean, self._std = normalization_tensors(manifest["normalization"]["mean"], manifest["normalization"]["std"],
+        #: the mean and std, shaped to broadcast over a batch (serving and export apply them too)
+        self.mean, self.std = normalization_tensors(manifest["normalization"]["mean"], manifest["normalization"]["std"],
                                                       self.input_shape)
 
     def to(self, device: str | torch.device) -> "Ensemble":
@@ -97,7 +98,7 @@ class Ensemble:
     def member_proba(self, x: np.ndarray | torch.Tensor, batch_size: int = 1024) -> np.ndarray:
         """Each member's softmax outputs: (M, N, K)."""
         t = self._as_tensor(x)
-        mean, std = self._mean.to(self.device), self._std.to(self.device)
+        mean, std = self.mean.to(self.device), self.std.to(self.device)
         out = np.empty((len(self.members), t.shape[0], len(self.classes)), dtype=np.float32)
         for start in range(0, t.shape[0], batch_size):
             xb = (t[start:start + batch_size].to(self.device).float() / self.scale - mean) / std

@@ -34,8 +34,8 @@ class EnsembleGraph(nn.Module):
         self.num_classes = len(ensemble.classes)
         self.temperature = float(ensemble.temperature)
         self.scale = float(ensemble.scale)
-        self.register_buffer("mean", ensemble._mean.clone())
-        self.register_buffer("std", ensemble._std.clone())
+        self.register_buffer("mean", ensemble.mean.clone())
+        self.register_buffer("std", ensemble.std.clone())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = (images.float() / self.scale - self.mean) / self.std

@@ -126,7 +126,7 @@ class MemberStack:
     def __init__(self, ensemble: Ensemble, mode: str = "auto") -> None:
         self.ensemble = ensemble
         self.device = ensemble.device
-        self.mean, self.std = ensemble._mean.to(self.device), ensemble._std.to(self.device)
+        self.mean, self.std = ensemble.mean.to(self.device), ensemble.std.to(self.device)
         self.mode = mode if mode != "auto" else ("stacked" if self.device.type == "cuda" else "loop")
         if self.mode not in ("stacked", "loop"):
             raise ValueError(f"unknown forward mode {mode!r}")

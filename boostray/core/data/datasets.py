@@ -1,4 +1,5 @@
-"""Image classification data sets, held in memory as uint8 arrays (N, C, H, W) plus int64 labels.
+"""Classification data sets held in memory: uint8 images (N, C, H, W) or float features of any shape,
+plus int64 labels.
 
 The driver loads and validates a data set once (so bad data fails before any worker starts) and ships
 it to the workers through Ray's object store. Splits are fixed by ``SPLIT_SEED``, not by the run's seed,
@@ -60,7 +61,7 @@ class ImageDataset:
         return len(self.classes)
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
+    def input_shape(self) -> tuple[int, ...]:
         return self.train.image_shape
 
     @property
