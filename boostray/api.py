@@ -154,7 +154,7 @@ def build_dataset(datasets: Mapping[str, Any], columns: tuple, classes: list[str
     return assemble_dataset("python", splits["train"], splits.get("validation"), splits.get("test"), names,
                             val_fraction=config.val_fraction, train_subset=config.train_subset,
                             imbalance_ratio=config.imbalance_ratio, standardize=config.standardize,
-                            test_holdout_max=config.test_holdout_max)
+                            test_holdout_max=config.test_holdout_max, val_holdout_max=config.val_holdout_max)
 
 
 def _as_split(value: Any, where: str, columns: tuple) -> ImageSplit:

@@ -191,10 +191,13 @@ class TrainConfig(BoostConfig):
     val_fraction: float = _opt(0.1, "fraction of train held out for validation when the data has no validation split", gt=0, lt=1)
     test_holdout_max: int | None = _opt(10_000, "data without a test split: 20 %% of train is held out as test, at "
                                         "most this many samples (every member's test probabilities are kept)", ge=1)
+    val_holdout_max: int | None = _opt(10_000, "data without a validation split: --val-fraction of train is held "
+                                       "out for validation, at most this many samples", ge=1)
     train_subset: int | None = _opt(None, "train on this many (seeded) training samples only", ge=2)
-    stream: bool = _opt(False, "parquet, imagefolder: keep the training images on disk and read them a group at a "
-                        "time: a Parquet row group, or 256 image files (for data larger than memory; the files must "
-                        "be at the same path on every node)")
+    stream: bool = _opt(False, "parquet, imagefolder: keep the training images in their files (a local folder every "
+                        "node mounts, or a storage URI such as s3://bucket/data) and read them a group at a time, a "
+                        "Parquet row group or 256 image files: on Ray, by Ray Data tasks on any node that has CPUs "
+                        "beside the workers; the driver reads only the labels and a sample (for data larger than memory)")
     stream_window: int = _opt(4, "--stream: groups whose samples are shuffled together (the rest of the order: "
                               "groups dealt to the workers in a seeded permutation each epoch)", ge=1)
     feature_columns: list[str] | None = _opt(None, "parquet: train on these numeric columns as features, as given "
@@ -349,7 +352,8 @@ def _adapter(key: str) -> TypeAdapter:
 
 
 # What a run was trained with when its saved config.yaml predates an option (or its current default).
-LEGACY_VALUES: dict[str, Any] = {"lambda_source": "train", "ess_min": None, "mix_uniform": 0.0, "test_holdout_max": None}
+LEGACY_VALUES: dict[str, Any] = {"lambda_source": "train", "ess_min": None, "mix_uniform": 0.0, "test_holdout_max": None,
+                                 "val_holdout_max": None}
 
 
 def saved_options(saved: dict[str, Any]) -> dict[str, Any]:

@@ -174,3 +174,48 @@ def test_a_sweep_at_an_s3_uri_keeps_its_trials_state_and_results_there(ray_clust
 
     assert evaluate_run(summary["best_run_dir"])["accuracy"] == pytest.approx(summary["best_test_accuracy"])
     assert not os.path.exists(os.path.expanduser(os.path.join("~", "boostray_runs", "s3-sweep")))
+
+
+def upload_tree(local: str, fs, base: str) -> None:
+    """Every file under ``local`` to ``base`` in ``fs``, as a user's `aws s3 sync` would."""
+    for folder, _, files in os.walk(local):
+        target = f"{base}/{os.path.relpath(folder, local)}".replace("/.", "")
+        fs.create_dir(target, recursive=True)
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as src, fs.open_output_stream(f"{target}/{name}") as dst:
+                dst.write(src.read())
+
+
+def write_image_folder(root, per_class: int = 40) -> str:
+    from helpers import png_bytes, synthetic_images
+
+    images, labels = synthetic_images(3 * per_class, size=8, channels=3)
+    for i, (im, y) in enumerate(zip(images, labels)):
+        os.makedirs(root / "train" / f"c{y}", exist_ok=True)
+        (root / "train" / f"c{y}" / f"{i:04d}.png").write_bytes(png_bytes(im))
+    return str(root)
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("kind", ["parquet", "imagefolder"])
+def test_training_streams_parquet_and_image_folders_from_s3(ray_cluster, s3_server, tmp_path, kind):
+    """--data-dir s3://...: the driver lists the files and reads the labels and a sample there; Ray Data
+    tasks read the training images from S3; loading the same files in memory from S3 equals loading
+    them from disk."""
+    from boostray.config import TrainConfig
+    from boostray.distributed.trainer import train
+    from test_streaming import write_grouped
+
+    local = write_grouped(tmp_path / "pq", n=300, rows_per_group=50) if kind == "parquet" else write_image_folder(tmp_path / "img")
+    uri = storage.join(s3_server, "data", kind)
+    upload_tree(local, *storage.filesystem(uri))
+    from_disk, from_s3 = load_dataset(kind, local), load_dataset(kind, uri)
+    for part in ("train", "val", "test"):
+        np.testing.assert_array_equal(getattr(from_s3, part).images, getattr(from_disk, part).images)
+        np.testing.assert_array_equal(getattr(from_s3, part).labels, getattr(from_disk, part).labels)
+    config = TrainConfig(dataset=kind, data_dir=uri, stream=True, workers=1, cpus_per_worker=0.5, epochs=3, members=2,
+                         output=str(tmp_path / "runs"), name=f"s3-{kind}")
+    _, metrics = train(config)
+    assert metrics["stream_reader"] == "ray-data"
+    assert [e["samples"] for e in metrics["epochs"]] == [len(from_disk.train)] * 3
+    assert metrics["test"]["accuracy"] > 0.8

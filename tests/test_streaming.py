@@ -13,6 +13,7 @@ from boostray.cli import main
 from boostray.config import TrainConfig
 from boostray.core.data.batches import chunked_epoch_order
 from boostray.core.data.datasets import ImageSplit, load_dataset
+from boostray.core.data.streaming import StreamedSplit
 from boostray.core.method.engine import train_in_process
 from helpers import crash_after_round, png_bytes, synthetic_images
 
@@ -156,7 +157,6 @@ def test_a_streamed_folder_whose_first_image_is_grey_refuses_a_later_rgb_one(tmp
 
 @pytest.mark.parametrize("args,message", [
     (["--dataset", "digits", "--stream"], "--stream reads parquet or imagefolder data, not digits"),
-    (["--stream", "--workers", "2"], "the training split has 1, fewer than --workers 2"),
     (["--stream", "--stream-window", "0"], "--stream-window must be >= 1, got 0"),
 ])
 def test_stream_errors_are_one_line(capsys, tmp_path, args, message):
@@ -170,28 +170,80 @@ def test_stream_errors_are_one_line(capsys, tmp_path, args, message):
     assert not out.exists()
 
 
-@pytest.mark.ray
-def test_a_streamed_ray_train_run_on_two_workers_equals_the_same_split_in_memory(ray_cluster, grouped, tmp_path):
-    """Two DDP ranks, each reading its own row groups: the run directory's weights, lambdas and members
-    equal those of the same two-rank run from the split in memory."""
-    from boostray.distributed.trainer import run_training, train
+def streamed_config(folder: str, tmp_path, **kw) -> TrainConfig:
+    """Two ranks of half a CPU each: the session's 2-CPU Ray keeps one CPU for Ray Data's read tasks."""
+    options = dict(dataset="parquet", data_dir=folder, stream=True, epochs=4, members=2, seed=5, workers=2,
+                   cpus_per_worker=0.5, output=str(tmp_path), name="streamed")
+    return TrainConfig(**{**options, **kw})
 
-    folder, _, twin = grouped
-    config = TrainConfig(dataset="parquet", data_dir=folder, stream=True, stream_window=2, epochs=4, members=2,
-                         seed=5, workers=2, output=str(tmp_path), name="streamed", combine="uniform")  # ship both
-    run_dir, metrics = train(config)
-    reference, _ = run_training(config.replace(name="in-memory"), twin)
-    assert [m["lambda"] for m in metrics["members"]] == [m.lambda_ for m in reference.members]
-    weights = pq.read_table(os.path.join(run_dir, "sample_weights.parquet")).column("final").to_numpy()
-    np.testing.assert_array_equal(weights, reference.weights.astype(weights.dtype))  # the file keeps float32
-    assert metrics["rank_weight_digests"] == reference.rank_digests  # float64 weights, bit for bit, every rank
-    stream = metrics["stream"]
-    assert stream["groups"] == 18 and stream["window"] == 2
-    assert 2 <= stream["peak_groups_held"] <= 3 * 2 + 1
-    members = [torch.load(os.path.join(run_dir, "ensemble", f), weights_only=True)
-               for f in sorted(os.listdir(os.path.join(run_dir, "ensemble"))) if f.startswith("member")]
-    assert len(members) == 2
-    for saved, state in zip(members, reference.member_states):
-        sd = saved.get("state_dict", saved)
-        for key in state:
-            assert torch.equal(sd[key], state[key]), key
+
+@pytest.mark.ray
+def test_a_streamed_run_on_two_workers_reads_through_ray_data(ray_cluster, grouped, tmp_path):
+    """Ray Data tasks read and augment the row groups; each rank trains its equal share of every epoch,
+    and the correctness pass scores every sample once (N bytes a round)."""
+    from boostray.distributed.trainer import train
+
+    folder, streamed, _ = grouped
+    run_dir, metrics = train(streamed_config(folder, tmp_path))
+    n = len(streamed.train)
+    assert metrics["stream_reader"] == "ray-data" and metrics["stream"]["groups"] == 18
+    assert [e["samples"] for e in metrics["epochs"]] == [n // 2 * 2] * 4  # equal shares: an odd row left out
+    assert metrics["error_pass_bytes"] == [n, n]
+    weights = pq.read_table(os.path.join(run_dir, "sample_weights.parquet")).to_pandas()
+    assert sorted(weights["index"]) == list(range(n))
+    assert len(metrics["members"]) == 2 and metrics["test"]["accuracy"] > 0.9
+
+
+@pytest.mark.ray
+def test_ray_data_reads_every_sample_once_over_the_ranks_and_the_held_out_rows(ray_cluster, grouped):
+    """The pieces a rank's correctness pass reads, and the validation and test rows read by Ray Data
+    tasks, are the images the split holds, each once."""
+    from boostray.core.data.streaming import reader_source
+    from boostray.distributed.ingest import RayDataBatches, read_held_out_with_ray_data
+
+    folder, streamed, twin = grouped
+    items, source = streamed.train.items(), reader_source(streamed.train.source)
+    seen = []
+    for rank in range(2):
+        batches = RayDataBatches(None, items, source, n=len(streamed.train), batch_size=32,
+                                 device=torch.device("cpu"), rank=rank, world=2, window=2)
+        for idx, images in batches.eval_chunks(50):
+            assert len(idx) <= 50
+            np.testing.assert_array_equal(images, twin.train.images[idx])
+            seen.append(idx)
+    assert sorted(np.concatenate(seen).tolist()) == list(range(len(streamed.train)))
+    deferred = load_dataset("parquet", folder, stream=True, defer_held_out=True)
+    assert isinstance(deferred.val, StreamedSplit) and isinstance(deferred.test, StreamedSplit)
+    val, test = read_held_out_with_ray_data([deferred.val, deferred.test])
+    np.testing.assert_array_equal(val.images, streamed.val.images)
+    np.testing.assert_array_equal(test.images, streamed.test.images)
+
+
+@pytest.mark.ray
+def test_a_worker_lost_during_a_streamed_round_still_gives_every_member(ray_cluster, tmp_path):
+    """A rank killed while round 2 reads its Ray Data shard: Ray Train restarts the group from round 1's
+    checkpoint, the dataset is split again, and the run ends with every member."""
+    import signal
+    import threading
+
+    from ray.util.state import list_actors
+
+    from boostray.distributed.trainer import train
+    from test_train_ray import registered, wait_for
+
+    folder = write_grouped(tmp_path / "data", n=2000, rows_per_group=100)
+    config = streamed_config(folder, tmp_path, epochs=12, members=3, max_failures=1, name="lost")
+    storage = os.path.join(str(tmp_path), ".ray", config.name)
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=train(config)))
+    thread.start()
+    wait_for(registered(storage, "round_0001"), thread)
+    assert thread.is_alive() and not os.path.exists(os.path.join(storage, "round_0002"))
+    workers = list_actors(address=ray_cluster, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    os.kill(workers[-1]["pid"], signal.SIGKILL)
+    thread.join(timeout=600)
+    assert "result" in outcome, "the run did not recover from the killed worker"
+    _, metrics = outcome["result"]
+    assert len(metrics["rank_nodes_history"]) == 2  # a second worker group took over
+    assert metrics["resumed_at_rounds"] and len(metrics["error_pass_bytes"]) == 3
+    assert len(metrics["members"]) == 3 and metrics["stream_reader"] == "ray-data"

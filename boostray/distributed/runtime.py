@@ -153,8 +153,14 @@ def _start(address: str | None, num_cpus: int | None, object_store_bytes: int, d
     return True
 
 
+#: Ray Data's logging on a local instance: errors on the console, the rest in the session's ray-data.log
+RAY_DATA_LOGGING = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ray_data_logging.yaml")
+
+
 def _init_local(num_cpus: int | None, object_store_bytes: int, dashboard: bool) -> None:
     import ray
+
+    os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", RAY_DATA_LOGGING)  # read when ray.data is imported
 
     ray.init(
         num_cpus=num_cpus,
@@ -164,6 +170,10 @@ def _init_local(num_cpus: int | None, object_store_bytes: int, dashboard: bool) 
         log_to_driver=True,
         runtime_env={"worker_process_setup_hook": f"{__name__}.know_own_instance", "env_vars": {
             **LOCAL_INSTANCE_ENVIRONMENT,  # Ray's workers ask for their node's address too
+            "RAY_DATA_LOGGING_CONFIG": os.environ["RAY_DATA_LOGGING_CONFIG"],
+            # Ray Train's dataset manager sets an option Ray Data has deprecated, and says so on every run
+            "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore::DeprecationWarning:"
+                                             "ray.data._internal.execution.interfaces.execution_options"),
             "GLOO_SOCKET_IFNAME": "lo",  # gloo's pair sockets on loopback
             "NCCL_SOCKET_IFNAME": "lo",  # and NCCL's bootstrap sockets, on a GPU machine
             # Ray Train gives a worker group 60 s to start; a loaded machine needs more

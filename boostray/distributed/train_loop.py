@@ -45,6 +45,20 @@ def rank_nodes(world: int) -> list[str]:
     return nodes
 
 
+def ray_data_batches(ingest: dict | None, n: int, window: int):
+    """For a streamed run: a builder of this rank's batches from its Ray Data shard (ingest.py)."""
+    if not ingest:
+        return None
+    from boostray.distributed.ingest import RayDataBatches
+
+    def build(batching: dict) -> RayDataBatches:
+        return RayDataBatches(ray.train.get_dataset_shard("train"), _resolve(ingest["items"]), ingest["source"], n=n,
+                              batch_size=batching["batch_size"], device=batching["device"], rank=batching["rank"],
+                              world=batching["world"], window=window)
+
+    return build
+
+
 def train_loop_per_worker(loop_config: dict) -> dict | None:
     config = TrainConfig(**loop_config["config"]).resolved()
     route_ray_records(loop_config.get("ray_log"), verbose=config.verbose)  # Ray Train has set up logging by now
@@ -54,7 +68,8 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     data: ImageDataset = _resolve(loop_config["data"])
     ctx = ray.train.get_context()
     engine = Engine(config.spec(), data, store=loop_config["store"], rank=ctx.get_world_rank(), world=ctx.get_world_size(),
-                    device=device, wrap_model=ray.train.torch.prepare_model, recipe=loop_config.get("recipe") or DEFAULT_RECIPE)
+                    device=device, wrap_model=ray.train.torch.prepare_model, recipe=loop_config.get("recipe") or DEFAULT_RECIPE,
+                    batches=ray_data_batches(loop_config.get("ingest"), len(data.train), config.stream_window))
     checkpoint = ray.train.get_checkpoint()
     members_dir = loop_config.get("members_dir")  # members are saved once each, beside the checkpoints
     if checkpoint:

@@ -19,13 +19,13 @@ from boostray.config import TrainConfig
 from boostray.core.artifact import storage
 from boostray.core.method.boost_state import BoostState
 from boostray.core.artifact.checkpoints import MEMBERS_FOLDER
-from boostray.core.data.datasets import ImageDataset, load_training_data
+from boostray.core.data.datasets import ImageDataset, deferred_held_out, load_training_data, read_deferred_held_out
 from boostray.core.method.engine import train_in_process
 from boostray.core.models import build_model
 from boostray.core.method.recipe import DEFAULT_RECIPE, Recipe
 from boostray.core.artifact.run_directory import write_run_directory
-from boostray.core.data.streaming import FILES_PER_GROUP
 from boostray.core.method.weights import LocalWeightStore
+from boostray.distributed.ingest import ingest_cpus
 from boostray.distributed.runtime import owns_local_instance, ray_session, require_cpus, require_gpus
 from boostray.distributed.shared_path import require_shared
 from boostray.errors import ConfigError, DataError, RunFailedError
@@ -59,15 +59,6 @@ def torch_config_for_cluster():
     return None
 
 
-def check_streamable(data: ImageDataset, config: TrainConfig) -> None:
-    """A streamed split deals whole groups to the ranks: it needs at least one per worker."""
-    if data.streamed:
-        groups = sum(1 for c in data.train.chunks() if len(c))
-        if groups < max(1, config.workers):
-            raise DataError(f"--stream deals whole groups (Parquet row groups, or {FILES_PER_GROUP} image files) to the "
-                            f"workers: the training split has {groups}, fewer than --workers {config.workers}")
-
-
 def in_process_device(config: TrainConfig) -> str:
     """Where ``--workers 0`` trains: this machine's GPU with ``--gpu``, else its CPU."""
     if not config.gpu:
@@ -94,7 +85,7 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
                                 checkpoint_dir=os.path.join(ray_storage, config.name)), None
 
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from boostray.distributed.console import train_log_level
@@ -115,14 +106,17 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
         data_ref = data
     else:
         data_ref = ray.put(data)
+    datasets, ingest = streamed_input(config, data) if not local else ({}, None)
     trainer_class = OwnedInstanceTorchTrainer if owns_local_instance() else TorchTrainer
     trainer = trainer_class(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "data": data_ref, "store": store,
                            "members_dir": storage.join(ray_storage, config.name, MEMBERS_FOLDER), "recipe": recipe,
                            "ray_log": None if storage.is_uri(ray_storage) else os.path.join(ray_storage, config.name, RAY_LOG),
-                           "hold_after_round": hold_after_round},
+                           "hold_after_round": hold_after_round, "ingest": ingest},
         torch_config=None if local else torch_config_for_cluster(),
+        datasets=datasets or None,
+        dataset_config=DataConfig(datasets_to_split=list(datasets)) if datasets else None,
         scaling_config=ScalingConfig(
             num_workers=config.workers, use_gpu=config.gpu,
             resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": 1} if config.gpu else {})},
@@ -145,6 +139,24 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
     finally:
         store.close()
     return BoostState.from_saveable(result.return_value), result
+
+
+def streamed_input(config: TrainConfig, data: ImageDataset | Any) -> tuple[dict, dict | None]:
+    """A streamed training split on Ray: Ray Train's ``datasets`` (the images, read and augmented by Ray
+    Data tasks) and what each rank needs for its own passes (the items, in the object store, and the
+    reader); nothing for data in memory."""
+    import ray
+
+    if isinstance(data, ray.ObjectRef) or not data.streamed:
+        return {}, None
+    from boostray.distributed.ingest import training_dataset
+    from boostray.core.data.streaming import reader_source
+
+    augment = ({"padding": data.crop_padding, "hflip": data.hflip}
+               if config.augment and data.augmentable else None)
+    items = data.train.items()
+    return ({"train": training_dataset(data.train, augment)},
+            {"items": ray.put(items), "source": reader_source(data.train.source)})
 
 
 def lost_actors(exc: BaseException) -> dict[int, Any]:
@@ -251,22 +263,29 @@ def fit(config: TrainConfig, data: ImageDataset | None = None, *, recipe: Recipe
         raise ConfigError(f"run {config.name!r} already finished in {run_dir}; pick another --name")
     if config.workers == 0:
         in_process_device(config)  # --gpu without one fails here, before any file
-    if data is None:
-        data = load_training_data(config)  # bad data fails here, before Ray or any file
-    check_streamable(data, config)
+    if data is None:  # bad data fails here, before Ray or any file (held-out images a cluster reads later)
+        data = load_training_data(config, defer_held_out=config.workers > 0)
     check_model_builds(config, data, recipe)
     if not storage.is_uri(output):
         os.makedirs(output, exist_ok=True)
     stamps["data"] = time.time()
     # workers=0 trains in this process without Ray. With Ray, Ray Train's import runs while Ray's processes start
     preload = ("ray.train.torch", "boostray.distributed.owned_instance", "boostray.distributed.train_loop")
-    with ray_session(config.address, dashboard=config.dashboard, preload=preload) if config.workers else contextlib.nullcontext():
+    streamed = data.streamed and config.workers > 0
+    # Ray Data's read tasks need a CPU beside the workers': a local instance counts at least that many
+    cpus = max(os.cpu_count() or 1, math.ceil(ingest_cpus(config.workers, config.cpus_per_worker))) if streamed else None
+    with ray_session(config.address, num_cpus=cpus, dashboard=config.dashboard, preload=preload) if config.workers else contextlib.nullcontext():
         stamps["ray"] = time.time()
         if config.gpu and config.workers:
             require_gpus(config.workers, f"--gpu with --workers {config.workers}")
         if config.workers and not callbacks:  # a Tune trial shares the cluster with its siblings: Tune places it
-            require_cpus(config.workers * config.cpus_per_worker,
-                         f"--workers {config.workers} x --cpus-per-worker {config.cpus_per_worker:g}")
+            require_cpus(ingest_cpus(config.workers, config.cpus_per_worker) if streamed else config.workers * config.cpus_per_worker,
+                         f"--workers {config.workers} x --cpus-per-worker {config.cpus_per_worker:g}"
+                         + (" and a Ray Data read task (--stream)" if streamed else ""))
+        if deferred_held_out(data):  # validation and test rows of a streamed split: read by Ray Data tasks
+            from boostray.distributed.ingest import read_held_out_with_ray_data
+
+            data = read_deferred_held_out(data, read_held_out_with_ray_data)
         if config.workers and not storage.is_uri(output) and not owns_local_instance():
             require_shared(output, "--output", cpus_per_worker=config.cpus_per_worker, gpu=config.gpu)
         state, ray_result = run_training(config, data, callbacks, hold_after_round=hold_after_round, recipe=recipe)
@@ -276,6 +295,8 @@ def fit(config: TrainConfig, data: ImageDataset | None = None, *, recipe: Recipe
     timing = start_up_timing(stamps, state)
     timing["other"] = wall - sum(v for v in timing.values() if v == v)
     metrics = write_run_directory(run_dir, state, data, config.spec(), name=config.name, options=config.saved(),
-                                  extra_metrics={"wall_seconds": wall, "timing_seconds": timing})
+                                  extra_metrics={"wall_seconds": wall, "timing_seconds": timing,
+                                                 **({"stream_reader": "ray-data" if streamed else "files"}
+                                                    if data.streamed else {})})
     return TrainOutcome(run_dir, metrics, config, ray_result)
 

@@ -8,11 +8,10 @@ so every run and every method sees the same validation and test samples.
 
 from __future__ import annotations
 
-import glob
 import gzip
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +22,10 @@ from boostray.core.data.images import (  # noqa: F401  (part of this module's in
     SPLIT_SEED, ImageSplit, decode_image, decode_image_column, mean_std, parquet_class_names, parquet_image_column,
     feature_array, parquet_labels, pixel_histogram, stack_images,
 )
-from boostray.core.data.streaming import open_image_files, open_parquet_train
+from boostray.core.data import files as folder_files
+from boostray.core.data.streaming import (
+    SAMPLE_IMAGES, StreamedSplit, open_image_files, open_parquet_train, read_bytes, read_held_out,
+)
 from boostray.errors import DataError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -157,11 +159,12 @@ class Columns:
     features: tuple[str, ...] | None = None
 
 
-def _parquet_split(files: list[str], where: str, columns: Columns = Columns()) -> tuple[ImageSplit, list[str] | None]:
+def _parquet_split(files: list[str], where: str, columns: Columns = Columns(),
+                   filesystem=None) -> tuple[ImageSplit, list[str] | None]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(files)
+        table = pq.read_table(files, filesystem=filesystem)
     except Exception as exc:  # pyarrow raises several types for unreadable files
         raise DataError(f"cannot read {where} parquet files: {exc}") from None
     if table.num_rows == 0:
@@ -173,12 +176,9 @@ def _parquet_split(files: list[str], where: str, columns: Columns = Columns()) -
     return ImageSplit(images, labels), parquet_class_names(table.schema)
 
 
-def _split_files(data_dir: str, split: str) -> list[str]:
-    found = sorted(
-        set(glob.glob(os.path.join(data_dir, f"{split}*.parquet")))
-        | set(glob.glob(os.path.join(data_dir, "data", f"{split}*.parquet")))
-    )
-    return found
+def _split_files(fs, root: str, split: str) -> list[str]:
+    return sorted(set(folder_files.matching(fs, root, f"{split}*.parquet"))
+                  | set(folder_files.matching(fs, f"{root}/data", f"{split}*.parquet")))
 
 
 def load_parquet_splits(data_dir: str | None, download: bool, stream: bool = False, columns: Columns = Columns()):
@@ -187,21 +187,21 @@ def load_parquet_splits(data_dir: str | None, download: bool, stream: bool = Fal
     With ``stream`` the training split stays on disk (streaming.py)."""
     if not data_dir:
         raise DataError("--dataset parquet needs --data-dir (a folder with train*.parquet)")
-    if not os.path.isdir(data_dir):
+    fs, root = folder_files.open_folder(data_dir)
+    if not folder_files.is_dir(fs, root):
         raise DataError(f"data directory {data_dir} does not exist")
-    train_files = _split_files(data_dir, "train")
+    train_files = _split_files(fs, root, "train")
     if not train_files:
         raise DataError(f"no train*.parquet files in {data_dir}")
     if stream:
-
-        train, names = open_parquet_train(train_files)
+        train, names = open_parquet_train(train_files, fs)
     else:
-        train, names = _parquet_split(train_files, "train", columns)
+        train, names = _parquet_split(train_files, "train", columns, fs)
     val = test = None
-    if files := _split_files(data_dir, "validation") or _split_files(data_dir, "val"):
-        val, _ = _parquet_split(files, "validation", columns)
-    if files := _split_files(data_dir, "test"):
-        test, _ = _parquet_split(files, "test", columns)
+    if files := _split_files(fs, root, "validation") or _split_files(fs, root, "val"):
+        val, _ = _parquet_split(files, "validation", columns, fs)
+    if files := _split_files(fs, root, "test"):
+        test, _ = _parquet_split(files, "test", columns, fs)
     shapes = {s.image_shape for s in (train, val, test) if s is not None}
     if len(shapes) > 1:
         raise DataError(f"mismatched image shapes across splits: {sorted(shapes)}")
@@ -213,11 +213,12 @@ def load_imagefolder_splits(data_dir: str | None, download: bool, stream: bool =
     """An ImageFolder tree: train/<class>/**/*.jpg, optional val/ (class folders, or Tiny-ImageNet's
     val/images + val_annotations.txt) and test/<class>/. With ``stream`` the training images stay on
     disk (streaming.py)."""
-    if not data_dir or not os.path.isdir(os.path.join(data_dir, "train")):
+    fs, root = folder_files.open_folder(data_dir) if data_dir else (None, "")
+    if not data_dir or not folder_files.is_dir(fs, f"{root}/train"):
         raise DataError(f"imagefolder needs --data-dir with a train/ folder of class folders (got {data_dir})")
     exts = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-    train_dir = os.path.join(data_dir, "train")
-    classes = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
+    train_dir = f"{root}/train"
+    classes = folder_files.subfolders(fs, train_dir)
     if not classes:
         raise DataError(f"no class folders in {train_dir}")
     index = {c: i for i, c in enumerate(classes)}
@@ -225,44 +226,35 @@ def load_imagefolder_splits(data_dir: str | None, download: bool, stream: bool =
     def read(pairs: list[tuple[str, int]], where: str) -> ImageSplit:
         if not pairs:
             raise DataError(f"the {where} split is empty")
-        images = []
-        for path, _ in pairs:
-            with open(path, "rb") as f:
-                images.append(decode_image(f.read(), path))
+        images = [decode_image(read_bytes(fs, path), path) for path, _ in pairs]
         return ImageSplit(stack_images(images, f"{where} split"), np.array([y for _, y in pairs], dtype=np.int64))
 
-    def class_tree(root: str) -> list[tuple[str, int]]:
-        pairs = []
-        for c in classes:
-            for dirpath, _, files in sorted(os.walk(os.path.join(root, c))):
-                pairs += [(os.path.join(dirpath, f), index[c]) for f in sorted(files) if f.lower().endswith(exts)]
-        return pairs
+    def class_tree(folder: str) -> list[tuple[str, int]]:
+        return [(path, index[c]) for c in classes for path in folder_files.files_below(fs, f"{folder}/{c}", exts)]
 
     if stream:
-
         pairs = class_tree(train_dir)
         if not pairs:
             raise DataError("the train split is empty")
-        train = open_image_files([p for p, _ in pairs], np.array([y for _, y in pairs], dtype=np.int64))
+        train = open_image_files([p for p, _ in pairs], np.array([y for _, y in pairs], dtype=np.int64), filesystem=fs)
     else:
         train = read(class_tree(train_dir), "train")
     val = test = None
-    val_dir = os.path.join(data_dir, "val")
-    annotations = os.path.join(val_dir, "val_annotations.txt")
-    if os.path.exists(annotations):
+    val_dir = f"{root}/val"
+    annotations = f"{val_dir}/val_annotations.txt"
+    if folder_files.is_file(fs, annotations):
         pairs = []
-        with open(annotations) as f:
-            for line in f:
-                parts = line.split("\t")
-                if len(parts) >= 2:
-                    if parts[1] not in index:
-                        raise DataError(f"{annotations}: class {parts[1]!r} has no train folder")
-                    pairs.append((os.path.join(val_dir, "images", parts[0]), index[parts[1]]))
+        for line in read_bytes(fs, annotations).decode().splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 2:
+                if parts[1] not in index:
+                    raise DataError(f"{annotations}: class {parts[1]!r} has no train folder")
+                pairs.append((f"{val_dir}/images/{parts[0]}", index[parts[1]]))
         val = read(pairs, "val")
-    elif os.path.isdir(val_dir):
+    elif folder_files.is_dir(fs, val_dir):
         val = read(class_tree(val_dir), "val")
-    test_dir = os.path.join(data_dir, "test")
-    if os.path.isdir(test_dir) and any(os.path.isdir(os.path.join(test_dir, c)) for c in classes):
+    test_dir = f"{root}/test"
+    if folder_files.is_dir(fs, test_dir) and any(folder_files.is_dir(fs, f"{test_dir}/{c}") for c in classes):
         test = read(class_tree(test_dir), "test")
     shapes = {s.image_shape[1:] for s in (train, val, test) if s is not None}
     if len(shapes) > 1:
@@ -340,14 +332,18 @@ def load_dataset(
     columns: Columns = Columns(),
     standardize: bool = False,
     test_holdout_max: int | None = None,
+    val_holdout_max: int | None = None,
+    defer_held_out: bool = False,
 ) -> ImageDataset:
     """Load, split and validate a data set. Raises DataError with a one-line reason on bad data.
-    ``stream`` keeps a Parquet training split on disk (streaming.py); it is decoded once here, a row
-    group at a time, to validate it and count its pixel statistics. ``columns``: Parquet's label and
-    feature columns (features train as given, standardised only with ``standardize``)."""
+    ``stream`` keeps a Parquet or image-folder training split on disk (streaming.py): only its labels and
+    a sample of its images (the pixel statistics) are read here. Validation and test splits held out of
+    it are read here too, unless ``defer_held_out`` leaves them for ``read_deferred_held_out`` (a run on
+    Ray reads them with Ray Data). ``columns``: Parquet's label and feature columns (features train as
+    given, standardised only with ``standardize``)."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
-    if data_dir is not None and name not in ("digits",) and not os.path.exists(data_dir):
+    if data_dir is not None and name not in ("digits",) and "://" not in data_dir and not os.path.exists(data_dir):
         raise DataError(f"data directory {data_dir} does not exist")
     if stream and name not in STREAMABLE:
         raise DataError(f"--stream reads {' or '.join(STREAMABLE)} data, not {name}")
@@ -358,15 +354,32 @@ def load_dataset(
     else:
         loaded = DATASETS[name](data_dir, download)
     train, val, test, classes, hflip = loaded
-    return assemble_dataset(name, train, val, test, classes, hflip=hflip, val_fraction=val_fraction,
+    data = assemble_dataset(name, train, val, test, classes, hflip=hflip, val_fraction=val_fraction,
                             test_fraction=test_fraction, imbalance_ratio=imbalance_ratio, train_subset=train_subset,
-                            standardize=standardize, test_holdout_max=test_holdout_max)
+                            standardize=standardize, test_holdout_max=test_holdout_max, val_holdout_max=val_holdout_max)
+    return data if defer_held_out else read_deferred_held_out(data)
+
+
+def deferred_held_out(data: ImageDataset) -> list[StreamedSplit]:
+    """The validation and test splits of ``data`` that are still rows of a streamed training source."""
+    return [s for s in (data.val, data.test) if isinstance(s, StreamedSplit)]
+
+
+def read_deferred_held_out(data: ImageDataset, read: Callable | None = None) -> ImageDataset:
+    """``data`` with its deferred held-out splits in memory: read by ``read`` (a list of StreamedSplits ->
+    ImageSplits; Ray Data's reader on a cluster) or in this process, a group at a time."""
+    held = deferred_held_out(data)
+    if not held:
+        return data
+    loaded = dict(zip(map(id, held), (read or read_held_out)(held)))
+    return replace(data, val=loaded.get(id(data.val), data.val), test=loaded.get(id(data.test), data.test))
 
 
 def assemble_dataset(name: str, train: ImageSplit, val: ImageSplit | None, test: ImageSplit | None,
                      classes: list[str], *, hflip: bool = False, val_fraction: float = 0.1, test_fraction: float = 0.2,
                      imbalance_ratio: float | None = None, train_subset: int | None = None,
-                     standardize: bool = False, test_holdout_max: int | None = None) -> ImageDataset:
+                     standardize: bool = False, test_holdout_max: int | None = None,
+                     val_holdout_max: int | None = None) -> ImageDataset:
     """Splits as loaded (validation and test optional) -> a checked data set: the missing splits held out
     of train with the fixed split seed, the long tail and the subset applied, the normalisation counted.
     uint8 arrays are images; any other numbers are features."""
@@ -380,7 +393,7 @@ def assemble_dataset(name: str, train: ImageSplit, val: ImageSplit | None, test:
     if imbalance_ratio is not None and imbalance_ratio != 1:
         train = train.subset(long_tailed_indices(train.labels, k, imbalance_ratio))
     if val is None:
-        train, val = _hold_out(train, val_fraction, rng)
+        train, val = _hold_out(train, val_fraction, rng, val_holdout_max)
     if train_subset is not None and train_subset < len(train):
         train = train.subset(np.sort(rng.permutation(len(train))[:train_subset]))
     for split, where in ((train, "train"), (val, "validation"), (test, "test")):
@@ -388,11 +401,8 @@ def assemble_dataset(name: str, train: ImageSplit, val: ImageSplit | None, test:
     if isinstance(train, ImageSplit) and train.images.dtype != np.uint8:
         mean, std = feature_statistics(train.images, standardize)
         return ImageDataset(name, train, val, test, classes, False, mean, std, kind="features")
-    if not isinstance(train, ImageSplit):  # streamed: one pass checks and counts the training split group by group
-        held = [s for s in (val, test) if not isinstance(s, ImageSplit)]
-        histogram, images = train.scan(held)
-        in_memory = {id(s): ImageSplit(im, s.labels) for s, im in zip(held, images)}
-        val, test = (in_memory.get(id(s), s) for s in (val, test))
+    if not isinstance(train, ImageSplit):  # streamed: the pixel statistics of a sample of whole groups
+        histogram = train.sample_histogram(SAMPLE_IMAGES)
     else:
         histogram = pixel_histogram(train.images)
     mean, std = mean_std(histogram)
@@ -438,9 +448,10 @@ def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, scale
     return (x - mean) / std
 
 
-def load_training_data(config) -> ImageDataset:
+def load_training_data(config, defer_held_out: bool = False) -> ImageDataset:
     """The data set a run trains on, as its options (a TrainConfig or anything with the same fields)
-    describe it: the one place that turns options into data, for the trainer and every application."""
+    describe it: the one place that turns options into data, for the trainer and every application.
+    ``defer_held_out``: see load_dataset."""
     features = getattr(config, "feature_columns", None)
     columns = Columns(label=getattr(config, "label_column", "label"), features=tuple(features) if features else None)
     return load_dataset(
@@ -448,4 +459,5 @@ def load_training_data(config) -> ImageDataset:
         train_subset=config.train_subset, download=config.download, stream=getattr(config, "stream", False),
         columns=columns, standardize=getattr(config, "standardize", False),
         test_holdout_max=getattr(config, "test_holdout_max", None),
+        val_holdout_max=getattr(config, "val_holdout_max", None), defer_held_out=defer_held_out,
     )

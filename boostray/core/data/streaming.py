@@ -8,8 +8,13 @@ samples within a window of a few chunks (batches.py, ``chunked_epoch_order``), s
 windows' worth of images at a time. Every sample keeps its index in the training split (``rows`` maps
 it to its row in the files), so the sample weights stay keyed to samples exactly as in memory.
 
-The validation and test splits are held in memory. The files must be at the same path on every node
-(a shared file system); storage URIs are not read yet.
+The validation and test splits are held in memory. Files are read through a pyarrow filesystem, so the
+folder may be a local path every node mounts or a storage URI (``s3://``, ``gs://``, ``file://``).
+
+On Ray (``--workers`` 1 or more) the groups are read and decoded by Ray Data tasks on any node
+(distributed/ingest.py): each group is an *item* (``StreamedSplit.items``) that names its rows, sample
+indices and labels, and ``read_item`` turns one into images. Without Ray a rank reads them itself
+(batches.py's ``ChunkedBatches``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,19 @@ from boostray.core.data.images import (
 from boostray.errors import DataError
 
 FILES_PER_GROUP = 256  # an image folder's files per group: what a streamed rank reads at once
+SAMPLE_IMAGES = 10_000  # the pixel statistics of a streamed split come from a sample of about this many
+
+
+def local_filesystem():
+    import pyarrow.fs
+
+    return pyarrow.fs.LocalFileSystem()
+
+
+def read_bytes(filesystem, path: str) -> bytes:
+    """A whole file, through ``filesystem`` (local or a storage URI's)."""
+    with filesystem.open_input_file(path) as f:
+        return f.read()
 
 
 @dataclass
@@ -37,17 +55,18 @@ class ParquetSource:
     group_index: np.ndarray  # its index inside that file
     group_start: np.ndarray  # global row of each group's first row; one extra entry: the total
     unit_scale: bool | None = None  # numeric pixels given in [0, 1] (decided once, from the first group)
+    filesystem: object = None  # pyarrow filesystem the paths are in (None: local)
     _open: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def open(cls, files: list[str], where: str) -> tuple["ParquetSource", np.ndarray, list[str] | None]:
+    def open(cls, files: list[str], where: str, filesystem=None) -> tuple["ParquetSource", np.ndarray, list[str] | None]:
         """The source, its labels (the only column read whole) and the class names it declares."""
 
         group_file, group_index, sizes, labels = [], [], [], []
         schema = None
         for i, path in enumerate(files):
             try:
-                pf = _parquet_file(path)
+                pf = _parquet_file(path, filesystem)
                 part = pf.read(columns=["label"]) if "label" in pf.schema_arrow.names else pf.read(columns=[])
             except Exception as exc:  # pyarrow raises several types for unreadable files
                 raise DataError(f"cannot read {where} parquet file {path}: {exc}") from None
@@ -59,7 +78,7 @@ class ParquetSource:
                 sizes.append(pf.metadata.row_group(g).num_rows)
         image_column = parquet_image_column(schema.names, where)
         source = cls(list(files), image_column, np.array(group_file), np.array(group_index),
-                     np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
+                     np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64), filesystem=filesystem)
         first = next(g for g, s in enumerate(sizes) if s)
         table = source._read_table(first)
         col = table.column(image_column)
@@ -88,7 +107,7 @@ class ParquetSource:
     def _read_table(self, g: int):
         path = self.files[int(self.group_file[g])]
         if path not in self._open:
-            self._open[path] = _parquet_file(path)
+            self._open[path] = _parquet_file(path, self.filesystem)
         return self._open[path].read_row_group(int(self.group_index[g]), columns=[self.image_column])
 
     def read_group(self, g: int) -> np.ndarray:
@@ -104,10 +123,12 @@ def _is_struct(col) -> bool:
     return pa.types.is_struct(col.type)
 
 
-def _parquet_file(path: str):
+def _parquet_file(path: str, filesystem=None):
     import pyarrow.parquet as pq
 
-    return pq.ParquetFile(path)
+    if filesystem is None:
+        return pq.ParquetFile(path)
+    return pq.ParquetFile(filesystem.open_input_file(path))
 
 
 @dataclass
@@ -119,26 +140,33 @@ class ImageFileSource:
     files: list[str]
     channels: int  # of the first image: grey images become RGB where it is RGB
     group_of: np.ndarray  # group of each file
+    filesystem: object = None  # pyarrow filesystem the paths are in (None: local)
 
     @classmethod
-    def create(cls, files: list[str], channels: int, per_group: int) -> "ImageFileSource":
+    def create(cls, files: list[str], channels: int, per_group: int, filesystem=None) -> "ImageFileSource":
 
         perm = np.random.default_rng(SPLIT_SEED).permutation(len(files))
         group_of = np.empty(len(files), dtype=np.int64)
         group_of[perm] = np.arange(len(files)) // per_group
-        return cls(list(files), channels, group_of)
+        return cls(list(files), channels, group_of, filesystem)
+
+    def without_listing(self) -> "ImageFileSource":
+        """This source less its file list (which a Ray Data item carries for its own files instead)."""
+        return ImageFileSource([], self.channels, np.zeros(0, dtype=np.int64), self.filesystem)
 
     @property
     def num_groups(self) -> int:
         return int(self.group_of.max()) + 1 if self.group_of.size else 0
 
     def read_rows(self, g: int, rows: np.ndarray) -> np.ndarray:
+        return self.read_paths([self.files[int(r)] for r in rows])
 
+    def read_paths(self, paths: list[str]) -> np.ndarray:
+        """The images of ``paths``, decoded, with this folder's channels, as one uint8 (N, C, H, W)."""
+        fs = self.filesystem or local_filesystem()
         images = []
-        for r in rows:
-            path = self.files[int(r)]
-            with open(path, "rb") as f:
-                im = decode_image(f.read(), path)
+        for path in paths:
+            im = decode_image(read_bytes(fs, path), path)
             if im.shape[0] != self.channels:
                 if im.shape[0] > self.channels:
                     raise DataError(f"{path} is RGB but the first image of the folder is grey: a streamed folder takes "
@@ -199,30 +227,35 @@ class StreamedSplit:
             out[where] = images[np.searchsorted(wanted, index[where])]
         return out
 
-    def scan(self, held_out: "list[StreamedSplit]" = ()) -> tuple[np.ndarray, list[np.ndarray]]:
-        """One pass over the source's groups: this split's per-channel pixel histograms (C, 256), and the
-        images of ``held_out`` splits of the same source (validation, test), each group read once.
-        Decoding every image here makes bad data fail on the driver, before any worker starts."""
-
+    def sample_histogram(self, max_images: int = SAMPLE_IMAGES) -> np.ndarray:
+        """Per-channel pixel histograms (C, 256) of a sample of this split: whole groups in a seeded order
+        until about ``max_images`` images (every group, and so the exact figure, when the split is smaller).
+        Reading them here also makes data that cannot be read fail on the driver, before any worker starts."""
         hist = np.zeros((self.image_shape[0], 256), dtype=np.int64)
-        kept = [np.empty((len(h), *self.image_shape), dtype=np.uint8) for h in held_out]
-        splits = [self, *held_out]
-        for g in range(self.source.num_groups):
-            parts = [sp.chunks()[g] for sp in splits]
-            if not any(p.size for p in parts):
+        chunks = self.chunks()
+        seen = 0
+        for g in np.random.default_rng(SPLIT_SEED).permutation(len(chunks)):
+            if not chunks[g].size:
                 continue
-            rows = np.concatenate([sp.rows[p] for sp, p in zip(splits, parts)])
-            order = np.argsort(rows, kind="stable")
-            images = np.empty((rows.size, *self.image_shape), dtype=np.uint8)
-            images[order] = self.source.read_rows(g, rows[order])
-            if images.shape[1:] != self.image_shape:
-                raise DataError(f"mismatched image shapes: group {g} holds {images.shape[1:]}, the first {self.image_shape}")
-            bounds = np.cumsum([0] + [p.size for p in parts])
-            if parts[0].size:
-                hist += pixel_histogram(images[:bounds[1]])
-            for k, p in enumerate(parts[1:]):
-                kept[k][p] = images[bounds[k + 1]:bounds[k + 2]]
-        return hist, kept
+            hist += pixel_histogram(self.read_chunk(int(g)))
+            seen += chunks[g].size
+            if seen >= max_images:
+                break
+        return hist
+
+    def items(self) -> list[dict]:
+        """One item per group with samples: what a Ray Data task needs to read it (``read_item``): the
+        group, its rows in the source, the samples' indices in this split and their labels; for an image
+        folder, the files' paths too (the source it is read with then needs no file list)."""
+        out = []
+        for j, idx in enumerate(self.chunks()):
+            if idx.size:
+                rows = self.rows[idx]
+                item = {"chunk": j, "row": rows, "index": idx, "label": self.labels[idx]}
+                if isinstance(self.source, ImageFileSource):
+                    item["path"] = [self.source.files[int(r)] for r in rows]
+                out.append(item)
+        return out
 
     def materialize(self) -> "ImageSplit":
         """The split in memory, keeping its chunks: trained from, it gives a streamed run's batches."""
@@ -233,18 +266,72 @@ class StreamedSplit:
         return {**self.__dict__, "_chunks": None}  # recomputed where needed: no need to ship it
 
 
-def open_image_files(files: list[str], labels: np.ndarray, per_group: int | None = None) -> StreamedSplit:
+def reader_source(source: "ParquetSource | ImageFileSource") -> "ParquetSource | ImageFileSource":
+    """What a Ray Data task reads items with: the source, less what the items carry themselves."""
+    return source.without_listing() if isinstance(source, ImageFileSource) else source
+
+
+def read_item(source: "ParquetSource | ImageFileSource", item: dict) -> np.ndarray:
+    """The images of one ``StreamedSplit.items`` (or ``held_out_items``) entry, in its order."""
+    if isinstance(source, ImageFileSource):
+        return source.read_paths(list(item["path"]))
+    return source.read_rows(int(item["chunk"]), np.asarray(item["row"]))
+
+
+def held_out_items(splits: "list[StreamedSplit]") -> list[dict]:
+    """Items of the groups that hold samples of ``splits`` (validation and test held out of a streamed
+    training split: random rows, so nearly every group), ``part`` naming the split each row belongs to
+    and ``index`` its place there."""
+    source = splits[0].source
+    out = []
+    for g in range(source.num_groups):
+        parts = [(k, sp.chunks()[g]) for k, sp in enumerate(splits)]
+        parts = [(k, p) for k, p in parts if p.size]
+        if not parts:
+            continue
+        rows = np.concatenate([splits[k].rows[p] for k, p in parts])
+        order = np.argsort(rows, kind="stable")
+        part = np.concatenate([np.full(p.size, k) for k, p in parts])[order]
+        index = np.concatenate([p for _, p in parts])[order]
+        item = {"chunk": g, "row": rows[order], "part": part, "index": index}
+        if isinstance(source, ImageFileSource):
+            item["path"] = [source.files[int(r)] for r in rows[order]]
+        out.append(item)
+    return out
+
+
+def fill_held_out(splits: "list[StreamedSplit]", pieces) -> list[ImageSplit]:
+    """``splits`` in memory from (item, images) pieces of ``held_out_items`` (read here or by Ray Data)."""
+    shape = splits[0].image_shape
+    images = [np.empty((len(sp), *shape), dtype=np.uint8) for sp in splits]
+    for part, index, pixels in pieces:
+        if pixels.shape[1:] != shape:
+            raise DataError(f"mismatched image shapes: a group holds {pixels.shape[1:]}, the first {shape}")
+        for k in np.unique(part):
+            where = part == k
+            images[int(k)][index[where]] = pixels[where]
+    return [ImageSplit(im, sp.labels) for im, sp in zip(images, splits)]
+
+
+def read_held_out(splits: "list[StreamedSplit]") -> list[ImageSplit]:
+    """Held-out splits read in this process, a group at a time (a run without Ray)."""
+    source = splits[0].source
+    pieces = ((it["part"], it["index"], read_item(source, it)) for it in held_out_items(splits))
+    return fill_held_out(splits, pieces)
+
+
+def open_image_files(files: list[str], labels: np.ndarray, per_group: int | None = None,
+                     filesystem=None) -> StreamedSplit:
     """An image folder's training files, streamed: labels from the folder names, images on disk."""
 
-    with open(files[0], "rb") as f:
-        first = decode_image(f.read(), files[0])
-    source = ImageFileSource.create(files, first.shape[0], per_group or FILES_PER_GROUP)
+    first = decode_image(read_bytes(filesystem or local_filesystem(), files[0]), files[0])
+    source = ImageFileSource.create(files, first.shape[0], per_group or FILES_PER_GROUP, filesystem)
     return StreamedSplit(source, np.arange(len(files), dtype=np.int64), labels, tuple(int(s) for s in first.shape))  # type: ignore[arg-type]
 
 
-def open_parquet_train(files: list[str]) -> tuple[StreamedSplit, list[str] | None]:
+def open_parquet_train(files: list[str], filesystem=None) -> tuple[StreamedSplit, list[str] | None]:
     """The training split of ``files``, streamed: labels in memory, images on disk."""
-    source, labels, names = ParquetSource.open(files, "train")
+    source, labels, names = ParquetSource.open(files, "train", filesystem)
     first = next(g for g in range(source.num_groups) if source.group_start[g + 1] > source.group_start[g])
     shape = tuple(int(s) for s in source.read_group(first).shape[1:])
     return StreamedSplit(source, np.arange(len(labels), dtype=np.int64), labels, shape), names  # type: ignore[arg-type]

@@ -81,12 +81,14 @@ class RoundOutcome:
 
 class Engine:
     """What one rank needs for the whole run: device, model, optimizer, LR schedule, batches.
-    ``wrap_model`` wraps the network for data-parallel training (Ray Train's prepare_model)."""
+    ``wrap_model`` wraps the network for data-parallel training (Ray Train's prepare_model);
+    ``batches``, given the batching options, builds this rank's training batches where the edge feeds
+    them (default: from the data in memory, or its chunks)."""
 
     def __init__(self, spec: RunSpec, data: ImageDataset, *, store: Any, rank: int = 0, world: int = 1,
                  device: torch.device | None = None,
                  wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
-                 recipe: Recipe = DEFAULT_RECIPE) -> None:
+                 recipe: Recipe = DEFAULT_RECIPE, batches: Callable[[dict], Any] | None = None) -> None:
         self.spec, self.data, self.store, self.recipe = spec, data, store, recipe
         self.method = spec.method
         self.rank, self.world = rank, world
@@ -111,7 +113,9 @@ class Engine:
         batching = dict(batch_size=max(1, spec.batch_size // world), device=self.device, seed=spec.seed, rank=rank,
                         world=world, augment=augment, crop_padding=data.crop_padding if augment else 0,
                         hflip=data.hflip and augment)
-        if data.streamed or data.train.chunked is not None:  # read a chunk at a time (streaming.py)
+        if batches is not None:  # the edge's own input (Ray Data on a cluster: distributed/ingest.py)
+            self.batches = batches(batching)
+        elif data.streamed or data.train.chunked is not None:  # read a chunk at a time (streaming.py)
             self.batches: TrainBatches | ChunkedBatches = ChunkedBatches(data.train, window=spec.stream_window, **batching)
         else:
             draw = class_balanced(labels) if spec.sampler == "balanced" else None
@@ -171,7 +175,8 @@ class Engine:
         ok = torch.cat(oks)
         sums = torch.stack([torch.cat(losses).sum(dtype=torch.float64), ok.sum(dtype=torch.float64)]).tolist()
         loss_sum, correct, seen = all_sum([*sums, ok.numel()])
-        stats = {"loss": loss_sum / seen, "accuracy": correct / seen, "lr": self.scheduler.get_last_lr()[0]}
+        stats = {"loss": loss_sum / seen, "accuracy": correct / seen, "lr": self.scheduler.get_last_lr()[0],
+                 "samples": int(seen)}  # trained over all ranks (a sampler's padding included)
         recorded = (torch.cat(rec_idx).cpu(), ok.cpu()) if record else None
         return stats, recorded
 

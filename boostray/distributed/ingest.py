@@ -1,0 +1,125 @@
+"""Ray Data as the input of a ``--stream`` run on Ray: the training images are read and decoded by Ray
+Data tasks on any node with CPUs to spare, and reach each Train worker through its dataset shard.
+
+The driver holds only the training split's labels and, per group (a Parquet row group, or 256 image
+files), an *item* naming its rows, its samples' indices and labels (streaming.py). ``training_dataset``
+maps the items to decoded, augmented images in CPU ``map_batches`` tasks; Ray Train splits it over the
+ranks (``streaming_split``, equal shares), and a rank iterates its shard with ``iter_torch_batches``
+(prefetching, a local shuffle buffer of a few groups, pinned memory on a GPU). Every row keeps its
+``index`` column, so the sample weight ``weights[index]`` applies as in memory. The correctness pass
+reads a fixed share of the items on each rank (``eval_dataset``): every sample once over the ranks.
+
+A streamed run on Ray is not replayed bit for bit: which rank gets which group, and the augmentation,
+are Ray Data's. The boosting state (weights, members) is checkpointed as in any run, so resuming after a
+lost worker works the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from boostray.core.data.batches import crop_and_flip
+from boostray.core.data.streaming import StreamedSplit, fill_held_out, held_out_items, read_item, reader_source
+
+READ_TASK_CPUS = 1.0  # CPUs per Ray Data read task; a cluster needs at least this beside the workers
+PREFETCH_BATCHES = 4
+
+
+def ingest_cpus(workers: int, cpus_per_worker: float) -> float:
+    """The CPUs a streamed run on Ray needs: the workers' and one read task's."""
+    return workers * cpus_per_worker + READ_TASK_CPUS
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's progress bars and per-dataset log lines stay out of boostray's output."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+
+
+def _read(batch: dict[str, np.ndarray], source: Any, augment: dict | None) -> dict[str, np.ndarray]:
+    """One item (a batch of one row) -> its decoded images with their labels and sample indices;
+    augmented (random crop with padding, flips) where ``augment`` says how."""
+    item = {key: value[0] for key, value in batch.items()}
+    images = read_item(source, item)
+    if augment:
+        generator = torch.Generator()
+        generator.seed()  # fresh randomness in every task
+        images = crop_and_flip(torch.from_numpy(images), augment["padding"], augment["hflip"], generator).numpy()
+    out = {"image": images, "index": np.asarray(item["index"], dtype=np.int64)}
+    if "label" in item:
+        out["label"] = np.asarray(item["label"], dtype=np.int64)
+    if "part" in item:
+        out["part"] = np.asarray(item["part"], dtype=np.int64)
+    return out
+
+
+def items_dataset(items: list[dict], source: Any, augment: dict | None = None):
+    """A Ray Dataset of the items' images: one read task per item, on any node's CPUs."""
+    import ray.data
+
+    quiet_ray_data()
+    return ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
+        _read, batch_size=1, batch_format="numpy", fn_kwargs={"source": source, "augment": augment},
+        num_cpus=READ_TASK_CPUS)
+
+
+def training_dataset(split: StreamedSplit, augment: dict | None):
+    """The training split's images, decoded and augmented by Ray Data: ``datasets={"train": ...}``."""
+    return items_dataset(split.items(), reader_source(split.source), augment)
+
+
+def read_held_out_with_ray_data(splits: list[StreamedSplit]) -> list:
+    """Validation and test splits held out of a streamed training split, read by Ray Data tasks (the
+    driver only gathers their images)."""
+    dataset = items_dataset(held_out_items(splits), reader_source(splits[0].source))
+    pieces = ((b["part"], b["index"], b["image"]) for b in dataset.iter_batches(batch_size=None, batch_format="numpy"))
+    return fill_held_out(splits, pieces)
+
+
+class RayDataBatches:
+    """One rank's batches from Ray Data, with the interface of batches.py's classes: ``epoch(e)`` iterates
+    this rank's shard of the training dataset; ``eval_chunks`` and ``all_chunks`` read items without
+    augmentation (this rank's fixed share, or all of them)."""
+
+    peak_chunks = 0  # nothing held by the rank beyond Ray Data's prefetched batches
+
+    def __init__(self, shard: Any, items: list[dict], source: Any, *, n: int, batch_size: int,
+                 device: torch.device, rank: int, world: int, window: int) -> None:
+        self.shard, self.items, self.source = shard, items, source
+        self.n, self.batch_size, self.device, self.rank, self.world = n, batch_size, device, rank, world
+        group = max((len(it["index"]) for it in items), default=1)
+        self.shuffle_buffer = max(batch_size, window * group)  # about ``window`` groups mixed, as without Ray
+        # Ray Data hands out read-only arrays from the object store; nothing writes to the tensors made of them
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+
+    def __len__(self) -> int:
+        return math.ceil((self.n // self.world) / self.batch_size)  # equal shares: n // world rows a rank
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        batches = self.shard.iter_torch_batches(
+            batch_size=self.batch_size, local_shuffle_buffer_size=self.shuffle_buffer,
+            prefetch_batches=PREFETCH_BATCHES, device=self.device, pin_memory=self.device.type == "cuda")
+        for batch in batches:
+            yield batch["image"], batch["label"], batch["index"]
+
+    def _iterate(self, items: list[dict], max_rows: int) -> Iterator[dict]:
+        if not items:
+            return
+        dataset = items_dataset(items, self.source)
+        yield from dataset.iter_batches(batch_size=max_rows, batch_format="numpy")
+
+    def eval_chunks(self, max_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for batch in self._iterate(self.items[self.rank::self.world], max_rows):
+            yield batch["index"], batch["image"]
+
+    def all_chunks(self, max_rows: int) -> Iterator[np.ndarray]:
+        for batch in self._iterate(self.items, max_rows):
+            yield batch["image"]
