@@ -62,3 +62,18 @@ def test_each_output_is_a_crop_of_its_padded_image_over_every_offset_and_flip():
         assert matches, f"output {i} is no crop of its padded image"
         found.update(matches)
     assert len(found) == 18  # all 9 offsets, each flipped and not
+
+
+def test_a_split_kept_in_host_memory_gives_the_same_batches_as_one_on_the_device():
+    """The path for a split larger than the GPU's free memory (gathered a batch at a time, cropped after
+    the copy) draws the same crops and flips as the padded split on the device: same batches, bit for bit."""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (90, 3, 10, 10), dtype=np.uint8)
+    labels = rng.integers(0, 10, 90)
+    for augment in (True, False):
+        options = dict(batch_size=16, device=torch.device("cpu"), seed=4, rank=0, world=2, augment=augment,
+                       crop_padding=2, hflip=True)
+        resident, host = TrainBatches(images, labels, **options), TrainBatches(images, labels, on_device=False, **options)
+        assert resident.on_device and not host.on_device and host.images.shape == images.shape  # no padded copy
+        for (xa, ya, ia), (xb, yb, ib) in zip(resident.epoch(2), host.epoch(2), strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(ia, ib)

@@ -44,11 +44,14 @@ def read_checkpoint(directory: str) -> dict:
     return storage.torch_load(storage.join(directory, CHECKPOINT_FILE))
 
 
-def load_boost_state(saved: dict, members_dir: str | None = None) -> BoostState:
+def load_boost_state(saved: dict, members_dir: str | None = None, with_members: bool = True) -> BoostState:
     """A checkpoint's boosting state, with the members it lists read from ``members_dir`` when the
-    checkpoint does not carry them itself (older checkpoints do)."""
+    checkpoint does not carry them itself (older checkpoints do). ``with_members`` False: without the
+    members' weights and probabilities (a rank other than 0, which keeps none)."""
     state = BoostState.from_saveable(saved)
-    if state.members and not state.member_states:
+    if not with_members:
+        state.member_states, state.val_proba, state.test_proba = [], [], []
+    elif state.members and not state.member_states:
         if members_dir is None:
             raise RuntimeError("this checkpoint keeps its members beside it; say where (members_dir)")
         for member in state.members:

@@ -123,8 +123,22 @@ def chunked_epoch_order(chunks: list[np.ndarray], epoch: int, seed: int, rank: i
     return order
 
 
+def fits_on_device(nbytes: int, device: torch.device) -> bool:
+    """Whether a training split of ``nbytes`` (padded) should live on ``device``: always on a CPU; on a GPU
+    when it takes at most half of the memory free there, leaving the rest to the model and activations."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= free // 2
+
+
 class TrainBatches:
     """One rank's training batches: (uint8 images, labels, sample indices), all on ``device``.
+
+    A split that does not fit the device (``fits_on_device``) stays in host memory, where it already is
+    (the object store's pages, shared by the ranks of a node: no copy per GPU); each batch is gathered
+    into pinned memory and copied to the device without blocking, then cropped there. Same batches,
+    same augmentation draws, bit for bit.
 
     Both batch classes offer the same interface: ``epoch(e)`` for training, ``eval_chunks(rows)`` for this
     rank's share of the split in (indices, images) pieces (the correctness pass), ``all_chunks(rows)`` for
@@ -134,19 +148,25 @@ class TrainBatches:
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, device: torch.device,
                  seed: int, rank: int = 0, world: int = 1, augment: bool = True, crop_padding: int = 0,
-                 hflip: bool = False, draw: np.ndarray | None = None) -> None:
+                 hflip: bool = False, draw: np.ndarray | None = None, on_device: bool | None = None) -> None:
         source = images
         self.draw = None if draw is None else torch.as_tensor(draw, dtype=torch.float64)
+        padded = images.nbytes * ((images.shape[-1] + 2 * crop_padding) ** 2 / images.shape[-1] ** 2
+                                  if augment and images.ndim == 4 else 1)
+        #: whether the split lives on the device (else in host memory, copied a batch at a time)
+        self.on_device = fits_on_device(int(padded), device) if on_device is None else on_device
+        where = device if self.on_device else torch.device("cpu")
         with warnings.catch_warnings():  # arrays from the object store are read-only; nothing writes them
             warnings.simplefilter("ignore", UserWarning)
-            images = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+            images = torch.from_numpy(np.ascontiguousarray(images)).to(where)
             self.labels = torch.from_numpy(np.ascontiguousarray(labels)).to(device)
         self.n, self.batch_size, self.device = int(labels.shape[0]), batch_size, device
         self.seed, self.rank, self.world = seed, rank, world
         self.augment, self.crop_padding, self.hflip = augment, crop_padding, hflip
         self.source = source  # the unpadded host array, for the evaluation passes
-        # Augmented batches are cut out of a copy padded once, here, not padded batch by batch.
-        self.images = pad_images(images, crop_padding) if augment else images
+        # Augmented batches are cut out of a copy padded once, here, not padded batch by batch (on the device).
+        self.images = pad_images(images, crop_padding) if augment and self.on_device else images
+        self.pin = not self.on_device and torch.cuda.is_available()
 
     def __len__(self) -> int:
         return math.ceil(math.ceil(self.n / self.world) / self.batch_size)
@@ -156,11 +176,23 @@ class TrainBatches:
         generator = _augment_generator(self.device, self.seed, epoch, self.rank)
         for start in range(0, index.numel(), self.batch_size):
             idx = index[start:start + self.batch_size]
-            if self.augment:
+            if not self.on_device:
+                x = self.host_batch(idx)
+                if self.augment:  # crop_and_flip pads the batch and draws exactly as from the padded split
+                    x = crop_and_flip(x, self.crop_padding, self.hflip, generator)
+            elif self.augment:
                 x = crop_and_flip_padded(self.images, idx, self.crop_padding, self.hflip, generator)
             else:
                 x = self.images[idx]
             yield x, self.labels[idx], idx
+
+    def host_batch(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows ``idx`` of the host-resident split, gathered into pinned memory (on a CUDA machine) and
+        copied to the device without blocking (PyTorch's pinned allocator keeps the buffer until the copy is done)."""
+        rows = idx.cpu()
+        staging = torch.empty((rows.numel(), *self.images.shape[1:]), dtype=self.images.dtype, pin_memory=self.pin)
+        torch.index_select(self.images, 0, rows, out=staging)
+        return staging.to(self.device, non_blocking=self.pin)
 
     def eval_chunks(self, max_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """This rank's contiguous share of the samples as (indices, uint8 images), ``max_rows`` at a time."""

@@ -248,10 +248,12 @@ class StreamedSplit:
         group, its rows in the source, the samples' indices in this split and their labels; for an image
         folder, the files' paths too (the source it is read with then needs no file list)."""
         out = []
+        small = np.int32 if max(len(self), int(self.rows.max(initial=0)) + 1) < 2**31 else np.int64  # 4 bytes a number
         for j, idx in enumerate(self.chunks()):
             if idx.size:
                 rows = self.rows[idx]
-                item = {"chunk": j, "row": rows, "index": idx, "label": self.labels[idx]}
+                item = {"chunk": j, "row": rows.astype(small), "index": idx.astype(small),
+                        "label": self.labels[idx].astype(small)}
                 if isinstance(self.source, ImageFileSource):
                     item["path"] = [self.source.files[int(r)] for r in rows]
                 out.append(item)

@@ -263,7 +263,7 @@ class Engine:
         self.scaler.load_state_dict(saved["scaler"])
         if self.averaged is not None:
             self.averaged.load_state_dict(saved["averaged"])
-        state = load_boost_state(saved["boost"], members_dir)
+        state = load_boost_state(saved["boost"], members_dir, with_members=self.rank == 0)
         state.resumed_at_rounds.append(state.rounds_done)
         if self.rank == 0:
             emit(f"resuming from the checkpoint of round {state.rounds_done}/{self.spec.members}")
@@ -361,9 +361,10 @@ class Engine:
                 train_accuracy=out.train_accuracy, val_accuracy=accuracy(val_p, data.val.labels),
                 test_accuracy=accuracy(test_p, data.test.labels), eta=out.eta,
             ))
-            state.member_states.append({kk: v.detach().cpu().clone() for kk, v in member_net.state_dict().items()})
-            state.val_proba.append(val_p)
-            state.test_proba.append(test_p)
+            if self.rank == 0:  # the members' weights and probabilities: rank 0 saves and returns them, alone
+                state.member_states.append({kk: v.detach().cpu().clone() for kk, v in member_net.state_dict().items()})
+                state.val_proba.append(val_p)
+                state.test_proba.append(test_p)
         return val_p
 
     def run(self, state: BoostState, on_round: Callable[[dict, BoostState], None]) -> BoostState:
@@ -440,7 +441,7 @@ def sync_weights(store: Any, rank: int, version: int, state: BoostState, entry: 
 def round_metrics(state: BoostState, data: ImageDataset, spec: RunSpec) -> dict:
     """What each round reports. The ensemble-so-far validation accuracy, what Tune selects on, is
     cross-fitted (combine.crossfit_proba): a rule that fits on validation data is not scored on it."""
-    if state.members:
+    if state.val_proba:  # rank 0 (the others keep no member probabilities, and Ray Train reports rank 0's)
         val_acc = accuracy(ensemble_val_proba(state, data, spec), data.val.labels)
     else:
         val_acc = accuracy(state.last_val_proba, data.val.labels)
