@@ -35,6 +35,26 @@ def ingest_cpus(workers: int, cpus_per_worker: float) -> float:
     return workers * cpus_per_worker + READ_TASK_CPUS
 
 
+MIN_INGEST_STORE_BYTES = 64 << 20
+
+
+def ingest_options(split: StreamedSplit, world: int, window: int):
+    """Ray Train's execution options for the training dataset, with how much of the object store its
+    blocks in flight may take: about four shuffle windows of groups per rank (at least 64 MiB). Unbounded,
+    the read tasks run ahead of training by as much as the store allows, and the store's pages (which stay
+    mapped once touched) grow with the data set, not with what training needs."""
+    from ray.data import ExecutionResources
+    from ray.train import DataConfig
+
+    group_bytes = int(split.chunk_sizes().max()) * int(np.prod(split.image_shape))
+    with warnings.catch_warnings():  # Ray Train's defaults set an option Ray Data has deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        options = DataConfig.default_ingest_options()
+    options.resource_limits = ExecutionResources(
+        object_store_memory=max(MIN_INGEST_STORE_BYTES, 4 * world * window * group_bytes))
+    return options
+
+
 def quiet_ray_data() -> None:
     """Ray Data's progress bars and per-dataset log lines stay out of boostray's output."""
     from ray.data import DataContext

@@ -107,6 +107,12 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
     else:
         data_ref = ray.put(data)
     datasets, ingest = streamed_input(config, data) if not local else ({}, None)
+    data_config = None
+    if datasets:
+        from boostray.distributed.ingest import ingest_options
+
+        data_config = DataConfig(datasets_to_split=list(datasets),
+                                 execution_options=ingest_options(data.train, config.workers, config.stream_window))
     trainer_class = OwnedInstanceTorchTrainer if owns_local_instance() else TorchTrainer
     trainer = trainer_class(
         train_loop_per_worker,
@@ -116,7 +122,7 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
                            "hold_after_round": hold_after_round, "ingest": ingest},
         torch_config=None if local else torch_config_for_cluster(),
         datasets=datasets or None,
-        dataset_config=DataConfig(datasets_to_split=list(datasets)) if datasets else None,
+        dataset_config=data_config,
         scaling_config=ScalingConfig(
             num_workers=config.workers, use_gpu=config.gpu,
             resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": 1} if config.gpu else {})},

@@ -114,7 +114,7 @@ def build_metrics(state: BoostState, data: ImageDataset, spec: RunSpec, choice: 
 def stream_figures(state: BoostState, data: ImageDataset, spec: RunSpec) -> dict:
     """How a --stream run read its training split: its groups (Parquet row groups or groups of files), the
     shuffle window, and the most groups rank 0 held at once."""
-    sizes = [len(c) for c in data.train.chunks()]
+    sizes = data.train.chunk_sizes().tolist()
     row_bytes = int(np.prod(data.input_shape))
     return {"groups": sum(1 for s in sizes if s), "window": spec.stream_window,
             "largest_group_bytes": max(sizes) * row_bytes, "train_bytes": len(data.train) * row_bytes,

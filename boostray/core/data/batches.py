@@ -217,7 +217,7 @@ class ChunkedBatches:
                  world: int = 1, augment: bool = True, crop_padding: int = 0, hflip: bool = False,
                  window: int = 4) -> None:
         self.split, self.chunks = split, split.chunks()
-        self.labels_all = torch.from_numpy(np.array(split.labels))  # a copy: object-store arrays are read-only
+        self.labels_all = torch.from_numpy(np.array(split.labels, dtype=np.int64))  # a copy: object-store arrays are read-only
         self.chunk_of = np.empty(len(split), dtype=np.int64)  # each sample's chunk and place in it
         self.place = np.empty(len(split), dtype=np.int64)
         for j, idx in enumerate(self.chunks):

@@ -200,13 +200,24 @@ class StreamedSplit:
         return StreamedSplit(self.source, self.rows[index], self.labels[index], self.image_shape)
 
     def chunks(self) -> list[np.ndarray]:
-        """Per source group, the indices of this split's samples in it, ascending (empty where none)."""
+        """Per source group, the indices of this split's samples in it, ascending (empty where none);
+        kept for the next call (a rank reading its chunks; see ``chunk_lists`` for a one-off)."""
         if self._chunks is None:
-            group = self.source.group_of[self.rows]
-            order = np.argsort(group, kind="stable")
-            bounds = np.concatenate([[0], np.cumsum(np.bincount(group, minlength=self.source.num_groups))])
-            self._chunks = [order[bounds[g]:bounds[g + 1]] for g in range(self.source.num_groups)]
+            self._chunks = self.chunk_lists()
         return self._chunks
+
+    def chunk_lists(self) -> list[np.ndarray]:
+        """``chunks`` computed afresh and not kept (the driver needs them once, to build the items)."""
+        if self._chunks is not None:
+            return self._chunks
+        group = self.source.group_of[self.rows]
+        order = np.argsort(group, kind="stable").astype(self.rows.dtype)
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(group, minlength=self.source.num_groups))])
+        return [order[bounds[g]:bounds[g + 1]] for g in range(self.source.num_groups)]
+
+    def chunk_sizes(self) -> np.ndarray:
+        """How many of this split's samples each source group holds."""
+        return np.bincount(self.source.group_of[self.rows], minlength=self.source.num_groups)
 
     def read_chunk(self, j: int) -> np.ndarray:
         """The images of chunk ``j``'s samples, in index order."""
@@ -232,12 +243,15 @@ class StreamedSplit:
         until about ``max_images`` images (every group, and so the exact figure, when the split is smaller).
         Reading them here also makes data that cannot be read fail on the driver, before any worker starts."""
         hist = np.zeros((self.image_shape[0], 256), dtype=np.int64)
-        chunks = self.chunks()
+        chunks = self.chunk_lists()
         seen = 0
         for g in np.random.default_rng(SPLIT_SEED).permutation(len(chunks)):
             if not chunks[g].size:
                 continue
-            hist += pixel_histogram(self.read_chunk(int(g)))
+            images = self.source.read_rows(int(g), self.rows[chunks[g]])
+            if images.shape[1:] != self.image_shape:
+                raise DataError(f"mismatched image shapes: group {g} holds {images.shape[1:]}, the first {self.image_shape}")
+            hist += pixel_histogram(images)
             seen += chunks[g].size
             if seen >= max_images:
                 break
@@ -249,7 +263,7 @@ class StreamedSplit:
         folder, the files' paths too (the source it is read with then needs no file list)."""
         out = []
         small = np.int32 if max(len(self), int(self.rows.max(initial=0)) + 1) < 2**31 else np.int64  # 4 bytes a number
-        for j, idx in enumerate(self.chunks()):
+        for j, idx in enumerate(self.chunk_lists()):
             if idx.size:
                 rows = self.rows[idx]
                 item = {"chunk": j, "row": rows.astype(small), "index": idx.astype(small),
@@ -285,9 +299,10 @@ def held_out_items(splits: "list[StreamedSplit]") -> list[dict]:
     training split: random rows, so nearly every group), ``part`` naming the split each row belongs to
     and ``index`` its place there."""
     source = splits[0].source
+    chunks = [sp.chunk_lists() for sp in splits]
     out = []
     for g in range(source.num_groups):
-        parts = [(k, sp.chunks()[g]) for k, sp in enumerate(splits)]
+        parts = [(k, chunks[k][g]) for k in range(len(splits))]
         parts = [(k, p) for k, p in parts if p.size]
         if not parts:
             continue
@@ -312,7 +327,7 @@ def fill_held_out(splits: "list[StreamedSplit]", pieces) -> list[ImageSplit]:
         for k in np.unique(part):
             where = part == k
             images[int(k)][index[where]] = pixels[where]
-    return [ImageSplit(im, sp.labels) for im, sp in zip(images, splits)]
+    return [ImageSplit(im, sp.labels.astype(np.int64)) for im, sp in zip(images, splits)]
 
 
 def read_held_out(splits: "list[StreamedSplit]") -> list[ImageSplit]:
@@ -328,7 +343,7 @@ def open_image_files(files: list[str], labels: np.ndarray, per_group: int | None
 
     first = decode_image(read_bytes(filesystem or local_filesystem(), files[0]), files[0])
     source = ImageFileSource.create(files, first.shape[0], per_group or FILES_PER_GROUP, filesystem)
-    return StreamedSplit(source, np.arange(len(files), dtype=np.int64), labels, tuple(int(s) for s in first.shape))  # type: ignore[arg-type]
+    return StreamedSplit(source, compact_range(len(files)), compact(labels), tuple(int(s) for s in first.shape))  # type: ignore[arg-type]
 
 
 def open_parquet_train(files: list[str], filesystem=None) -> tuple[StreamedSplit, list[str] | None]:
@@ -336,4 +351,13 @@ def open_parquet_train(files: list[str], filesystem=None) -> tuple[StreamedSplit
     source, labels, names = ParquetSource.open(files, "train", filesystem)
     first = next(g for g in range(source.num_groups) if source.group_start[g + 1] > source.group_start[g])
     shape = tuple(int(s) for s in source.read_group(first).shape[1:])
-    return StreamedSplit(source, np.arange(len(labels), dtype=np.int64), labels, shape), names  # type: ignore[arg-type]
+    return StreamedSplit(source, compact_range(len(labels)), compact(labels), shape), names  # type: ignore[arg-type]
+
+
+def compact(values: np.ndarray) -> np.ndarray:
+    """Integers (labels, row numbers) in 4 bytes where they fit: the driver holds one per training sample."""
+    return values.astype(np.int32) if values.size == 0 or (values.min() >= -2**31 and values.max() < 2**31) else values
+
+
+def compact_range(n: int) -> np.ndarray:
+    return np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
