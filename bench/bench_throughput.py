@@ -35,7 +35,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from boostray.core.data.batches import TrainBatches  # noqa: E402
 from boostray.config import TrainConfig  # noqa: E402
-from boostray.core.data.datasets import ImageDataset, ImageSplit, load_dataset, normalize  # noqa: E402
+from boostray.core.data.datasets import ImageDataset, ImageSplit, load_dataset, normalization_tensors, normalize  # noqa: E402
 from boostray.core.method.engine import Engine  # noqa: E402
 from boostray.core.models import create_model  # noqa: E402
 from boostray.core.method.weights import LocalWeightStore  # noqa: E402
@@ -119,7 +119,7 @@ def bench_case(name: str, data: ImageDataset, model: str, batch_size: int, devic
     torch.manual_seed(0)
     net = create_model(model, num_classes=data.num_classes, in_channels=c, image_size=h).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    mean, std = torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device)
+    mean, std = normalization_tensors(data.mean, data.std, data.input_shape, device)  # one per channel, broadcast
 
     def bare_epoch():
         net.train()
