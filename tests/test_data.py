@@ -112,3 +112,19 @@ def test_the_test_hold_out_of_data_without_a_test_split_is_capped():
     capped = load_dataset("digits", test_holdout_max=100)
     assert len(uncapped.test) == round(0.2 * 1797) and len(capped.test) == 100
     assert len(capped.train) + len(capped.val) == 1797 - 100
+
+
+def test_val_holdout_max_caps_the_validation_split_a_run_holds_out(tmp_path):
+    """`boostray train --val-holdout-max 50` as a user types it: digits has no validation split, so 10 %
+    of train would be held out (144 images); the run validates on 50 and trains on the rest."""
+    import json
+
+    from boostray.cli import main
+
+    args = ["train", "--workers", "0", "--dataset", "digits", "--epochs", "1", "--members", "1",
+            "--output", str(tmp_path), "--name"]
+    assert main([*args, "capped", "--val-holdout-max", "50"]) == 0
+    assert main([*args, "default"]) == 0
+    capped, default = (json.loads((tmp_path / n / "metrics.json").read_text())["samples"] for n in ("capped", "default"))
+    assert capped["val"] == 50 and default["val"] > 50
+    assert capped["train"] == default["train"] + default["val"] - 50

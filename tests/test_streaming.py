@@ -223,27 +223,11 @@ def test_ray_data_reads_every_sample_once_over_the_ranks_and_the_held_out_rows(r
 def test_a_worker_lost_during_a_streamed_round_still_gives_every_member(ray_cluster, tmp_path):
     """A rank killed while round 2 reads its Ray Data shard: Ray Train restarts the group from round 1's
     checkpoint, the dataset is split again, and the run ends with every member."""
-    import signal
-    import threading
-
-    from ray.util.state import list_actors
-
-    from boostray.distributed.trainer import train
-    from test_train_ray import registered, wait_for
+    from test_train_ray import train_losing_a_worker
 
     folder = write_grouped(tmp_path / "data", n=2000, rows_per_group=100)
     config = streamed_config(folder, tmp_path, epochs=12, members=3, max_failures=1, name="lost")
-    storage = os.path.join(str(tmp_path), ".ray", config.name)
-    outcome = {}
-    thread = threading.Thread(target=lambda: outcome.update(result=train(config)))
-    thread.start()
-    wait_for(registered(storage, "round_0001"), thread)
-    assert thread.is_alive() and not os.path.exists(os.path.join(storage, "round_0002"))
-    workers = list_actors(address=ray_cluster, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-    os.kill(workers[-1]["pid"], signal.SIGKILL)
-    thread.join(timeout=600)
-    assert "result" in outcome, "the run did not recover from the killed worker"
-    _, metrics = outcome["result"]
+    _, (_, metrics) = train_losing_a_worker(config, ray_cluster, "round_0001", "round_0002")
     assert len(metrics["rank_nodes_history"]) == 2  # a second worker group took over
     assert metrics["resumed_at_rounds"] and len(metrics["error_pass_bytes"]) == 3
     assert len(metrics["members"]) == 3 and metrics["stream_reader"] == "ray-data"

@@ -48,6 +48,24 @@ def registered(storage: str, checkpoint: str):
     return check
 
 
+def train_losing_a_worker(config: TrainConfig, ray_cluster: str, after: str, not_yet: str) -> tuple[list, dict]:
+    """Train ``config`` on a thread; once checkpoint ``after`` is registered (and ``not_yet`` is not on disk),
+    SIGKILL the last Train worker. Returns (the workers alive at the kill, what train returned, if it did)."""
+    from ray.util.state import list_actors
+
+    storage = os.path.join(config.output, ".ray", config.name)
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=train(config)))
+    thread.start()
+    wait_for(registered(storage, after), thread)
+    assert thread.is_alive() and not os.path.exists(os.path.join(storage, not_yet))
+    workers = list_actors(address=ray_cluster, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    os.kill(workers[-1]["pid"], signal.SIGKILL)
+    thread.join(timeout=600)
+    assert "result" in outcome, "the run did not recover from the killed worker"
+    return workers, outcome["result"]
+
+
 @pytest.fixture(scope="module")
 def ddp_run(ray_cluster, tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
@@ -79,21 +97,11 @@ def test_the_error_pass_moves_one_byte_a_sample_not_probabilities(ddp_run):
 
 
 def test_worker_killed_mid_run_resumes_to_the_same_ensemble(ddp_run, ray_cluster, tmp_path):
-    from ray.util.state import list_actors
-
     config, reference_dir, reference = ddp_run
     faulty = two_worker_config(tmp_path, max_failures=2)
-    storage = os.path.join(str(tmp_path), ".ray", faulty.name)
-    outcome = {}
-    thread = threading.Thread(target=lambda: outcome.update(result=train(faulty)))
-    thread.start()
-    wait_for(registered(storage, "round_0001"), thread)
-    assert thread.is_alive() and not os.path.exists(os.path.join(storage, "round_0003"))
-    workers = list_actors(address=ray_cluster, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    workers, result = train_losing_a_worker(faulty, ray_cluster, "round_0001", "round_0003")
     assert len(workers) == 2
-    os.kill(workers[-1]["pid"], signal.SIGKILL)
-    thread.join(timeout=600)
-    assert "result" in outcome, "the run did not recover from the killed worker"
+    outcome = {"result": result}
     _, metrics = outcome["result"]
     assert len(metrics["members"]) == 3
     assert [m["lambda"] for m in metrics["members"]] == [m["lambda"] for m in reference["members"]]

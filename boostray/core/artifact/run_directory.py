@@ -131,8 +131,8 @@ def write_sample_weights(path: str, state: BoostState, data: ImageDataset) -> No
     for r, w in enumerate(state.weights_history):
         columns[f"round_{r + 1}"] = w
     columns["final"] = state.weights.astype(np.float32)
-    # No dictionary encoding for the weights (distinct floats: its hash tables took 120 bytes a row on the
-    # driver at 390,000 rows), and row groups of 64k rows so that the writer's buffers stay small.
+    # No dictionary encoding for the weights (distinct floats: its hash tables would cost more than the
+    # column), and row groups of 64k rows, so that the writer's buffers stay small whatever N is.
     pq.write_table(pa.table(columns), path, use_dictionary=["label"], row_group_size=1 << 16)
     pa.default_memory_pool().release_unused()
 

@@ -154,8 +154,8 @@ class Engine:
         _seed_epoch(self.spec.seed, epoch, self.rank)
         n = weights.numel()
         # Losses and correctness are summed into two device scalars as the epoch goes: one synchronisation
-        # per epoch. Keeping every batch's tensors to the end instead pinned the host heap between them, and
-        # a rank's memory grew by about 1.5 KB per sample of the epoch (docs/performance.md).
+        # per epoch. Keeping every batch's small tensors until the end would pin the host heap between the
+        # batches' large transient ones, and a rank's memory would grow with the epoch's length.
         totals = torch.zeros(2, dtype=torch.float64, device=self.device)
         seen, oks, rec_idx = 0, [], []
         for images, y, idx in self.batches.epoch(epoch):
