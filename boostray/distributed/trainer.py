@@ -28,7 +28,7 @@ from boostray.core.method.weights import LocalWeightStore
 from boostray.distributed.ingest import ingest_cpus
 from boostray.distributed.runtime import owns_local_instance, ray_session, require_cpus, require_gpus
 from boostray.distributed.shared_path import require_shared
-from boostray.errors import ConfigError, DataError, RunFailedError
+from boostray.errors import ConfigError, RunFailedError
 
 
 RAY_LOG = "ray.log"  # Ray's routine INFO records of the workers, beside Ray Train's checkpoints (console.py)
