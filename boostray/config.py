@@ -198,9 +198,9 @@ class TrainConfig(BoostConfig):
                         "node mounts, or a storage URI such as s3://bucket/data) and read them a group at a time, a "
                         "Parquet row group or 256 image files: on Ray, by Ray Data tasks on any node that has CPUs "
                         "beside the workers; the driver reads only the labels and a sample (for data larger than memory)")
-    stream_window: int = _opt(4, "--stream: about this many groups' samples are shuffled together (on Ray, the size "
-                              "of each rank's local shuffle buffer; with --workers 0, groups taken in a seeded "
-                              "permutation each epoch)", ge=1)
+    stream_window: int = _opt(4, "--stream: about this many groups' samples are shuffled together (on Ray, the groups "
+                              "one Ray Data read task reads, in a new order every epoch; with --workers 0, groups "
+                              "taken in a seeded permutation each epoch)", ge=1)
     feature_columns: list[str] | None = _opt(None, "parquet: train on these numeric columns as features, as given "
                                              "(one list column, or several scalar columns; comma-separated), "
                                              "not as an image column", min_length=1)

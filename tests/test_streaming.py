@@ -206,7 +206,7 @@ def test_ray_data_reads_every_sample_once_over_the_ranks_and_the_held_out_rows(r
     seen = []
     for rank in range(2):
         batches = RayDataBatches(None, items, source, n=len(streamed.train), batch_size=32,
-                                 device=torch.device("cpu"), rank=rank, world=2, window=2)
+                                 device=torch.device("cpu"), rank=rank, world=2)
         for idx, images in batches.eval_chunks(50):
             assert len(idx) <= 50
             np.testing.assert_array_equal(images, twin.train.images[idx])

@@ -3,11 +3,15 @@ Data tasks on any node with CPUs to spare, and reach each Train worker through i
 
 The driver holds only the training split's labels and, per group (a Parquet row group, or 256 image
 files), an *item* naming its rows, its samples' indices and labels (streaming.py). ``training_dataset``
-maps the items to decoded, augmented images in CPU ``map_batches`` tasks; Ray Train splits it over the
-ranks (``streaming_split``, equal shares), and a rank iterates its shard with ``iter_torch_batches``
-(prefetching, a local shuffle buffer of a few groups, pinned memory on a GPU). Every row keeps its
-``index`` column, so the sample weight ``weights[index]`` applies as in memory. The correctness pass
-reads a fixed share of the items on each rank (``eval_dataset``): every sample once over the ranks.
+takes the items in a new random order every epoch (``randomize_block_order``) and reads ``window`` of
+them per CPU ``map_batches`` task: decoded, augmented, and their samples shuffled together, as the
+in-process reader mixes a window of groups. Ray Train splits the dataset over the ranks
+(``streaming_split``, equal shares), and a rank iterates its shard with ``iter_torch_batches``
+(prefetching, pinned memory on a GPU). No local shuffle buffer: the mixing is done in the read task,
+where it costs a permutation; Ray Data's buffer cost each rank time and memory that grew with every
+batch (docs/performance.md). Every row keeps its ``index`` column, so the sample weight
+``weights[index]`` applies as in memory. The correctness pass reads a fixed share of the items on each
+rank (``eval_dataset``): every sample once over the ranks.
 
 A streamed run on Ray is not replayed bit for bit: which rank gets which group, and the augmentation,
 are Ray Data's. The boosting state (weights, members) is checkpointed as in any run, so resuming after a
@@ -64,36 +68,44 @@ def quiet_ray_data() -> None:
     context.print_on_execution_start = False
 
 
-def _read(batch: dict[str, np.ndarray], source: Any, augment: dict | None) -> dict[str, np.ndarray]:
-    """One item (a batch of one row) -> its decoded images with their labels and sample indices;
-    augmented (random crop with padding, flips) where ``augment`` says how."""
-    item = {key: value[0] for key, value in batch.items()}
-    images = read_item(source, item)
+def _read(batch: dict[str, np.ndarray], source: Any, augment: dict | None, shuffle: bool) -> dict[str, np.ndarray]:
+    """Items (one row each) -> their decoded images with their sample indices (and labels, or held-out
+    parts), in one block: augmented (random crop with padding, flips) where ``augment`` says how, and
+    the rows of all the items shuffled together where ``shuffle`` says so."""
+    count = len(batch["index"])
+    images = np.concatenate([read_item(source, {key: value[i] for key, value in batch.items()}) for i in range(count)])
+    out = {"image": images, "index": np.concatenate(list(batch["index"])).astype(np.int64)}
+    for key in ("label", "part"):
+        if key in batch:
+            out[key] = np.concatenate(list(batch[key])).astype(np.int64)
     if augment:
         generator = torch.Generator()
         generator.seed()  # fresh randomness in every task
-        images = crop_and_flip(torch.from_numpy(images), augment["padding"], augment["hflip"], generator).numpy()
-    out = {"image": images, "index": np.asarray(item["index"], dtype=np.int64)}
-    if "label" in item:
-        out["label"] = np.asarray(item["label"], dtype=np.int64)
-    if "part" in item:
-        out["part"] = np.asarray(item["part"], dtype=np.int64)
+        out["image"] = crop_and_flip(torch.from_numpy(images), augment["padding"], augment["hflip"], generator).numpy()
+    if shuffle:
+        order = np.random.default_rng().permutation(len(out["index"]))
+        out = {key: value[order] for key, value in out.items()}
     return out
 
 
-def items_dataset(items: list[dict], source: Any, augment: dict | None = None):
-    """A Ray Dataset of the items' images: one read task per item, on any node's CPUs."""
+def items_dataset(items: list[dict], source: Any, augment: dict | None = None, window: int = 0):
+    """A Ray Dataset of the items' images, read by tasks on any node's CPUs: one task per item, in order;
+    or, with ``window``, the items in a new random order each execution, ``window`` per task, their
+    samples shuffled together (training)."""
     import ray.data
 
     quiet_ray_data()
-    return ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
-        _read, batch_size=1, batch_format="numpy", fn_kwargs={"source": source, "augment": augment},
-        num_cpus=READ_TASK_CPUS)
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    if window:
+        dataset = dataset.randomize_block_order()
+    return dataset.map_batches(
+        _read, batch_size=max(1, window), batch_format="numpy", num_cpus=READ_TASK_CPUS,
+        fn_kwargs={"source": source, "augment": augment, "shuffle": bool(window)})
 
 
-def training_dataset(split: StreamedSplit, augment: dict | None):
+def training_dataset(split: StreamedSplit, augment: dict | None, window: int):
     """The training split's images, decoded and augmented by Ray Data: ``datasets={"train": ...}``."""
-    return items_dataset(split.items(), reader_source(split.source), augment)
+    return items_dataset(split.items(), reader_source(split.source), augment, window)
 
 
 def read_held_out_with_ray_data(splits: list[StreamedSplit]) -> list:
@@ -112,11 +124,9 @@ class RayDataBatches:
     peak_chunks = 0  # nothing held by the rank beyond Ray Data's prefetched batches
 
     def __init__(self, shard: Any, items: list[dict], source: Any, *, n: int, batch_size: int,
-                 device: torch.device, rank: int, world: int, window: int) -> None:
+                 device: torch.device, rank: int, world: int) -> None:
         self.shard, self.items, self.source = shard, items, source
         self.n, self.batch_size, self.device, self.rank, self.world = n, batch_size, device, rank, world
-        group = max((len(it["index"]) for it in items), default=1)
-        self.shuffle_buffer = max(batch_size, window * group)  # about ``window`` groups mixed, as without Ray
         # Ray Data hands out read-only arrays from the object store; nothing writes to the tensors made of them
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 
@@ -125,8 +135,7 @@ class RayDataBatches:
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         batches = self.shard.iter_torch_batches(
-            batch_size=self.batch_size, local_shuffle_buffer_size=self.shuffle_buffer,
-            prefetch_batches=PREFETCH_BATCHES, device=self.device, pin_memory=self.device.type == "cuda")
+            batch_size=self.batch_size, prefetch_batches=PREFETCH_BATCHES, device=self.device, pin_memory=self.device.type == "cuda")
         for batch in batches:
             yield batch["image"], batch["label"], batch["index"]
 

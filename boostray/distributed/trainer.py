@@ -161,7 +161,7 @@ def streamed_input(config: TrainConfig, data: ImageDataset | Any) -> tuple[dict,
     augment = ({"padding": data.crop_padding, "hflip": data.hflip}
                if config.augment and data.augmentable else None)
     items = data.train.items()
-    return ({"train": training_dataset(data.train, augment)},
+    return ({"train": training_dataset(data.train, augment, config.stream_window)},
             {"items": ray.put(items), "source": reader_source(data.train.source)})
 
 
