@@ -2,16 +2,16 @@
 Data tasks on any node with CPUs to spare, and reach each Train worker through its dataset shard.
 
 The driver holds only the training split's labels and, per group (a Parquet row group, or 256 image
-files), an *item* naming its rows, its samples' indices and labels (streaming.py). ``training_dataset``
-takes the items in a new random order every epoch (``randomize_block_order``) and reads ``window`` of
-them per CPU ``map_batches`` task: decoded, augmented, and their samples shuffled together, as the
-in-process reader mixes a window of groups. Ray Train splits the dataset over the ranks
-(``streaming_split``, equal shares), and a rank iterates its shard with ``iter_torch_batches``
-(prefetching, pinned memory on a GPU). No local shuffle buffer: the mixing is done in the read task,
-where it costs a permutation; Ray Data's buffer cost each rank time and memory that grew with every
-batch (docs/performance.md). Every row keeps its ``index`` column, so the sample weight
-``weights[index]`` applies as in memory. The correctness pass reads a fixed share of the items on each
-rank (``eval_dataset``): every sample once over the ranks.
+files), an *item* naming its rows, its samples' indices and labels (streaming.py). The training dataset
+(``items_dataset`` with a window) takes the items in a new random order every epoch
+(``randomize_block_order``) and reads ``window`` of them per CPU ``map_batches`` task: decoded,
+augmented, and their samples shuffled together, as the in-process reader mixes a window of groups. Ray
+Train splits the dataset over the ranks (``streaming_split``, equal shares), and a rank iterates its
+shard with ``iter_torch_batches`` (prefetching, pinned memory on a GPU). No local shuffle buffer: the
+mixing is done in the read task, where it costs a permutation; Ray Data's buffer cost each rank time
+and memory that grew with every batch (docs/performance.md). Every row keeps its ``index`` column, so
+the sample weight ``weights[index]`` applies as in memory. The correctness pass reads a fixed share of
+the items on each rank (``eval_chunks``): every sample once over the ranks.
 
 A streamed run on Ray is not replayed bit for bit: which rank gets which group, and the augmentation,
 are Ray Data's. The boosting state (weights, members) is checkpointed as in any run, so resuming after a
@@ -101,11 +101,6 @@ def items_dataset(items: list[dict], source: Any, augment: dict | None = None, w
     return dataset.map_batches(
         _read, batch_size=max(1, window), batch_format="numpy", num_cpus=READ_TASK_CPUS,
         fn_kwargs={"source": source, "augment": augment, "shuffle": bool(window)})
-
-
-def training_dataset(split: StreamedSplit, augment: dict | None, window: int):
-    """The training split's images, decoded and augmented by Ray Data: ``datasets={"train": ...}``."""
-    return items_dataset(split.items(), reader_source(split.source), augment, window)
 
 
 def read_held_out_with_ray_data(splits: list[StreamedSplit]) -> list:

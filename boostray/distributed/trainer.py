@@ -149,20 +149,18 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
 
 def streamed_input(config: TrainConfig, data: ImageDataset | Any) -> tuple[dict, dict | None]:
     """A streamed training split on Ray: Ray Train's ``datasets`` (the images, read and augmented by Ray
-    Data tasks) and what each rank needs for its own passes (the items, in the object store, and the
-    reader); nothing for data in memory."""
+    Data tasks) and the reader each rank's own passes use; nothing for data in memory."""
     import ray
 
     if isinstance(data, ray.ObjectRef) or not data.streamed:
         return {}, None
-    from boostray.distributed.ingest import training_dataset
+    from boostray.distributed.ingest import items_dataset
     from boostray.core.data.streaming import reader_source
 
     augment = ({"padding": data.crop_padding, "hflip": data.hflip}
                if config.augment and data.augmentable else None)
-    items = data.train.items()
-    return ({"train": training_dataset(data.train, augment, config.stream_window)},
-            {"items": ray.put(items), "source": reader_source(data.train.source)})
+    source = reader_source(data.train.source)
+    return {"train": items_dataset(data.train.items(), source, augment, config.stream_window)}, {"source": source}
 
 
 def lost_actors(exc: BaseException) -> dict[int, Any]:

@@ -95,10 +95,9 @@ class ParquetSource:
     def num_groups(self) -> int:
         return len(self.group_file)
 
-    @property
-    def group_of(self) -> np.ndarray:
-        """The row group of each row."""
-        return np.repeat(np.arange(self.num_groups), np.diff(self.group_start))
+    def groups_of(self, rows: np.ndarray) -> np.ndarray:
+        """The row group of each of ``rows`` (a search over the groups' starts: no vector per row)."""
+        return np.searchsorted(self.group_start, rows, side="right") - 1
 
     def read_rows(self, g: int, rows: np.ndarray) -> np.ndarray:
         """Rows ``rows`` (ascending, all in row group ``g``) of the images."""
@@ -158,6 +157,9 @@ class ImageFileSource:
     def num_groups(self) -> int:
         return int(self.group_of.max()) + 1 if self.group_of.size else 0
 
+    def groups_of(self, rows: np.ndarray) -> np.ndarray:
+        return self.group_of[rows]
+
     def read_rows(self, g: int, rows: np.ndarray) -> np.ndarray:
         return self.read_paths([self.files[int(r)] for r in rows])
 
@@ -210,14 +212,19 @@ class StreamedSplit:
         """``chunks`` computed afresh and not kept (the driver needs them once, to build the items)."""
         if self._chunks is not None:
             return self._chunks
-        group = self.source.group_of[self.rows]
+        if isinstance(self.source, ParquetSource):  # groups are runs of rows, and rows ascend: ranges
+            bounds = np.searchsorted(self.rows, self.source.group_start)
+            return [np.arange(bounds[g], bounds[g + 1], dtype=self.rows.dtype) for g in range(self.source.num_groups)]
+        group = self.source.groups_of(self.rows)
         order = np.argsort(group, kind="stable").astype(self.rows.dtype)
         bounds = np.concatenate([[0], np.cumsum(np.bincount(group, minlength=self.source.num_groups))])
         return [order[bounds[g]:bounds[g + 1]] for g in range(self.source.num_groups)]
 
     def chunk_sizes(self) -> np.ndarray:
         """How many of this split's samples each source group holds."""
-        return np.bincount(self.source.group_of[self.rows], minlength=self.source.num_groups)
+        if isinstance(self.source, ParquetSource):
+            return np.diff(np.searchsorted(self.rows, self.source.group_start))
+        return np.bincount(self.source.groups_of(self.rows), minlength=self.source.num_groups)
 
     def read_chunk(self, j: int) -> np.ndarray:
         """The images of chunk ``j``'s samples, in index order."""
@@ -230,7 +237,7 @@ class StreamedSplit:
         """The images of samples ``index`` (any order), reading only the groups that hold them."""
         index = np.asarray(index, dtype=np.int64)
         out = np.empty((index.size, *self.image_shape), dtype=np.uint8)
-        group = self.source.group_of[self.rows[index]]
+        group = self.source.groups_of(self.rows[index])
         for g in np.unique(group):
             where = np.flatnonzero(group == g)
             wanted = np.unique(index[where])  # ascending: rows ascend with indices
