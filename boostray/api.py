@@ -142,6 +142,9 @@ def build_dataset(datasets: Mapping[str, Any], columns: tuple, classes: list[str
                   config: TrainConfig) -> ImageDataset:
     """The splits handed in, as the checked in-memory data set a run trains on (missing validation and
     test splits held out of train, as for every data set)."""
+    if config.image_size is not None:
+        raise DataError("--image-size fits images read from files (imagefolder, parquet); data handed in from "
+                        "Python trains as given")
     splits = {name: _as_split(datasets[name], name, columns) for name in SPLITS if datasets.get(name) is not None}
     kinds = {s.images.dtype == np.uint8 for s in splits.values()}
     shapes = {s.image_shape for s in splits.values()}

@@ -121,7 +121,8 @@ class BoostConfig(Options):
     lr: float = _opt(0.05, "peak learning rate (SGD, Nesterov momentum 0.9)", gt=0)
     weight_decay: float = _opt(5e-4, "SGD weight decay", ge=0)
     batch_size: int = _opt(64, "global batch size, split evenly over the workers", ge=1)
-    augment: bool = _opt(True, "random crop with padding (+ horizontal flip where the data allows)")
+    augment: bool = _opt(True, "random crop with padding (+ horizontal flip where the data allows); with "
+                         "--image-size on Ray with --stream, random resized crops instead")
     class_weight: Literal["none", "balanced"] = _opt(
         "none", "per-class loss weights: balanced, proportional to 1 / class frequency (mean 1 over the training "
         "samples, so the learning rate keeps its meaning); the practitioner's baseline for imbalanced labels")
@@ -201,6 +202,11 @@ class TrainConfig(BoostConfig):
     stream_window: int = _opt(4, "--stream: about this many groups' samples are shuffled together (on Ray, the groups "
                               "one Ray Data read task reads, in a new order every epoch; with --workers 0, groups "
                               "taken in a seeded permutation each epoch)", ge=1)
+    image_size: int | None = _opt(None, "imagefolder, parquet: fit every image to N x N pixels, for images of "
+                                  "different sizes: the shorter side resized to N, the centre cropped (so are "
+                                  "images sent to a served ensemble); training on Ray with --stream takes random "
+                                  "resized crops instead (8-100 %% of the area, aspect 3/4 to 4/3, as torchvision's "
+                                  "RandomResizedCrop)", ge=4)
     feature_columns: list[str] | None = _opt(None, "parquet: train on these numeric columns as features, as given "
                                              "(one list column, or several scalar columns; comma-separated), "
                                              "not as an image column", min_length=1)

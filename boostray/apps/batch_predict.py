@@ -34,9 +34,7 @@ def decode_pixels(batch: dict[str, Any], *, id_column: str, image_column: str,
         c, h, w = shape
         out = np.empty((len(column), c, h, w), dtype=np.uint8)
         for i, item in enumerate(column):
-            im = decode_image(item["bytes"], "input")
-            if im.shape[1:] != (h, w):
-                raise DataError(f"input image {i} is {im.shape[1:]}, the ensemble expects {(h, w)}")
+            im = decode_image(item["bytes"], f"input {i}", (h, w))  # fitted as a served image is
             out[i] = im if im.shape[0] == c else np.repeat(im[:1], c, axis=0)
     else:
         out = np.stack([np.asarray(v, dtype=np.float32) for v in column])

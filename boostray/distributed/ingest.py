@@ -70,10 +70,13 @@ def quiet_ray_data() -> None:
 
 def _read(batch: dict[str, np.ndarray], source: Any, augment: dict | None, shuffle: bool) -> dict[str, np.ndarray]:
     """Items (one row each) -> their decoded images with their sample indices (and labels, or held-out
-    parts), in one block: augmented (random crop with padding, flips) where ``augment`` says how, and
-    the rows of all the items shuffled together where ``shuffle`` says so."""
+    parts), in one block: augmented where ``augment`` says how (random resized crops of the files' images
+    with --image-size, else random crops with padding; flips), and the rows of all the items shuffled
+    together where ``shuffle`` says so."""
     count = len(batch["index"])
-    images = np.concatenate([read_item(source, {key: value[i] for key, value in batch.items()}) for i in range(count)])
+    rng = np.random.default_rng() if augment and augment.get("resized_crop") else None  # fresh in every task
+    images = np.concatenate([read_item(source, {key: value[i] for key, value in batch.items()}, rng)
+                             for i in range(count)])
     out = {"image": images, "index": np.concatenate(list(batch["index"])).astype(np.int64)}
     for key in ("label", "part"):
         if key in batch:

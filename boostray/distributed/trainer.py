@@ -157,7 +157,10 @@ def streamed_input(config: TrainConfig, data: ImageDataset | Any) -> tuple[dict,
     from boostray.distributed.ingest import items_dataset
     from boostray.core.data.streaming import reader_source
 
-    augment = ({"padding": data.crop_padding, "hflip": data.hflip}
+    # with --image-size the read tasks take random resized crops from the files' images (and flip them);
+    # otherwise random crops with padding, as in memory
+    augment = ({"padding": 0 if config.image_size else data.crop_padding, "hflip": data.hflip,
+                "resized_crop": config.image_size is not None}
                if config.augment and data.augmentable else None)
     source = reader_source(data.train.source)
     return {"train": items_dataset(data.train.items(), source, augment, config.stream_window)}, {"source": source}

@@ -22,6 +22,7 @@ import torch
 
 from boostray.core.method.boosting import apply_temperature
 from boostray.core.artifact.ensemble import Ensemble
+from boostray.core.data.images import fit_image
 
 
 class RequestError(Exception):
@@ -45,7 +46,8 @@ def _decode_b64_image(data: str, shape: tuple[int, int, int], index: int) -> np.
 
 
 def decode_image_bytes(raw: bytes, shape: tuple[int, int, int], where: str) -> np.ndarray:
-    """An encoded PNG/JPEG -> float32 raw pixels (C, H, W), converted and resized to the model's input."""
+    """An encoded PNG/JPEG -> float32 raw pixels (C, H, W), converted and fitted to the model's input (the
+    shorter side resized, the centre cropped: images.fit_image)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -54,9 +56,7 @@ def decode_image_bytes(raw: bytes, shape: tuple[int, int, int], where: str) -> n
     except (ValueError, UnidentifiedImageError, OSError) as exc:
         raise RequestError(400, f"{where}: not a decodable PNG/JPEG image ({exc.__class__.__name__})") from None
     c, h, w = shape
-    img = img.convert("L" if c == 1 else "RGB")
-    if img.size != (w, h):
-        img = img.resize((w, h), Image.BILINEAR)
+    img = fit_image(img.convert("L" if c == 1 else "RGB"), h, w)  # as --image-size fits training images
     arr = np.asarray(img, dtype=np.float32)
     return arr[None] if c == 1 else arr.transpose(2, 0, 1)
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from boostray.core.data.images import (  # noqa: F401  (part of this module's interface too)
-    SPLIT_SEED, ImageSplit, decode_image, decode_image_column, mean_std, parquet_class_names, parquet_image_column,
+    SIZE_HINT, SPLIT_SEED, ImageSplit, decode_image, decode_image_column, mean_std, parquet_class_names, parquet_image_column,
     feature_array, parquet_labels, pixel_histogram, stack_images,
 )
 from boostray.core.data import files as folder_files
@@ -159,8 +159,8 @@ class Columns:
     features: tuple[str, ...] | None = None
 
 
-def _parquet_split(files: list[str], where: str, columns: Columns = Columns(),
-                   filesystem=None) -> tuple[ImageSplit, list[str] | None]:
+def _parquet_split(files: list[str], where: str, columns: Columns = Columns(), filesystem=None,
+                   image_size: int | None = None) -> tuple[ImageSplit, list[str] | None]:
     import pyarrow.parquet as pq
 
     try:
@@ -172,7 +172,7 @@ def _parquet_split(files: list[str], where: str, columns: Columns = Columns(),
     labels = parquet_labels(table, where, columns.label)
     if columns.features:
         return ImageSplit(feature_array(table, list(columns.features), where), labels), parquet_class_names(table.schema)
-    images = decode_image_column(table.column(parquet_image_column(table.column_names, where)), where)
+    images = decode_image_column(table.column(parquet_image_column(table.column_names, where)), where, size=image_size)
     return ImageSplit(images, labels), parquet_class_names(table.schema)
 
 
@@ -181,10 +181,12 @@ def _split_files(fs, root: str, split: str) -> list[str]:
                   | set(folder_files.matching(fs, f"{root}/data", f"{split}*.parquet")))
 
 
-def load_parquet_splits(data_dir: str | None, download: bool, stream: bool = False, columns: Columns = Columns()):
+def load_parquet_splits(data_dir: str | None, download: bool, stream: bool = False, columns: Columns = Columns(),
+                        image_size: int | None = None):
     """A Parquet folder as Hugging Face ``datasets`` exports it: train*.parquet, optional validation*
     and test*.parquet, columns ``label`` (int) and ``image`` ({bytes: PNG/JPEG}) or a numeric list.
-    With ``stream`` the training split stays on disk (streaming.py)."""
+    With ``stream`` the training split stays on disk (streaming.py); ``image_size`` fits every image to
+    that many pixels square (images.fit_image)."""
     if not data_dir:
         raise DataError("--dataset parquet needs --data-dir (a folder with train*.parquet)")
     fs, root = folder_files.open_folder(data_dir)
@@ -194,25 +196,25 @@ def load_parquet_splits(data_dir: str | None, download: bool, stream: bool = Fal
     if not train_files:
         raise DataError(f"no train*.parquet files in {data_dir}")
     if stream:
-        train, names = open_parquet_train(train_files, fs)
+        train, names = open_parquet_train(train_files, fs, image_size)
     else:
-        train, names = _parquet_split(train_files, "train", columns, fs)
+        train, names = _parquet_split(train_files, "train", columns, fs, image_size)
     val = test = None
     if files := _split_files(fs, root, "validation") or _split_files(fs, root, "val"):
-        val, _ = _parquet_split(files, "validation", columns, fs)
+        val, _ = _parquet_split(files, "validation", columns, fs, image_size)
     if files := _split_files(fs, root, "test"):
-        test, _ = _parquet_split(files, "test", columns, fs)
+        test, _ = _parquet_split(files, "test", columns, fs, image_size)
     shapes = {s.image_shape for s in (train, val, test) if s is not None}
     if len(shapes) > 1:
-        raise DataError(f"mismatched image shapes across splits: {sorted(shapes)}")
+        raise DataError(f"mismatched image shapes across splits: {sorted(shapes)}{SIZE_HINT}")
     k = len(names) if names else int(train.labels.max()) + 1
     return train, val, test, names or [str(c) for c in range(k)], True
 
 
-def load_imagefolder_splits(data_dir: str | None, download: bool, stream: bool = False):
+def load_imagefolder_splits(data_dir: str | None, download: bool, stream: bool = False, image_size: int | None = None):
     """An ImageFolder tree: train/<class>/**/*.jpg, optional val/ (class folders, or Tiny-ImageNet's
     val/images + val_annotations.txt) and test/<class>/. With ``stream`` the training images stay on
-    disk (streaming.py)."""
+    disk (streaming.py); ``image_size`` fits every image to that many pixels square (images.fit_image)."""
     fs, root = folder_files.open_folder(data_dir) if data_dir else (None, "")
     if not data_dir or not folder_files.is_dir(fs, f"{root}/train"):
         raise DataError(f"imagefolder needs --data-dir with a train/ folder of class folders (got {data_dir})")
@@ -226,7 +228,7 @@ def load_imagefolder_splits(data_dir: str | None, download: bool, stream: bool =
     def read(pairs: list[tuple[str, int]], where: str) -> ImageSplit:
         if not pairs:
             raise DataError(f"the {where} split is empty")
-        images = [decode_image(read_bytes(fs, path), path) for path, _ in pairs]
+        images = [decode_image(read_bytes(fs, path), path, image_size) for path, _ in pairs]
         return ImageSplit(stack_images(images, f"{where} split"), np.array([y for _, y in pairs], dtype=np.int64))
 
     def class_tree(folder: str) -> list[tuple[str, int]]:
@@ -236,7 +238,8 @@ def load_imagefolder_splits(data_dir: str | None, download: bool, stream: bool =
         pairs = class_tree(train_dir)
         if not pairs:
             raise DataError("the train split is empty")
-        train = open_image_files([p for p, _ in pairs], np.array([y for _, y in pairs], dtype=np.int64), filesystem=fs)
+        train = open_image_files([p for p, _ in pairs], np.array([y for _, y in pairs], dtype=np.int64), filesystem=fs,
+                                 image_size=image_size)
     else:
         train = read(class_tree(train_dir), "train")
     val = test = None
@@ -258,7 +261,7 @@ def load_imagefolder_splits(data_dir: str | None, download: bool, stream: bool =
         test = read(class_tree(test_dir), "test")
     shapes = {s.image_shape[1:] for s in (train, val, test) if s is not None}
     if len(shapes) > 1:
-        raise DataError(f"mismatched image shapes across splits: {sorted(shapes)}")
+        raise DataError(f"mismatched image shapes across splits: {sorted(shapes)}{SIZE_HINT}")
     return train, val, test, classes, True
 
 
@@ -334,23 +337,28 @@ def load_dataset(
     test_holdout_max: int | None = None,
     val_holdout_max: int | None = None,
     defer_held_out: bool = False,
+    image_size: int | None = None,
 ) -> ImageDataset:
     """Load, split and validate a data set. Raises DataError with a one-line reason on bad data.
     ``stream`` keeps a Parquet or image-folder training split on disk (streaming.py): only its labels and
     a sample of its images (the pixel statistics) are read here. Validation and test splits held out of
     it are read here too, unless ``defer_held_out`` leaves them for ``read_deferred_held_out`` (a run on
     Ray reads them with Ray Data). ``columns``: Parquet's label and feature columns (features train as
-    given, standardised only with ``standardize``)."""
+    given, standardised only with ``standardize``). ``image_size``: a Parquet or image-folder data set's
+    images fitted to that many pixels square, whatever their own sizes (images.fit_image)."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     if data_dir is not None and name not in ("digits",) and "://" not in data_dir and not os.path.exists(data_dir):
         raise DataError(f"data directory {data_dir} does not exist")
     if stream and name not in STREAMABLE:
         raise DataError(f"--stream reads {' or '.join(STREAMABLE)} data, not {name}")
+    if image_size is not None and (name not in STREAMABLE or columns.features):
+        raise DataError("--image-size fits the images of imagefolder or parquet data to one size; "
+                        + (f"{name} has images of one size" if name not in STREAMABLE else "--feature-columns are not images"))
     if name == "parquet":
-        loaded = load_parquet_splits(data_dir, download, stream=stream, columns=columns)
-    elif stream:
-        loaded = DATASETS[name](data_dir, download, stream=True)
+        loaded = load_parquet_splits(data_dir, download, stream=stream, columns=columns, image_size=image_size)
+    elif name == "imagefolder":
+        loaded = load_imagefolder_splits(data_dir, download, stream=stream, image_size=image_size)
     else:
         loaded = DATASETS[name](data_dir, download)
     train, val, test, classes, hflip = loaded
@@ -460,4 +468,5 @@ def load_training_data(config, defer_held_out: bool = False) -> ImageDataset:
         columns=columns, standardize=getattr(config, "standardize", False),
         test_holdout_max=getattr(config, "test_holdout_max", None),
         val_holdout_max=getattr(config, "val_holdout_max", None), defer_held_out=defer_held_out,
+        image_size=getattr(config, "image_size", None),
     )

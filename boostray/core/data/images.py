@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,8 +61,59 @@ def mean_std(histogram: np.ndarray) -> tuple[list[float], list[float]]:
     return [float(m) for m in mean], [float(s) for s in np.maximum(np.sqrt(var), 1e-3)]
 
 
-def decode_image(data: bytes, where: str) -> np.ndarray:
-    """PNG/JPEG bytes as uint8 (C, H, W): grey stays one channel, anything else becomes RGB."""
+# torchvision's RandomResizedCrop defaults: what ImageNet training draws its crops with
+RESIZED_CROP_SCALE = (0.08, 1.0)
+RESIZED_CROP_RATIO = (3 / 4, 4 / 3)
+
+
+def crop_box(height: int, width: int, out_h: int, out_w: int,
+             rng: np.random.Generator | None = None) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom): the region of a ``height`` x ``width`` image that is resized to
+    ``out_h`` x ``out_w``. With ``rng`` a random resized crop (8-100 % of the area, aspect 3/4 to 4/3, as
+    torchvision's RandomResizedCrop); without, the largest centred region of the output's aspect (the
+    shorter side resized, the rest cropped: torchvision's Resize + CenterCrop)."""
+    if rng is not None:
+        low, high = math.log(RESIZED_CROP_RATIO[0]), math.log(RESIZED_CROP_RATIO[1])
+        for _ in range(10):
+            area = height * width * rng.uniform(*RESIZED_CROP_SCALE)
+            aspect = math.exp(rng.uniform(low, high))
+            w, h = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+            if 0 < w <= width and 0 < h <= height:
+                top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+                return left, top, left + w, top + h
+    scale = min(width / out_w, height / out_h)  # ten draws missed (a very narrow image): the centre
+    w, h = max(1, min(width, round(out_w * scale))), max(1, min(height, round(out_h * scale)))
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
+def fit_image(img, out_h: int, out_w: int, rng: np.random.Generator | None = None):
+    """A PIL image resized to ``out_h`` x ``out_w`` from its ``crop_box`` (bilinear)."""
+    from PIL import Image
+
+    if rng is None and img.size == (out_w, out_h):
+        return img
+    return img.resize((out_w, out_h), Image.BILINEAR, box=crop_box(img.height, img.width, out_h, out_w, rng))
+
+
+def fit_array(images: np.ndarray, size: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """uint8 (N, C, H, W) images, each fitted to ``size`` x ``size`` (``fit_image``)."""
+    from PIL import Image
+
+    if rng is None and images.shape[2:] == (size, size):
+        return images
+    out = np.empty((images.shape[0], images.shape[1], size, size), dtype=np.uint8)
+    for i, im in enumerate(images):
+        pil = Image.fromarray(im[0] if im.shape[0] == 1 else im.transpose(1, 2, 0))
+        arr = np.asarray(fit_image(pil, size, size, rng), dtype=np.uint8)
+        out[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return out
+
+
+def decode_image(data: bytes, where: str, size: int | tuple[int, int] | None = None,
+                 rng: np.random.Generator | None = None) -> np.ndarray:
+    """PNG/JPEG bytes as uint8 (C, H, W): grey stays one channel, anything else becomes RGB. With
+    ``size`` (N, or (H, W)) fitted to it (``fit_image``: centred, or a random resized crop with ``rng``)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -69,8 +121,14 @@ def decode_image(data: bytes, where: str) -> np.ndarray:
         img = img.convert("L" if img.mode in ("1", "L", "I;16", "I", "F") else "RGB")
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"cannot decode image {where}: {exc}") from None
+    if size is not None:
+        out_h, out_w = (size, size) if isinstance(size, int) else size
+        img = fit_image(img, out_h, out_w, rng)
     arr = np.asarray(img, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+SIZE_HINT = "; --image-size N fits every image to N x N pixels"
 
 
 def stack_images(images: list[np.ndarray], where: str) -> np.ndarray:
@@ -82,7 +140,7 @@ def stack_images(images: list[np.ndarray], where: str) -> np.ndarray:
     out = np.empty((len(images), channels, *first), dtype=np.uint8)
     for i, im in enumerate(images):
         if im.shape[1:] != first:
-            raise DataError(f"mismatched image shapes in {where}: row 0 is {first}, row {i} is {im.shape[1:]}")
+            raise DataError(f"mismatched image shapes in {where}: row 0 is {first}, row {i} is {im.shape[1:]}{SIZE_HINT}")
         out[i] = im if im.shape[0] == channels else np.repeat(im, channels, axis=0)
     return out
 
@@ -166,17 +224,19 @@ def parquet_class_names(schema) -> list[str] | None:
         return None
 
 
-def decode_image_column(col, where: str, unit_scale: bool | None = None) -> np.ndarray:
+def decode_image_column(col, where: str, unit_scale: bool | None = None, size: int | None = None,
+                        rng: np.random.Generator | None = None) -> np.ndarray:
     """A Parquet image column (image structs of PNG/JPEG bytes, or lists of pixel numbers) as uint8
     (N, C, H, W). Numbers in [0, 1] are scaled to 0..255: decided from this column unless ``unit_scale``
-    says it (a streamed split decides once, so every row group is scaled alike)."""
+    says it (a streamed split decides once, so every row group is scaled alike). ``size``, ``rng``: every
+    image fitted to ``size`` x ``size`` (``decode_image``)."""
     import pyarrow as pa
 
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
     if pa.types.is_struct(col.type):
         raw = col.field("bytes").to_pylist()
-        images = [decode_image(b, f"{where} row {i}") if b is not None else None for i, b in enumerate(raw)]
+        images = [decode_image(b, f"{where} row {i}", size, rng) if b is not None else None for i, b in enumerate(raw)]
         if any(im is None for im in images):
             raise DataError(f"{where} parquet has rows without image bytes")
         return stack_images(images, f"{where} split")  # type: ignore[arg-type]
@@ -206,5 +266,6 @@ def decode_image_column(col, where: str, unit_scale: bool | None = None) -> np.n
                             f"to train on them as features, name the column with --feature-columns")
         if pixels.dtype != np.uint8:
             pixels = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
-        return pixels.reshape(len(col), c, side, side)
+        pixels = pixels.reshape(len(col), c, side, side)
+        return fit_array(pixels, size, rng) if size else pixels
     raise DataError(f"{where} image column must be an image struct or a list of numbers, got {col.type}")

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from boostray.core.data.images import (
-    SPLIT_SEED, ImageSplit, decode_image, decode_image_column, parquet_class_names, parquet_image_column, parquet_labels,
-    pixel_histogram,
+    SIZE_HINT, SPLIT_SEED, ImageSplit, decode_image, decode_image_column, parquet_class_names, parquet_image_column,
+    parquet_labels, pixel_histogram,
 )
 from boostray.errors import DataError
 
@@ -56,10 +56,12 @@ class ParquetSource:
     group_start: np.ndarray  # global row of each group's first row; one extra entry: the total
     unit_scale: bool | None = None  # numeric pixels given in [0, 1] (decided once, from the first group)
     filesystem: object = None  # pyarrow filesystem the paths are in (None: local)
+    image_size: int | None = None  # every image fitted to image_size x image_size (--image-size)
     _open: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def open(cls, files: list[str], where: str, filesystem=None) -> tuple["ParquetSource", np.ndarray, list[str] | None]:
+    def open(cls, files: list[str], where: str, filesystem=None,
+             image_size: int | None = None) -> tuple["ParquetSource", np.ndarray, list[str] | None]:
         """The source, its labels (the only column read whole) and the class names it declares."""
 
         group_file, group_index, sizes, labels = [], [], [], []
@@ -78,14 +80,15 @@ class ParquetSource:
                 sizes.append(pf.metadata.row_group(g).num_rows)
         image_column = parquet_image_column(schema.names, where)
         source = cls(list(files), image_column, np.array(group_file), np.array(group_index),
-                     np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64), filesystem=filesystem)
+                     np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64), filesystem=filesystem,
+                     image_size=image_size)
         first = next(g for g, s in enumerate(sizes) if s)
         table = source._read_table(first)
         col = table.column(image_column)
         if not _is_struct(col):
             values = col.combine_chunks().flatten().to_numpy(zero_copy_only=False)
             source.unit_scale = bool(values.size and values.max() <= 1)
-        decode_image_column(col, where, source.unit_scale)  # fails here on an undecodable first group
+        decode_image_column(col, where, source.unit_scale, image_size)  # fails here on an undecodable first group
         return source, np.concatenate(labels), parquet_class_names(schema)
 
     def __getstate__(self) -> dict:  # open files stay in the process that opened them
@@ -99,9 +102,9 @@ class ParquetSource:
         """The row group of each of ``rows`` (a search over the groups' starts: no vector per row)."""
         return np.searchsorted(self.group_start, rows, side="right") - 1
 
-    def read_rows(self, g: int, rows: np.ndarray) -> np.ndarray:
-        """Rows ``rows`` (ascending, all in row group ``g``) of the images."""
-        return self.read_group(g)[rows - self.group_start[g]]
+    def read_rows(self, g: int, rows: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Rows ``rows`` (ascending, all in row group ``g``) of the images (``rng``: see read_group)."""
+        return self.read_group(g, rng)[rows - self.group_start[g]]
 
     def _read_table(self, g: int):
         path = self.files[int(self.group_file[g])]
@@ -109,11 +112,13 @@ class ParquetSource:
             self._open[path] = _parquet_file(path, self.filesystem)
         return self._open[path].read_row_group(int(self.group_index[g]), columns=[self.image_column])
 
-    def read_group(self, g: int) -> np.ndarray:
-        """Row group ``g``'s images, uint8 (rows, C, H, W)."""
+    def read_group(self, g: int, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Row group ``g``'s images, uint8 (rows, C, H, W); with --image-size and ``rng``, random resized
+        crops (images.crop_box)."""
 
         where = f"{self.files[int(self.group_file[g])]} row group {int(self.group_index[g])}"
-        return decode_image_column(self._read_table(g).column(self.image_column), where, self.unit_scale)
+        return decode_image_column(self._read_table(g).column(self.image_column), where, self.unit_scale,
+                                   self.image_size, rng)
 
 
 def _is_struct(col) -> bool:
@@ -140,18 +145,20 @@ class ImageFileSource:
     channels: int  # of the first image: grey images become RGB where it is RGB
     group_of: np.ndarray  # group of each file
     filesystem: object = None  # pyarrow filesystem the paths are in (None: local)
+    image_size: int | None = None  # every image fitted to image_size x image_size (--image-size)
 
     @classmethod
-    def create(cls, files: list[str], channels: int, per_group: int, filesystem=None) -> "ImageFileSource":
+    def create(cls, files: list[str], channels: int, per_group: int, filesystem=None,
+               image_size: int | None = None) -> "ImageFileSource":
 
         perm = np.random.default_rng(SPLIT_SEED).permutation(len(files))
         group_of = np.empty(len(files), dtype=np.int64)
         group_of[perm] = np.arange(len(files)) // per_group
-        return cls(list(files), channels, group_of, filesystem)
+        return cls(list(files), channels, group_of, filesystem, image_size)
 
     def without_listing(self) -> "ImageFileSource":
         """This source less its file list (which a Ray Data item carries for its own files instead)."""
-        return ImageFileSource([], self.channels, np.zeros(0, dtype=np.int64), self.filesystem)
+        return ImageFileSource([], self.channels, np.zeros(0, dtype=np.int64), self.filesystem, self.image_size)
 
     @property
     def num_groups(self) -> int:
@@ -160,15 +167,16 @@ class ImageFileSource:
     def groups_of(self, rows: np.ndarray) -> np.ndarray:
         return self.group_of[rows]
 
-    def read_rows(self, g: int, rows: np.ndarray) -> np.ndarray:
-        return self.read_paths([self.files[int(r)] for r in rows])
+    def read_rows(self, g: int, rows: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        return self.read_paths([self.files[int(r)] for r in rows], rng)
 
-    def read_paths(self, paths: list[str]) -> np.ndarray:
-        """The images of ``paths``, decoded, with this folder's channels, as one uint8 (N, C, H, W)."""
+    def read_paths(self, paths: list[str], rng: np.random.Generator | None = None) -> np.ndarray:
+        """The images of ``paths``, decoded, with this folder's channels, as one uint8 (N, C, H, W); with
+        --image-size fitted to it (random resized crops with ``rng``)."""
         fs = self.filesystem or local_filesystem()
         images = []
         for path in paths:
-            im = decode_image(read_bytes(fs, path), path)
+            im = decode_image(read_bytes(fs, path), path, self.image_size, rng)
             if im.shape[0] != self.channels:
                 if im.shape[0] > self.channels:
                     raise DataError(f"{path} is RGB but the first image of the folder is grey: a streamed folder takes "
@@ -177,7 +185,7 @@ class ImageFileSource:
             images.append(im)
         shapes = {im.shape for im in images}
         if len(shapes) > 1:
-            raise DataError(f"mismatched image shapes in the train split: {sorted(shapes)[:2]}")
+            raise DataError(f"mismatched image shapes in the train split: {sorted(shapes)[:2]}{SIZE_HINT}")
         return np.stack(images) if images else np.zeros((0, self.channels, 1, 1), dtype=np.uint8)
 
 
@@ -230,7 +238,7 @@ class StreamedSplit:
         """The images of chunk ``j``'s samples, in index order."""
         images = self.source.read_rows(j, self.rows[self.chunks()[j]])
         if images.shape[1:] != self.image_shape:
-            raise DataError(f"mismatched image shapes: group {j} holds {images.shape[1:]}, the first {self.image_shape}")
+            raise DataError(f"mismatched image shapes: group {j} holds {images.shape[1:]}, the first {self.image_shape}{SIZE_HINT}")
         return images
 
     def take(self, index: np.ndarray) -> np.ndarray:
@@ -257,7 +265,7 @@ class StreamedSplit:
                 continue
             images = self.source.read_rows(int(g), self.rows[chunks[g]])
             if images.shape[1:] != self.image_shape:
-                raise DataError(f"mismatched image shapes: group {g} holds {images.shape[1:]}, the first {self.image_shape}")
+                raise DataError(f"mismatched image shapes: group {g} holds {images.shape[1:]}, the first {self.image_shape}{SIZE_HINT}")
             hist += pixel_histogram(images)
             seen += chunks[g].size
             if seen >= max_images:
@@ -294,11 +302,12 @@ def reader_source(source: "ParquetSource | ImageFileSource") -> "ParquetSource |
     return source.without_listing() if isinstance(source, ImageFileSource) else source
 
 
-def read_item(source: "ParquetSource | ImageFileSource", item: dict) -> np.ndarray:
-    """The images of one ``StreamedSplit.items`` (or ``held_out_items``) entry, in its order."""
+def read_item(source: "ParquetSource | ImageFileSource", item: dict, rng: np.random.Generator | None = None) -> np.ndarray:
+    """The images of one ``StreamedSplit.items`` (or ``held_out_items``) entry, in its order (``rng``:
+    random resized crops, with --image-size)."""
     if isinstance(source, ImageFileSource):
-        return source.read_paths(list(item["path"]))
-    return source.read_rows(int(item["chunk"]), np.asarray(item["row"]))
+        return source.read_paths(list(item["path"]), rng)
+    return source.read_rows(int(item["chunk"]), np.asarray(item["row"]), rng)
 
 
 def held_out_items(splits: "list[StreamedSplit]") -> list[dict]:
@@ -330,7 +339,7 @@ def fill_held_out(splits: "list[StreamedSplit]", pieces) -> list[ImageSplit]:
     images = [np.empty((len(sp), *shape), dtype=np.uint8) for sp in splits]
     for part, index, pixels in pieces:
         if pixels.shape[1:] != shape:
-            raise DataError(f"mismatched image shapes: a group holds {pixels.shape[1:]}, the first {shape}")
+            raise DataError(f"mismatched image shapes: a group holds {pixels.shape[1:]}, the first {shape}{SIZE_HINT}")
         for k in np.unique(part):
             where = part == k
             images[int(k)][index[where]] = pixels[where]
@@ -345,17 +354,18 @@ def read_held_out(splits: "list[StreamedSplit]") -> list[ImageSplit]:
 
 
 def open_image_files(files: list[str], labels: np.ndarray, per_group: int | None = None,
-                     filesystem=None) -> StreamedSplit:
+                     filesystem=None, image_size: int | None = None) -> StreamedSplit:
     """An image folder's training files, streamed: labels from the folder names, images on disk."""
 
-    first = decode_image(read_bytes(filesystem or local_filesystem(), files[0]), files[0])
-    source = ImageFileSource.create(files, first.shape[0], per_group or FILES_PER_GROUP, filesystem)
+    first = decode_image(read_bytes(filesystem or local_filesystem(), files[0]), files[0], image_size)
+    source = ImageFileSource.create(files, first.shape[0], per_group or FILES_PER_GROUP, filesystem, image_size)
     return StreamedSplit(source, compact_range(len(files)), compact(labels), tuple(int(s) for s in first.shape))  # type: ignore[arg-type]
 
 
-def open_parquet_train(files: list[str], filesystem=None) -> tuple[StreamedSplit, list[str] | None]:
+def open_parquet_train(files: list[str], filesystem=None,
+                       image_size: int | None = None) -> tuple[StreamedSplit, list[str] | None]:
     """The training split of ``files``, streamed: labels in memory, images on disk."""
-    source, labels, names = ParquetSource.open(files, "train", filesystem)
+    source, labels, names = ParquetSource.open(files, "train", filesystem, image_size)
     first = next(g for g in range(source.num_groups) if source.group_start[g + 1] > source.group_start[g])
     shape = tuple(int(s) for s in source.read_group(first).shape[1:])
     return StreamedSplit(source, compact_range(len(labels)), compact(labels), shape), names  # type: ignore[arg-type]
