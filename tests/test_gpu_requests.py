@@ -55,3 +55,17 @@ def test_a_worker_group_larger_than_the_cluster_is_refused(ray_cluster, tmp_path
                     "--output", str(tmp_path), "--name", "c"], capsys)
     assert "--workers 3 x --cpus-per-worker 1 asks for 3 CPU(s)" in line and "has 2" in line
     assert not (tmp_path / "c").exists()
+
+
+def test_a_streamed_run_without_a_cpu_for_its_read_tasks_is_refused(ray_cluster, tmp_path, capsys):
+    """Two 1-CPU workers fit the session's 2-CPU Ray, but streamed through Ray Data they leave no CPU for
+    the read tasks, and training would wait for ever for its first batch: one line naming the read task."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    images = [{"bytes": png_bytes(load_dataset("digits").test.images[i, 0]), "path": None} for i in range(20)]
+    pq.write_table(pa.table({"image": images, "label": [i % 2 for i in range(20)]}), folder / "train.parquet")
+    line = refused(["train", "--dataset", "parquet", "--data-dir", str(folder), "--stream", "--workers", "2",
+                    "--epochs", "2", "--members", "2", "--address", ray_cluster, "--output", str(tmp_path / "out"),
+                    "--name", "s"], capsys)
+    assert "--workers 2 x --cpus-per-worker 1 and a Ray Data read task (--stream) asks for 3 CPU(s)" in line
+    assert "has 2" in line and not (tmp_path / "out" / "s").exists()
