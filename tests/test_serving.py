@@ -206,8 +206,7 @@ def test_a_lone_request_goes_at_once_and_a_busy_replica_waits_to_fill_a_batch(se
             timing = dict(part.strip().split(";dur=") for part in resp.headers["Server-Timing"].split(","))
         return float(timing["queue"])
 
-    try:
-        assert queued_ms(0) < 750  # alone: no wait
+    def burst() -> list[float]:
         start, queued = threading.Barrier(8), []
 
         def client(i: int) -> None:
@@ -219,7 +218,17 @@ def test_a_lone_request_goes_at_once_and_a_busy_replica_waits_to_fill_a_batch(se
             t.start()
         for t in threads:
             t.join()
-        assert len(queued) == 8 and max(queued) >= 750, queued
+        assert len(queued) == 8
+        return queued
+
+    try:
+        assert queued_ms(0) < 750  # alone: no wait
+        # On a loaded machine the proxy can hand a burst to the replica one request at a time, and then
+        # none of them finds another in flight: up to three bursts, of which one must make a batch wait.
+        bursts = []
+        while len(bursts) < 3 and not (bursts and max(bursts[-1]) >= 750):
+            bursts.append(burst())
+        assert max(bursts[-1]) >= 750, bursts
     finally:
         serve.delete("wait")
 
