@@ -40,6 +40,29 @@ def ingest_cpus(workers: int, cpus_per_worker: float) -> float:
 
 
 MIN_INGEST_STORE_BYTES = 64 << 20
+MIN_PASS_STORE_BYTES = 16 << 20
+
+
+def group_bytes(split: StreamedSplit) -> int:
+    """The decoded bytes of the split's largest group: what one read task's block holds."""
+    return int(split.chunk_sizes().max(initial=1)) * int(np.prod(split.image_shape))
+
+
+def pass_store_bytes(split: StreamedSplit) -> int:
+    """The object store a rank's own pass over items (the correctness pass, SWA's statistics) may fill:
+    four groups' blocks in flight (at least 16 MiB). Unbounded, Ray Data's read tasks run ahead of the
+    rank until its whole share sits in the store, whose pages then stay mapped: the run's memory would
+    grow by a copy of the data set."""
+    return max(MIN_PASS_STORE_BYTES, 4 * group_bytes(split))
+
+
+def bounded(dataset, store_bytes: int | None):
+    """``dataset`` with its execution's object-store budget set to ``store_bytes`` (None: Ray Data's)."""
+    if store_bytes:
+        from ray.data import ExecutionResources
+
+        dataset.context.execution_options.resource_limits = ExecutionResources(object_store_memory=store_bytes)
+    return dataset
 
 
 def ingest_options(split: StreamedSplit, world: int, window: int):
@@ -50,12 +73,11 @@ def ingest_options(split: StreamedSplit, world: int, window: int):
     from ray.data import ExecutionResources
     from ray.train import DataConfig
 
-    group_bytes = int(split.chunk_sizes().max()) * int(np.prod(split.image_shape))
     with warnings.catch_warnings():  # Ray Train's defaults set an option Ray Data has deprecated
         warnings.simplefilter("ignore", DeprecationWarning)
         options = DataConfig.default_ingest_options()
     options.resource_limits = ExecutionResources(
-        object_store_memory=max(MIN_INGEST_STORE_BYTES, 4 * world * window * group_bytes))
+        object_store_memory=max(MIN_INGEST_STORE_BYTES, 4 * world * window * group_bytes(split)))
     return options
 
 
@@ -109,7 +131,7 @@ def items_dataset(items: list[dict], source: Any, augment: dict | None = None, w
 def read_held_out_with_ray_data(splits: list[StreamedSplit]) -> list:
     """Validation and test splits held out of a streamed training split, read by Ray Data tasks (the
     driver only gathers their images)."""
-    dataset = items_dataset(held_out_items(splits), reader_source(splits[0].source))
+    dataset = bounded(items_dataset(held_out_items(splits), reader_source(splits[0].source)), MIN_PASS_STORE_BYTES)
     pieces = ((b["part"], b["index"], b["image"]) for b in dataset.iter_batches(batch_size=None, batch_format="numpy"))
     return fill_held_out(splits, pieces)
 
@@ -122,8 +144,8 @@ class RayDataBatches:
     peak_chunks = 0  # nothing held by the rank beyond Ray Data's prefetched batches
 
     def __init__(self, shard: Any, items: list[dict], source: Any, *, n: int, batch_size: int,
-                 device: torch.device, rank: int, world: int) -> None:
-        self.shard, self.items, self.source = shard, items, source
+                 device: torch.device, rank: int, world: int, store_bytes: int | None = None) -> None:
+        self.shard, self.items, self.source, self.store_bytes = shard, items, source, store_bytes
         self.n, self.batch_size, self.device, self.rank, self.world = n, batch_size, device, rank, world
         # Ray Data hands out read-only arrays from the object store; nothing writes to the tensors made of them
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
@@ -140,12 +162,14 @@ class RayDataBatches:
     def _iterate(self, items: list[dict], max_rows: int) -> Iterator[dict]:
         if not items:
             return
-        dataset = items_dataset(items, self.source)
+        dataset = bounded(items_dataset(items, self.source), self.store_bytes)
         yield from dataset.iter_batches(batch_size=max_rows, batch_format="numpy")
 
     def eval_chunks(self, max_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for batch in self._iterate(self.items[self.rank::self.world], max_rows):
-            yield batch["index"], batch["image"]
+            # the indices copied: the caller keeps them for the whole pass, and a view would pin its block,
+            # images included, in the object store until the end (a rank's share of the data set)
+            yield batch["index"].copy(), batch["image"]
 
     def all_chunks(self, max_rows: int) -> Iterator[np.ndarray]:
         for batch in self._iterate(self.items, max_rows):
