@@ -3,7 +3,8 @@
 
 Memory is the proportional set size (PSS, from /proc/PID/smaps_rollup) sampled every 0.2 s over the whole
 process tree of the command: the driver, Ray's daemons (the object store's pages are mapped there and in
-every process that reads them), the Train workers. Reported: the tree's peak, the driver's peak and each
+every process that reads them), the Train workers. Reported: the tree's peak, the driver's peak (and
+its peak without file-backed pages, whose share moves as other processes map the same libraries), each
 worker's peak, the bytes each rank all-reduced for the error pass per round (metrics.json), training
 images per second (N x epochs / train_seconds).
 
@@ -60,6 +61,18 @@ def pss_kib(pid: int) -> int:
         return 0
 
 
+def private_kib(pid: int) -> int:
+    """PSS less its file-backed part: the anonymous and shared-memory pages (the object store's) a process
+    holds. A process's file-backed PSS changes as other processes map and unmap the same libraries (a
+    driver's doubles when Ray's workers exit), which has nothing to do with its data."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            rows = {line.split(":")[0]: int(line.split()[1]) for line in f if line.startswith("Pss_")}
+        return rows.get("Pss_Anon", 0) + rows.get("Pss_Shmem", 0)
+    except (OSError, ValueError):
+        return 0
+
+
 def descendants(root: int) -> dict[int, str]:
     """pid -> command line of ``root`` and every process below it."""
     children: dict[int, list[int]] = {}
@@ -87,7 +100,7 @@ class Sampler(threading.Thread):
     def __init__(self, root: int) -> None:
         super().__init__(daemon=True)
         self.root, self.stop = root, threading.Event()
-        self.tree = self.driver = 0
+        self.tree = self.driver = self.driver_private = 0
         self.workers: dict[int, int] = {}
 
     def run(self) -> None:
@@ -100,6 +113,7 @@ class Sampler(threading.Thread):
                     self.workers[pid] = max(self.workers.get(pid, 0), kib)
             self.tree = max(self.tree, tree)
             self.driver = max(self.driver, pss_kib(self.root))
+            self.driver_private = max(self.driver_private, private_kib(self.root))
             self.stop.wait(0.2)
 
 
@@ -122,6 +136,7 @@ def one_run(data: str, out: str, name: str, stream: bool) -> dict:
             "train_seconds": round(metrics["train_seconds"], 1),
             "images_per_s": round(2 * n / metrics["train_seconds"]),
             "peak_tree_mb": round(sampler.tree / 1024, 1), "peak_driver_mb": round(sampler.driver / 1024, 1),
+            "peak_driver_private_mb": round(sampler.driver_private / 1024, 1),
             "peak_worker_mb": sorted(round(v / 1024, 1) for v in sampler.workers.values()),
             "error_pass_bytes_per_round": metrics.get("error_pass_bytes"),
             "test_accuracy": metrics["test"]["accuracy"]}
@@ -150,7 +165,7 @@ def main() -> None:
             for mode in {r["mode"] for r in out["runs"]}:
                 a, b = by[(mode, lo)], by[(mode, hi)]
                 out[f"{mode}_bytes_per_image"] = {  # per row added to the Parquet file (90 % of them train)
-                    key[5:-3]: round((b[key] - a[key]) * 2**20 / (hi - lo), 1) for key in ("peak_tree_mb", "peak_driver_mb")}
+                    key[5:-3]: round((b[key] - a[key]) * 2**20 / (hi - lo), 1) for key in ("peak_tree_mb", "peak_driver_mb", "peak_driver_private_mb")}
     finally:
         shutil.rmtree(root, ignore_errors=True)
     emit(out, args.json_out)
