@@ -373,8 +373,8 @@ def load_dataset(
 def release_unused_memory() -> None:
     """Give back to the system what loading a streamed split held only while it ran: pyarrow's pool
     (mimalloc keeps freed pages) and glibc's heap (the label columns, the hold-out's permutations). Kept,
-    they made the driver grow by about 60 bytes a training row; given back, by the 8 it keeps (a label
-    and a row number)."""
+    they grow the driver with the data set's size, although only a label and a row number per sample
+    stay in use (docs/performance.md has the figures)."""
     import ctypes
 
     import pyarrow as pa
