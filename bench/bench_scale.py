@@ -3,12 +3,13 @@
 
 Memory is the proportional set size (PSS, from /proc/PID/smaps_rollup) sampled every 0.2 s over the whole
 process tree of the command: the driver, Ray's daemons (the object store's pages are mapped there and in
-every process that reads them), the Train workers. Reported: the tree's peak, the driver's peak (and
-its peak without file-backed pages, whose share moves as other processes map the same libraries), each
-worker's peak, the bytes each rank all-reduced for the error pass per round (metrics.json), training
-images per second (N x epochs / train_seconds).
+every process that reads them), the Train workers. Reported: the tree's peak (and the PSS of each kind
+of process at that moment), the tree's and the driver's peaks without file-backed pages (whose shares
+move as other processes map the same libraries), each worker's peak, the bytes each rank all-reduced
+for the error pass per round (metrics.json), training images per second (N x epochs / train_seconds).
+With --repeats, the growth per image is taken between the medians of the runs.
 
-    python bench/bench_scale.py --sizes 10000,100000 --json-out bench/results/scale.json
+    python bench/bench_scale.py --sizes 50000,400000 --repeats 3 --json-out bench/results/scale.json
 """
 
 from __future__ import annotations
@@ -53,24 +54,33 @@ def write_data(folder: str, n_train: int, n_test: int = 2_000, seed: int = 0) ->
         writer.close()
 
 
-def pss_kib(pid: int) -> int:
+def smaps_kib(pid: int) -> tuple[int, int]:
+    """(PSS, PSS less its file-backed part) of a process, in KiB; (0, 0) when it has gone. The second is
+    the anonymous and shared-memory pages (the object store's) it holds: a process's file-backed PSS
+    changes as other processes map and unmap the same libraries (a driver's doubles when Ray's workers
+    exit, and any Python process beside the benchmark takes a share of torch's), which has nothing to do
+    with its data."""
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
-    except (OSError, StopIteration, ValueError):
-        return 0
-
-
-def private_kib(pid: int) -> int:
-    """PSS less its file-backed part: the anonymous and shared-memory pages (the object store's) a process
-    holds. A process's file-backed PSS changes as other processes map and unmap the same libraries (a
-    driver's doubles when Ray's workers exit), which has nothing to do with its data."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            rows = {line.split(":")[0]: int(line.split()[1]) for line in f if line.startswith("Pss_")}
-        return rows.get("Pss_Anon", 0) + rows.get("Pss_Shmem", 0)
+            rows = {line.split(":")[0]: int(line.split()[1]) for line in f if line.startswith("Pss")}
     except (OSError, ValueError):
-        return 0
+        return 0, 0
+    return rows.get("Pss", 0), rows.get("Pss_Anon", 0) + rows.get("Pss_Shmem", 0)
+
+
+def process_kind(cmd: str, root: bool) -> str:
+    """What a process of the tree is, for the breakdown: the driver, a Train worker, a Ray actor or task
+    by its class or function (``ray::SplitCoordinator``), a pooled idle worker, or a daemon by name."""
+    if root:
+        return "driver"
+    if "RayTrainWorker" in cmd:
+        return "train worker"
+    if cmd.startswith("ray::"):
+        return cmd.split()[0].split(".")[0]
+    for daemon in ("raylet", "gcs_server", "dashboard", "log_monitor", "runtime_env", "monitor.py"):
+        if daemon in cmd:
+            return daemon
+    return "other"
 
 
 def descendants(root: int) -> dict[int, str]:
@@ -97,23 +107,32 @@ def descendants(root: int) -> dict[int, str]:
 
 
 class Sampler(threading.Thread):
+    """Samples the tree every 0.2 s and keeps the peaks: the tree's PSS and its private part (with the
+    PSS of each kind of process at the moment of the PSS peak), the driver's, each Train worker's."""
+
     def __init__(self, root: int) -> None:
         super().__init__(daemon=True)
         self.root, self.stop = root, threading.Event()
-        self.tree = self.driver = self.driver_private = 0
+        self.tree = self.tree_private = self.driver = self.driver_private = 0
+        self.at_peak: dict[str, int] = {}
         self.workers: dict[int, int] = {}
 
     def run(self) -> None:
         while not self.stop.is_set():
-            tree = 0
+            tree = private = 0
+            kinds: dict[str, int] = {}
             for pid, cmd in descendants(self.root).items():
-                kib = pss_kib(pid)
-                tree += kib
-                if "RayTrainWorker" in cmd:
-                    self.workers[pid] = max(self.workers.get(pid, 0), kib)
-            self.tree = max(self.tree, tree)
-            self.driver = max(self.driver, pss_kib(self.root))
-            self.driver_private = max(self.driver_private, private_kib(self.root))
+                pss, own = smaps_kib(pid)
+                tree, private = tree + pss, private + own
+                kind = process_kind(cmd, pid == self.root)
+                kinds[kind] = kinds.get(kind, 0) + pss
+                if kind == "train worker":
+                    self.workers[pid] = max(self.workers.get(pid, 0), pss)
+                if pid == self.root:
+                    self.driver, self.driver_private = max(self.driver, pss), max(self.driver_private, own)
+            if tree > self.tree:
+                self.tree, self.at_peak = tree, kinds
+            self.tree_private = max(self.tree_private, private)
             self.stop.wait(0.2)
 
 
@@ -135,17 +154,28 @@ def one_run(data: str, out: str, name: str, stream: bool) -> dict:
     return {"train_images": n, "wall_s": round(time.perf_counter() - started, 1),
             "train_seconds": round(metrics["train_seconds"], 1),
             "images_per_s": round(2 * n / metrics["train_seconds"]),
-            "peak_tree_mb": round(sampler.tree / 1024, 1), "peak_driver_mb": round(sampler.driver / 1024, 1),
+            "peak_tree_mb": round(sampler.tree / 1024, 1), "peak_tree_private_mb": round(sampler.tree_private / 1024, 1),
+            "peak_driver_mb": round(sampler.driver / 1024, 1),
             "peak_driver_private_mb": round(sampler.driver_private / 1024, 1),
             "peak_worker_mb": sorted(round(v / 1024, 1) for v in sampler.workers.values()),
             "error_pass_bytes_per_round": metrics.get("error_pass_bytes"),
-            "test_accuracy": metrics["test"]["accuracy"]}
+            "test_accuracy": metrics["test"]["accuracy"],
+            "tree_at_peak_mb": {k: round(v / 1024, 1) for k, v in sorted(sampler.at_peak.items(), key=lambda kv: -kv[1])}}
+
+
+GROWTH_KEYS = ("peak_tree_mb", "peak_tree_private_mb", "peak_driver_mb", "peak_driver_private_mb")
+
+
+def median_of(runs: list[dict], mode: str, n: int, key: str) -> float:
+    return float(np.median([r[key] for r in runs if r["mode"] == mode and r["n"] == n]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000", help="training images, comma-separated")
     parser.add_argument("--modes", default="stream,memory", help="stream and/or memory")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs per size and mode; the growth per image is taken between medians")
     parser.add_argument("--json-out", help="also write the JSON to this file")
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="boostray-scale-")
@@ -155,17 +185,17 @@ def main() -> None:
             data = os.path.join(root, f"data-{n}")
             write_data(data, n)
             for mode in args.modes.split(","):
-                result = one_run(data, os.path.join(root, "runs"), f"{mode}-{n}", mode == "stream")
-                out["runs"].append({"mode": mode, "n": n, **result})
-                print(json.dumps(out["runs"][-1]), file=sys.stderr, flush=True)
-        by = {(r["mode"], r["n"]): r for r in out["runs"]}
+                for repeat in range(args.repeats):
+                    result = one_run(data, os.path.join(root, "runs"), f"{mode}-{n}-{repeat}", mode == "stream")
+                    out["runs"].append({"mode": mode, "n": n, "repeat": repeat, **result})
+                    print(json.dumps(out["runs"][-1]), file=sys.stderr, flush=True)
         sizes = sorted({r["n"] for r in out["runs"]})
         if len(sizes) > 1:  # growth per added image between the smallest and the largest N
             lo, hi = sizes[0], sizes[-1]
-            for mode in {r["mode"] for r in out["runs"]}:
-                a, b = by[(mode, lo)], by[(mode, hi)]
+            for mode in sorted({r["mode"] for r in out["runs"]}):
                 out[f"{mode}_bytes_per_image"] = {  # per row added to the Parquet file (90 % of them train)
-                    key[5:-3]: round((b[key] - a[key]) * 2**20 / (hi - lo), 1) for key in ("peak_tree_mb", "peak_driver_mb", "peak_driver_private_mb")}
+                    key[5:-3]: round((median_of(out["runs"], mode, hi, key) - median_of(out["runs"], mode, lo, key))
+                                     * 2**20 / (hi - lo), 1) for key in GROWTH_KEYS}
     finally:
         shutil.rmtree(root, ignore_errors=True)
     emit(out, args.json_out)
