@@ -197,19 +197,21 @@ def test_a_streamed_run_on_two_workers_reads_through_ray_data(ray_cluster, group
 @pytest.mark.ray
 def test_ray_data_reads_every_sample_once_over_the_ranks_and_the_held_out_rows(ray_cluster, grouped):
     """The pieces a rank's correctness pass reads, and the validation and test rows read by Ray Data
-    tasks, are the images the split holds, each once; the pass runs within the object-store budget it
-    is given (one group's block here)."""
+    tasks, are the images the split holds, each once, whether a task reads one group or several; the
+    pass runs within the object-store budget it is given (one group's block here)."""
     from boostray.core.data.streaming import reader_source
-    from boostray.distributed.ingest import RayDataBatches, bounded, group_bytes, items_dataset, read_held_out_with_ray_data
+    from boostray.distributed.ingest import (RayDataBatches, bounded, group_bytes, items_dataset, items_per_pass_task,
+                                             read_held_out_with_ray_data)
 
     folder, streamed, twin = grouped
     items, source = streamed.train.items(), reader_source(streamed.train.source)
     budget = group_bytes(streamed.train)
     assert bounded(items_dataset(items, source), budget).context.execution_options.resource_limits.object_store_memory == budget
+    assert items_per_pass_task(streamed.train) > 1  # small groups: several to a task
     seen = []
-    for rank in range(2):
+    for rank in range(2):  # rank 0 reads a group per task, rank 1 three
         batches = RayDataBatches(None, items, source, n=len(streamed.train), batch_size=32,
-                                 device=torch.device("cpu"), rank=rank, world=2, store_bytes=budget)
+                                 device=torch.device("cpu"), rank=rank, world=2, store_bytes=budget, per_task=1 + 2 * rank)
         for idx, images in batches.eval_chunks(50):
             assert len(idx) <= 50
             np.testing.assert_array_equal(images, twin.train.images[idx])

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from boostray.core.data.batches import crop_and_flip
+from boostray.core.data.datasets import release_unused_memory
 from boostray.core.data.streaming import StreamedSplit, fill_held_out, held_out_items, read_item, reader_source
 
 READ_TASK_CPUS = 1.0  # CPUs per Ray Data read task; a cluster needs at least this beside the workers
@@ -41,19 +42,29 @@ def ingest_cpus(workers: int, cpus_per_worker: float) -> float:
 
 MIN_INGEST_STORE_BYTES = 64 << 20
 MIN_PASS_STORE_BYTES = 16 << 20
+PASS_TASK_BYTES = 4 << 20  # decoded bytes a pass task reads: several small groups per task, one large one
 
 
-def group_bytes(split: StreamedSplit) -> int:
-    """The decoded bytes of the split's largest group: what one read task's block holds."""
-    return int(split.chunk_sizes().max(initial=1)) * int(np.prod(split.image_shape))
+def group_bytes(*splits: StreamedSplit) -> int:
+    """The decoded bytes of the largest group's samples in ``splits`` (of one source): what one item
+    reads."""
+    sizes = sum(split.chunk_sizes() for split in splits)
+    return int(np.max(sizes, initial=1)) * int(np.prod(splits[0].image_shape))
 
 
-def pass_store_bytes(split: StreamedSplit) -> int:
-    """The object store a rank's own pass over items (the correctness pass, SWA's statistics) may fill:
-    four groups' blocks in flight (at least 16 MiB). Unbounded, Ray Data's read tasks run ahead of the
-    rank until its whole share sits in the store, whose pages then stay mapped: the run's memory would
-    grow by a copy of the data set."""
-    return max(MIN_PASS_STORE_BYTES, 4 * group_bytes(split))
+def items_per_pass_task(*splits: StreamedSplit) -> int:
+    """How many items one task of a pass reads: as many groups as fit PASS_TASK_BYTES (at least one).
+    A task per small group made a pass thousands of tasks at a million rows, and Ray's GCS and Ray
+    Data's stats actor keep a record of every one."""
+    return max(1, PASS_TASK_BYTES // group_bytes(*splits))
+
+
+def pass_store_bytes(*splits: StreamedSplit) -> int:
+    """The object store a pass over items (a rank's correctness pass, SWA's statistics, the driver's
+    held-out read) may fill: four tasks' blocks in flight (at least 16 MiB). Unbounded, Ray Data's read
+    tasks run ahead of the reader until its whole share sits in the store, whose pages then stay
+    mapped: the run's memory would grow by a copy of the data set."""
+    return max(MIN_PASS_STORE_BYTES, 4 * items_per_pass_task(*splits) * group_bytes(*splits))
 
 
 def bounded(dataset, store_bytes: int | None):
@@ -113,25 +124,27 @@ def _read(batch: dict[str, np.ndarray], source: Any, augment: dict | None, shuff
     return out
 
 
-def items_dataset(items: list[dict], source: Any, augment: dict | None = None, window: int = 0):
-    """A Ray Dataset of the items' images, read by tasks on any node's CPUs: one task per item, in order;
-    or, with ``window``, the items in a new random order each execution, ``window`` per task, their
-    samples shuffled together (training)."""
+def items_dataset(items: list[dict], source: Any, augment: dict | None = None, window: int = 0, per_task: int = 1):
+    """A Ray Dataset of the items' images, read by tasks on any node's CPUs: ``per_task`` items per task,
+    in order (a pass); or, with ``window``, the items in a new random order each execution, ``window``
+    per task, their samples shuffled together (training)."""
     import ray.data
 
     quiet_ray_data()
-    dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    per_block = 1 if window else max(1, per_task)
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / per_block)))
     if window:
         dataset = dataset.randomize_block_order()
     return dataset.map_batches(
-        _read, batch_size=max(1, window), batch_format="numpy", num_cpus=READ_TASK_CPUS,
+        _read, batch_size=max(1, window or per_block), batch_format="numpy", num_cpus=READ_TASK_CPUS,
         fn_kwargs={"source": source, "augment": augment, "shuffle": bool(window)})
 
 
 def read_held_out_with_ray_data(splits: list[StreamedSplit]) -> list:
     """Validation and test splits held out of a streamed training split, read by Ray Data tasks (the
     driver only gathers their images)."""
-    dataset = bounded(items_dataset(held_out_items(splits), reader_source(splits[0].source)), MIN_PASS_STORE_BYTES)
+    dataset = bounded(items_dataset(held_out_items(splits), reader_source(splits[0].source),
+                                    per_task=items_per_pass_task(*splits)), pass_store_bytes(*splits))
     pieces = ((b["part"], b["index"], b["image"]) for b in dataset.iter_batches(batch_size=None, batch_format="numpy"))
     return fill_held_out(splits, pieces)
 
@@ -144,8 +157,8 @@ class RayDataBatches:
     peak_chunks = 0  # nothing held by the rank beyond Ray Data's prefetched batches
 
     def __init__(self, shard: Any, items: list[dict], source: Any, *, n: int, batch_size: int,
-                 device: torch.device, rank: int, world: int, store_bytes: int | None = None) -> None:
-        self.shard, self.items, self.source, self.store_bytes = shard, items, source, store_bytes
+                 device: torch.device, rank: int, world: int, store_bytes: int | None = None, per_task: int = 1) -> None:
+        self.shard, self.items, self.source, self.store_bytes, self.per_task = shard, items, source, store_bytes, per_task
         self.n, self.batch_size, self.device, self.rank, self.world = n, batch_size, device, rank, world
         # Ray Data hands out read-only arrays from the object store; nothing writes to the tensors made of them
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
@@ -158,12 +171,14 @@ class RayDataBatches:
             batch_size=self.batch_size, prefetch_batches=PREFETCH_BATCHES, device=self.device, pin_memory=self.device.type == "cuda")
         for batch in batches:
             yield batch["image"], batch["label"], batch["index"]
+        release_unused_memory()  # what Arrow's pool and the heap kept of the epoch's blocks and batches
 
     def _iterate(self, items: list[dict], max_rows: int) -> Iterator[dict]:
         if not items:
             return
-        dataset = bounded(items_dataset(items, self.source), self.store_bytes)
+        dataset = bounded(items_dataset(items, self.source, per_task=self.per_task), self.store_bytes)
         yield from dataset.iter_batches(batch_size=max_rows, batch_format="numpy")
+        release_unused_memory()
 
     def eval_chunks(self, max_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for batch in self._iterate(self.items[self.rank::self.world], max_rows):

@@ -54,7 +54,8 @@ def ray_data_batches(ingest: dict | None, n: int):
     def build(batching: dict) -> RayDataBatches:
         return RayDataBatches(ray.train.get_dataset_shard("train"), _resolve(ingest["items"]), ingest["source"], n=n,
                               batch_size=batching["batch_size"], device=batching["device"], rank=batching["rank"],
-                              world=batching["world"], store_bytes=ingest.get("store_bytes"))
+                              world=batching["world"], store_bytes=ingest.get("store_bytes"),
+                              per_task=ingest.get("per_task", 1))
 
     return build
 

@@ -155,7 +155,7 @@ def streamed_input(config: TrainConfig, data: ImageDataset | Any) -> tuple[dict,
 
     if isinstance(data, ray.ObjectRef) or not data.streamed:
         return {}, None
-    from boostray.distributed.ingest import items_dataset, pass_store_bytes
+    from boostray.distributed.ingest import items_dataset, items_per_pass_task, pass_store_bytes
     from boostray.core.data.streaming import reader_source
 
     # with --image-size the read tasks take random resized crops from the files' images (and flip them);
@@ -166,7 +166,8 @@ def streamed_input(config: TrainConfig, data: ImageDataset | Any) -> tuple[dict,
     items = data.train.items()  # built once: the training dataset's input and, in the object store, the ranks'
     source = reader_source(data.train.source)
     return ({"train": items_dataset(items, source, augment, config.stream_window)},
-            {"items": ray.put(items), "source": source, "store_bytes": pass_store_bytes(data.train)})
+            {"items": ray.put(items), "source": source, "store_bytes": pass_store_bytes(data.train),
+             "per_task": items_per_pass_task(data.train)})
 
 
 def lost_actors(exc: BaseException) -> dict[int, Any]:
