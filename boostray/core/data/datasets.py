@@ -371,10 +371,10 @@ def load_dataset(
 
 
 def release_unused_memory() -> None:
-    """Give back to the system what loading a streamed split held only while it ran: pyarrow's pool
-    (mimalloc keeps freed pages) and glibc's heap (the label columns, the hold-out's permutations). Kept,
-    they grow the driver with the data set's size, although only a label and a row number per sample
-    stay in use (docs/performance.md has the figures)."""
+    """Give back to the system what a pass over streamed data held only while it ran: pyarrow's pool
+    (mimalloc keeps freed pages) and glibc's heap (label columns and hold-out permutations on the driver,
+    Ray Data's blocks and batches on a rank). Kept, they grow a process with the data set's size although
+    little of it stays in use (docs/performance.md has the figures)."""
     import ctypes
 
     import pyarrow as pa
