@@ -142,6 +142,29 @@ def test_an_image_folder_streams_in_mixed_groups_and_trains_as_in_memory(tmp_pat
     equal_states(train_in_process(config.spec(), streamed), train_in_process(config.spec(), twin))
 
 
+def test_a_ranks_items_are_its_share_of_every_item(grouped, tmp_path, monkeypatch):
+    """What a rank builds for its correctness pass from the split it holds (``items(rank, world)``) is
+    every world-th item of the whole list, for Parquet row groups and for groups of image files: over
+    the ranks, each sample once, with its row, label and file."""
+    import boostray.core.data.streaming as streaming
+
+    monkeypatch.setattr(streaming, "FILES_PER_GROUP", 60)
+    folder = load_dataset("imagefolder", write_image_folder(tmp_path / "folder"), stream=True)
+    for split in (grouped[1].train, folder.train):
+        every = split.items()
+        assert len(every) > 3
+        for rank in range(3):
+            share = split.items(rank, 3)
+            assert [item["chunk"] for item in share] == [item["chunk"] for item in every[rank::3]]
+            for mine, theirs in zip(share, every[rank::3]):
+                assert mine.keys() == theirs.keys()
+                for key in mine:
+                    np.testing.assert_array_equal(mine[key], theirs[key])
+        indices = np.concatenate([item["index"] for item in every])
+        assert sorted(indices.tolist()) == list(range(len(split)))
+        np.testing.assert_array_equal(np.concatenate([item["label"] for item in every]), split.labels[indices])
+
+
 def test_a_streamed_folder_whose_first_image_is_grey_refuses_a_later_rgb_one(tmp_path):
     folder = tmp_path / "folder"
     for i, channels in enumerate((1, 3)):  # three grey images of class 0, three RGB of class 1
@@ -210,7 +233,7 @@ def test_ray_data_reads_every_sample_once_over_the_ranks_and_the_held_out_rows(r
     assert items_per_pass_task(streamed.train) > 1  # small groups: several to a task
     seen = []
     for rank in range(2):  # rank 0 reads a group per task, rank 1 three
-        batches = RayDataBatches(None, items, source, n=len(streamed.train), batch_size=32,
+        batches = RayDataBatches(None, streamed.train, source, n=len(streamed.train), batch_size=32,
                                  device=torch.device("cpu"), rank=rank, world=2, store_bytes=budget, per_task=1 + 2 * rank)
         for idx, images in batches.eval_chunks(50):
             assert len(idx) <= 50

@@ -152,13 +152,15 @@ def read_held_out_with_ray_data(splits: list[StreamedSplit]) -> list:
 class RayDataBatches:
     """One rank's batches from Ray Data, with the interface of batches.py's classes: ``epoch(e)`` iterates
     this rank's shard of the training dataset; ``eval_chunks`` and ``all_chunks`` read items without
-    augmentation (this rank's fixed share, or all of them)."""
+    augmentation (this rank's fixed share, or all of them), built from the split when a pass starts: the
+    rank holds the split's rows and labels already, and a list of every item, shipped to every rank and
+    kept for the run, cost the object store and each rank about 12 bytes a sample more."""
 
     peak_chunks = 0  # nothing held by the rank beyond Ray Data's prefetched batches
 
-    def __init__(self, shard: Any, items: list[dict], source: Any, *, n: int, batch_size: int,
+    def __init__(self, shard: Any, split: StreamedSplit, source: Any, *, n: int, batch_size: int,
                  device: torch.device, rank: int, world: int, store_bytes: int | None = None, per_task: int = 1) -> None:
-        self.shard, self.items, self.source, self.store_bytes, self.per_task = shard, items, source, store_bytes, per_task
+        self.shard, self.split, self.source, self.store_bytes, self.per_task = shard, split, source, store_bytes, per_task
         self.n, self.batch_size, self.device, self.rank, self.world = n, batch_size, device, rank, world
         # Ray Data hands out read-only arrays from the object store; nothing writes to the tensors made of them
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
@@ -181,11 +183,11 @@ class RayDataBatches:
         release_unused_memory()
 
     def eval_chunks(self, max_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for batch in self._iterate(self.items[self.rank::self.world], max_rows):
+        for batch in self._iterate(self.split.items(self.rank, self.world), max_rows):
             # the indices copied: the caller keeps them for the whole pass, and a view would pin its block,
             # images included, in the object store until the end (a rank's share of the data set)
             yield batch["index"].copy(), batch["image"]
 
     def all_chunks(self, max_rows: int) -> Iterator[np.ndarray]:
-        for batch in self._iterate(self.items, max_rows):
+        for batch in self._iterate(self.split.items(), max_rows):
             yield batch["image"]

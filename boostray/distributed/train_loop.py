@@ -45,14 +45,14 @@ def rank_nodes(world: int) -> list[str]:
     return nodes
 
 
-def ray_data_batches(ingest: dict | None, n: int):
+def ray_data_batches(ingest: dict | None, split: Any):
     """For a streamed run: a builder of this rank's batches from its Ray Data shard (ingest.py)."""
     if not ingest:
         return None
     from boostray.distributed.ingest import RayDataBatches
 
     def build(batching: dict) -> RayDataBatches:
-        return RayDataBatches(ray.train.get_dataset_shard("train"), _resolve(ingest["items"]), ingest["source"], n=n,
+        return RayDataBatches(ray.train.get_dataset_shard("train"), split, ingest["source"], n=len(split),
                               batch_size=batching["batch_size"], device=batching["device"], rank=batching["rank"],
                               world=batching["world"], store_bytes=ingest.get("store_bytes"),
                               per_task=ingest.get("per_task", 1))
@@ -70,7 +70,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     ctx = ray.train.get_context()
     engine = Engine(config.spec(), data, store=loop_config["store"], rank=ctx.get_world_rank(), world=ctx.get_world_size(),
                     device=device, wrap_model=ray.train.torch.prepare_model, recipe=loop_config.get("recipe") or DEFAULT_RECIPE,
-                    batches=ray_data_batches(loop_config.get("ingest"), len(data.train)))
+                    batches=ray_data_batches(loop_config.get("ingest"), data.train))
     checkpoint = ray.train.get_checkpoint()
     members_dir = loop_config.get("members_dir")  # members are saved once each, beside the checkpoints
     if checkpoint:

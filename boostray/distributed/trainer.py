@@ -149,8 +149,8 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
 
 def streamed_input(config: TrainConfig, data: ImageDataset | Any) -> tuple[dict, dict | None]:
     """A streamed training split on Ray: Ray Train's ``datasets`` (the images, read and augmented by Ray
-    Data tasks) and what each rank needs for its own passes (the items, in the object store, and the
-    reader); nothing for data in memory."""
+    Data tasks) and what each rank needs for its own passes besides the split it holds (the reader and
+    the passes' object-store budget); nothing for data in memory."""
     import ray
 
     if isinstance(data, ray.ObjectRef) or not data.streamed:
@@ -163,11 +163,9 @@ def streamed_input(config: TrainConfig, data: ImageDataset | Any) -> tuple[dict,
     augment = ({"padding": 0 if config.image_size else data.crop_padding, "hflip": data.hflip,
                 "resized_crop": config.image_size is not None}
                if config.augment and data.augmentable else None)
-    items = data.train.items()  # built once: the training dataset's input and, in the object store, the ranks'
     source = reader_source(data.train.source)
-    return ({"train": items_dataset(items, source, augment, config.stream_window)},
-            {"items": ray.put(items), "source": source, "store_bytes": pass_store_bytes(data.train),
-             "per_task": items_per_pass_task(data.train)})
+    return ({"train": items_dataset(data.train.items(), source, augment, config.stream_window)},
+            {"source": source, "store_bytes": pass_store_bytes(data.train), "per_task": items_per_pass_task(data.train)})
 
 
 def lost_actors(exc: BaseException) -> dict[int, Any]:

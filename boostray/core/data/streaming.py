@@ -272,20 +272,28 @@ class StreamedSplit:
                 break
         return hist
 
-    def items(self) -> list[dict]:
+    def items(self, rank: int = 0, world: int = 1) -> list[dict]:
         """One item per group with samples: what a Ray Data task needs to read it (``read_item``): the
         group, its rows in the source, the samples' indices in this split and their labels; for an image
-        folder, the files' paths too (the source it is read with then needs no file list)."""
+        folder, the files' paths too (the source it is read with then needs no file list). With ``rank``
+        and ``world``, only that rank's share: every ``world``-th of those items from the ``rank``-th,
+        built by a rank from the split it holds, so no list of every item is shipped or kept."""
         out = []
         small = np.int32 if max(len(self), int(self.rows.max(initial=0)) + 1) < 2**31 else np.int64  # 4 bytes a number
-        for j, idx in enumerate(self.chunk_lists()):
-            if idx.size:
-                rows = self.rows[idx]
-                item = {"chunk": j, "row": rows.astype(small), "index": idx.astype(small),
-                        "label": self.labels[idx].astype(small)}
-                if isinstance(self.source, ImageFileSource):
-                    item["path"] = [self.source.files[int(r)] for r in rows]
-                out.append(item)
+        if isinstance(self.source, ParquetSource):  # runs of indices: no index vector for the groups not taken
+            bounds = np.searchsorted(self.rows, self.source.group_start)
+            groups = np.flatnonzero(np.diff(bounds))[rank::world]
+            chunks = ((j, np.arange(bounds[j], bounds[j + 1])) for j in groups)
+        else:
+            lists = self.chunk_lists()
+            chunks = [(j, idx) for j, idx in enumerate(lists) if idx.size][rank::world]
+        for j, idx in chunks:
+            rows = self.rows[idx]
+            item = {"chunk": int(j), "row": rows.astype(small), "index": idx.astype(small),
+                    "label": self.labels[idx].astype(small)}
+            if isinstance(self.source, ImageFileSource):
+                item["path"] = [self.source.files[int(r)] for r in rows]
+            out.append(item)
         return out
 
     def materialize(self) -> "ImageSplit":
