@@ -131,3 +131,26 @@ def test_summary_puts_the_ensemble_against_its_final_network_on_validation_and_w
     assert "warning" not in text
     worse = format_summary("RUN", {**metrics, "val_crossfit": {"accuracy": 0.895}})
     assert worse.splitlines()[-1].startswith("warning: on validation the ensemble is 0.50 points WORSE")
+
+
+def test_sample_weights_are_written_a_row_group_at_a_time(tmp_path, monkeypatch):
+    """sample_weights.parquet holds every sample's index, label and weights whatever the row groups it is
+    written in (small ones here: several groups, the last one short)."""
+    import boostray.core.artifact.run_directory as run_directory
+    from boostray.core.data.datasets import load_dataset
+    from boostray.core.method.boost_state import BoostState
+
+    monkeypatch.setattr(run_directory, "SAMPLE_WEIGHTS_GROUP_ROWS", 100)
+    data = load_dataset("digits")
+    n = len(data.train)
+    rng = np.random.default_rng(0)
+    history = [rng.random(n).astype(np.float32) for _ in range(2)]
+    state = BoostState(weights=rng.random(n), weights_history=history)
+    path = tmp_path / "sample_weights.parquet"
+    run_directory.write_sample_weights(str(path), state, data)
+    assert pq.ParquetFile(path).num_row_groups == -(-n // 100) > 2
+    table = pq.read_table(path).to_pydict()
+    np.testing.assert_array_equal(table["index"], np.arange(n))
+    np.testing.assert_array_equal(table["label"], data.train.labels)
+    np.testing.assert_array_equal(table["round_2"], history[1])
+    np.testing.assert_array_equal(table["final"], state.weights.astype(np.float32))

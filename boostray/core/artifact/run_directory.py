@@ -121,19 +121,31 @@ def stream_figures(state: BoostState, data: ImageDataset, spec: RunSpec) -> dict
             "peak_groups_held": state.peak_chunks_held}
 
 
+SAMPLE_WEIGHTS_GROUP_ROWS = 1 << 16  # rows per row group of sample_weights.parquet
+
+
 def write_sample_weights(path: str, state: BoostState, data: ImageDataset) -> None:
     """One row per training sample: its index, label and the weight it had in each round."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     n = len(data.train)
-    columns = {"index": np.arange(n, dtype=np.int32 if n < 2**31 else np.int64), "label": data.train.labels}
-    for r, w in enumerate(state.weights_history):
-        columns[f"round_{r + 1}"] = w
-    columns["final"] = state.weights.astype(np.float32)
-    # No dictionary encoding for the weights (distinct floats: its hash tables would cost more than the
-    # column), and row groups of 64k rows, so that the writer's buffers stay small whatever N is.
-    pq.write_table(pa.table(columns), path, use_dictionary=["label"], row_group_size=1 << 16)
+    index_type = np.int32 if n < 2**31 else np.int64
+    rows = SAMPLE_WEIGHTS_GROUP_ROWS
+    writer = None
+    # Written a row group at a time, so that the driver never holds an Arrow copy of the whole table (24
+    # bytes a sample at two rounds) beside the state. No dictionary encoding for the weights (distinct
+    # floats: its hash tables would cost more than the column).
+    for start in range(0, max(n, 1), rows):
+        stop = min(n, start + rows)
+        columns = {"index": np.arange(start, stop, dtype=index_type), "label": data.train.labels[start:stop]}
+        for r, w in enumerate(state.weights_history):
+            columns[f"round_{r + 1}"] = w[start:stop]
+        columns["final"] = state.weights[start:stop].astype(np.float32)
+        table = pa.table(columns)
+        writer = writer or pq.ParquetWriter(path, table.schema, use_dictionary=["label"])
+        writer.write_table(table, row_group_size=rows)
+    writer.close()
     pa.default_memory_pool().release_unused()
 
 
