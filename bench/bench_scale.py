@@ -5,8 +5,9 @@ Memory is the proportional set size (PSS, from /proc/PID/smaps_rollup) sampled e
 process tree of the command: the driver, Ray's daemons (the object store's pages are mapped there and in
 every process that reads them), the Train workers. Reported: the tree's peak (and the PSS of each kind
 of process at that moment), the tree's and the driver's peaks without file-backed pages (whose shares
-move as other processes map the same libraries), each worker's peak, the bytes each rank all-reduced
-for the error pass per round (metrics.json), training images per second (N x epochs / train_seconds).
+move as other processes map the same libraries) and when the driver's came, each worker's peak, the
+bytes each rank all-reduced for the error pass per round (metrics.json), training images per second
+(N x epochs / train_seconds).
 With --repeats, the growth per image is taken between the medians of the runs.
 
     python bench/bench_scale.py --sizes 50000,400000 --repeats 3 --json-out bench/results/scale.json
@@ -114,6 +115,7 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.root, self.stop = root, threading.Event()
         self.tree = self.tree_private = self.driver = self.driver_private = 0
+        self.started, self.driver_private_at = time.perf_counter(), 0.0
         self.at_peak: dict[str, int] = {}
         self.workers: dict[int, int] = {}
 
@@ -129,7 +131,9 @@ class Sampler(threading.Thread):
                 if kind == "train worker":
                     self.workers[pid] = max(self.workers.get(pid, 0), pss)
                 if pid == self.root:
-                    self.driver, self.driver_private = max(self.driver, pss), max(self.driver_private, own)
+                    self.driver = max(self.driver, pss)
+                    if own > self.driver_private:
+                        self.driver_private, self.driver_private_at = own, time.perf_counter() - self.started
             if tree > self.tree:
                 self.tree, self.at_peak = tree, kinds
             self.tree_private = max(self.tree_private, private)
@@ -157,6 +161,7 @@ def one_run(data: str, out: str, name: str, stream: bool) -> dict:
             "peak_tree_mb": round(sampler.tree / 1024, 1), "peak_tree_private_mb": round(sampler.tree_private / 1024, 1),
             "peak_driver_mb": round(sampler.driver / 1024, 1),
             "peak_driver_private_mb": round(sampler.driver_private / 1024, 1),
+            "driver_private_peak_at_s": round(sampler.driver_private_at, 1),
             "peak_worker_mb": sorted(round(v / 1024, 1) for v in sampler.workers.values()),
             "error_pass_bytes_per_round": metrics.get("error_pass_bytes"),
             "test_accuracy": metrics["test"]["accuracy"],
