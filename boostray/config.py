@@ -200,8 +200,9 @@ class TrainConfig(BoostConfig):
                         "Parquet row group or 256 image files: on Ray, by Ray Data tasks on any node that has CPUs "
                         "beside the workers; the driver reads only the labels and a sample (for data larger than memory)")
     stream_window: int = _opt(4, "--stream: about this many groups' samples are shuffled together (on Ray, the groups "
-                              "one Ray Data read task reads, in a new order every epoch; with --workers 0, groups "
-                              "taken in a seeded permutation each epoch)", ge=1)
+                              "one Ray Data read task reads, in a new order every epoch, more where groups are small: "
+                              "as many as fit 4 MiB decoded; with --workers 0, groups taken in a seeded permutation "
+                              "each epoch)", ge=1)
     image_size: int | None = _opt(None, "imagefolder, parquet: fit every image to N x N pixels, for images of "
                                   "different sizes: the shorter side resized to N, the centre cropped (so are "
                                   "images sent to a served ensemble); training on Ray with --stream takes random "

@@ -224,13 +224,16 @@ def test_ray_data_reads_every_sample_once_over_the_ranks_and_the_held_out_rows(r
     pass runs within the object-store budget it is given (one group's block here)."""
     from boostray.core.data.streaming import reader_source
     from boostray.distributed.ingest import (RayDataBatches, bounded, group_bytes, items_dataset, items_per_pass_task,
-                                             read_held_out_with_ray_data)
+                                             read_held_out_with_ray_data, train_window)
 
     folder, streamed, twin = grouped
     items, source = streamed.train.items(), reader_source(streamed.train.source)
     budget = group_bytes(streamed.train)
     assert bounded(items_dataset(items, source), budget).context.execution_options.resource_limits.object_store_memory == budget
     assert items_per_pass_task(streamed.train) > 1  # small groups: several to a task
+    assert train_window(streamed.train, 1) == items_per_pass_task(streamed.train)  # and to a training task
+    larger = items_per_pass_task(streamed.train) + 1
+    assert train_window(streamed.train, larger) == larger  # never fewer than --stream-window
     seen = []
     for rank in range(2):  # rank 0 reads a group per task, rank 1 three
         batches = RayDataBatches(None, streamed.train, source, n=len(streamed.train), batch_size=32,

@@ -59,6 +59,14 @@ def items_per_pass_task(*splits: StreamedSplit) -> int:
     return max(1, PASS_TASK_BYTES // group_bytes(*splits))
 
 
+def train_window(split: StreamedSplit, window: int) -> int:
+    """How many items one training read task reads and shuffles together: ``window`` (--stream-window),
+    or more where groups are small, as many as a pass task reads: a task per four groups of 1,000 small
+    images made an epoch of 400,000 rows about a hundred tasks, and Ray's GCS and Ray Data's stats actor
+    keep a record of every one."""
+    return max(window, items_per_pass_task(split))
+
+
 def pass_store_bytes(*splits: StreamedSplit) -> int:
     """The object store a pass over items (a rank's correctness pass, SWA's statistics, the driver's
     held-out read) may fill: four tasks' blocks in flight (at least 16 MiB). Unbounded, Ray Data's read

@@ -109,10 +109,11 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
     datasets, ingest = streamed_input(config, data) if not local else ({}, None)
     data_config = None
     if datasets:
-        from boostray.distributed.ingest import ingest_options
+        from boostray.distributed.ingest import ingest_options, train_window
 
+        window = train_window(data.train, config.stream_window)
         data_config = DataConfig(datasets_to_split=list(datasets),
-                                 execution_options=ingest_options(data.train, config.workers, config.stream_window))
+                                 execution_options=ingest_options(data.train, config.workers, window))
     trainer_class = OwnedInstanceTorchTrainer if owns_local_instance() else TorchTrainer
     trainer = trainer_class(
         train_loop_per_worker,
@@ -155,7 +156,7 @@ def streamed_input(config: TrainConfig, data: ImageDataset | Any) -> tuple[dict,
 
     if isinstance(data, ray.ObjectRef) or not data.streamed:
         return {}, None
-    from boostray.distributed.ingest import items_dataset, items_per_pass_task, pass_store_bytes
+    from boostray.distributed.ingest import items_dataset, items_per_pass_task, pass_store_bytes, train_window
     from boostray.core.data.streaming import reader_source
 
     # with --image-size the read tasks take random resized crops from the files' images (and flip them);
@@ -164,7 +165,8 @@ def streamed_input(config: TrainConfig, data: ImageDataset | Any) -> tuple[dict,
                 "resized_crop": config.image_size is not None}
                if config.augment and data.augmentable else None)
     source = reader_source(data.train.source)
-    return ({"train": items_dataset(data.train.items(), source, augment, config.stream_window)},
+    window = train_window(data.train, config.stream_window)
+    return ({"train": items_dataset(data.train.items(), source, augment, window)},
             {"source": source, "store_bytes": pass_store_bytes(data.train), "per_task": items_per_pass_task(data.train)})
 
 
