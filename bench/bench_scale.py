@@ -4,10 +4,10 @@
 Memory is the proportional set size (PSS, from /proc/PID/smaps_rollup) sampled every 0.2 s over the whole
 process tree of the command: the driver, Ray's daemons (the object store's pages are mapped there and in
 every process that reads them), the Train workers. Reported: the tree's peak (and the PSS of each kind
-of process at that moment), the tree's and the driver's peaks without file-backed pages (whose shares
-move as other processes map the same libraries) and when the driver's came, each worker's peak, the
-bytes each rank all-reduced for the error pass per round (metrics.json), training images per second
-(N x epochs / train_seconds).
+of process at that moment, and how many of each), the tree's and the driver's peaks without file-backed
+pages (whose shares move as other processes map the same libraries) and when the driver's came, each
+worker's peak, the bytes each rank all-reduced for the error pass per round (metrics.json), training
+images per second (N x epochs / train_seconds).
 With --repeats, the growth per image is taken between the medians of the runs.
 
     python bench/bench_scale.py --sizes 50000,400000 --repeats 3 --json-out bench/results/scale.json
@@ -117,17 +117,20 @@ class Sampler(threading.Thread):
         self.tree = self.tree_private = self.driver = self.driver_private = 0
         self.started, self.driver_private_at = time.perf_counter(), 0.0
         self.at_peak: dict[str, int] = {}
+        self.count_at_peak: dict[str, int] = {}
         self.workers: dict[int, int] = {}
 
     def run(self) -> None:
         while not self.stop.is_set():
             tree = private = 0
             kinds: dict[str, int] = {}
+            counts: dict[str, int] = {}
             for pid, cmd in descendants(self.root).items():
                 pss, own = smaps_kib(pid)
                 tree, private = tree + pss, private + own
                 kind = process_kind(cmd, pid == self.root)
                 kinds[kind] = kinds.get(kind, 0) + pss
+                counts[kind] = counts.get(kind, 0) + 1
                 if kind == "train worker":
                     self.workers[pid] = max(self.workers.get(pid, 0), pss)
                 if pid == self.root:
@@ -135,7 +138,7 @@ class Sampler(threading.Thread):
                     if own > self.driver_private:
                         self.driver_private, self.driver_private_at = own, time.perf_counter() - self.started
             if tree > self.tree:
-                self.tree, self.at_peak = tree, kinds
+                self.tree, self.at_peak, self.count_at_peak = tree, kinds, counts
             self.tree_private = max(self.tree_private, private)
             self.stop.wait(0.2)
 
@@ -165,7 +168,8 @@ def one_run(data: str, out: str, name: str, stream: bool) -> dict:
             "peak_worker_mb": sorted(round(v / 1024, 1) for v in sampler.workers.values()),
             "error_pass_bytes_per_round": metrics.get("error_pass_bytes"),
             "test_accuracy": metrics["test"]["accuracy"],
-            "tree_at_peak_mb": {k: round(v / 1024, 1) for k, v in sorted(sampler.at_peak.items(), key=lambda kv: -kv[1])}}
+            "tree_at_peak_mb": {k: round(v / 1024, 1) for k, v in sorted(sampler.at_peak.items(), key=lambda kv: -kv[1])},
+            "processes_at_peak": {k: sampler.count_at_peak[k] for k in sorted(sampler.at_peak, key=lambda k: -sampler.at_peak[k])}}
 
 
 GROWTH_KEYS = ("peak_tree_mb", "peak_tree_private_mb", "peak_driver_mb", "peak_driver_private_mb")
