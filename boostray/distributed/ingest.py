@@ -114,6 +114,7 @@ def _read(batch: dict[str, np.ndarray], source: Any, augment: dict | None, shuff
     parts), in one block: augmented where ``augment`` says how (random resized crops of the files' images
     with --image-size, else random crops with padding; flips), and the rows of all the items shuffled
     together where ``shuffle`` says so."""
+    release_unused_memory()  # what the process's last task left in Arrow's pool and the heap
     count = len(batch["index"])
     rng = np.random.default_rng() if augment and augment.get("resized_crop") else None  # fresh in every task
     images = np.concatenate([read_item(source, {key: value[i] for key, value in batch.items()}, rng)

@@ -35,7 +35,7 @@ from boostray.core.method.collectives import (
     REDUCED_BYTES, all_sum, barrier, combine_correctness, combine_rows, gather_digests, shard_indices, weights_digest,
 )
 from boostray.core.method.combine import crossfit_proba, lambda_from_validation
-from boostray.core.data.datasets import ImageDataset, normalization_tensors, normalize
+from boostray.core.data.datasets import ImageDataset, normalization_tensors, normalize, release_unused_memory
 from boostray.core.method.metrics import accuracy
 from boostray.core.models import build_model
 from boostray.core.method.recipe import DEFAULT_RECIPE, Recipe
@@ -401,6 +401,7 @@ class Engine:
                      + (f" e={out.error:.4f} lambda={out.lambda_:.3f} eta={out.eta:.3g} ess={state.ess[-1]:.3f}"
                         if method.reweights else ""))
             on_round(metrics, state)
+            release_unused_memory()  # the round's passes and weight updates: N-sized arrays the heap keeps
         state.loop_wall = state.loop_wall[:1] + [time.time()]
         return state
 
