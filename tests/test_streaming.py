@@ -236,7 +236,7 @@ def test_ray_data_reads_every_sample_once_over_the_ranks_and_the_held_out_rows(r
     assert train_window(streamed.train, larger) == larger  # never fewer than --stream-window
     seen = []
     for rank in range(2):  # rank 0 reads a group per task, rank 1 three
-        batches = RayDataBatches(None, streamed.train, source, n=len(streamed.train), batch_size=32,
+        batches = RayDataBatches(None, streamed.train, source, batch_size=32,
                                  device=torch.device("cpu"), rank=rank, world=2, store_bytes=budget, per_task=1 + 2 * rank)
         for idx, images in batches.eval_chunks(50):
             assert len(idx) <= 50

@@ -61,9 +61,8 @@ def items_per_pass_task(*splits: StreamedSplit) -> int:
 
 def train_window(split: StreamedSplit, window: int) -> int:
     """How many items one training read task reads and shuffles together: ``window`` (--stream-window),
-    or more where groups are small, as many as a pass task reads: a task per four groups of 1,000 small
-    images made an epoch of 400,000 rows about a hundred tasks, and Ray's GCS and Ray Data's stats actor
-    keep a record of every one."""
+    or more where groups are small, as many as a pass task reads. Fewer, larger tasks: each has a fixed
+    start cost, and Ray's GCS and Ray Data's stats actor keep a record of every one."""
     return max(window, items_per_pass_task(split))
 
 
@@ -85,10 +84,10 @@ def bounded(dataset, store_bytes: int | None):
 
 
 def ingest_options(split: StreamedSplit, world: int, window: int):
-    """Ray Train's execution options for the training dataset, with how much of the object store its
-    blocks in flight may take: about four shuffle windows of groups per rank (at least 64 MiB). Unbounded,
-    the read tasks run ahead of training by as much as the store allows, and the store's pages (which stay
-    mapped once touched) grow with the data set, not with what training needs."""
+    """Ray Train's execution options for the training dataset (read ``train_window`` items a task), with
+    how much of the object store its blocks in flight may take: about four tasks' groups per rank (at
+    least 64 MiB). Unbounded, the read tasks run ahead of training by as much as the store allows, and the
+    store's pages (which stay mapped once touched) grow with the data set, not with what training needs."""
     from ray.data import ExecutionResources
     from ray.train import DataConfig
 
@@ -96,7 +95,7 @@ def ingest_options(split: StreamedSplit, world: int, window: int):
         warnings.simplefilter("ignore", DeprecationWarning)
         options = DataConfig.default_ingest_options()
     options.resource_limits = ExecutionResources(
-        object_store_memory=max(MIN_INGEST_STORE_BYTES, 4 * world * window * group_bytes(split)))
+        object_store_memory=max(MIN_INGEST_STORE_BYTES, 4 * world * train_window(split, window) * group_bytes(split)))
     return options
 
 
@@ -161,16 +160,15 @@ def read_held_out_with_ray_data(splits: list[StreamedSplit]) -> list:
 class RayDataBatches:
     """One rank's batches from Ray Data, with the interface of batches.py's classes: ``epoch(e)`` iterates
     this rank's shard of the training dataset; ``eval_chunks`` and ``all_chunks`` read items without
-    augmentation (this rank's fixed share, or all of them), built from the split when a pass starts: the
-    rank holds the split's rows and labels already, and a list of every item, shipped to every rank and
-    kept for the run, cost the object store and each rank about 12 bytes a sample more."""
+    augmentation (this rank's fixed share, or all of them), built from the split the rank holds when a
+    pass starts, so that no list of every item is shipped to the ranks or kept through the run."""
 
     peak_chunks = 0  # nothing held by the rank beyond Ray Data's prefetched batches
 
-    def __init__(self, shard: Any, split: StreamedSplit, source: Any, *, n: int, batch_size: int,
+    def __init__(self, shard: Any, split: StreamedSplit, source: Any, *, batch_size: int,
                  device: torch.device, rank: int, world: int, store_bytes: int | None = None, per_task: int = 1) -> None:
         self.shard, self.split, self.source, self.store_bytes, self.per_task = shard, split, source, store_bytes, per_task
-        self.n, self.batch_size, self.device, self.rank, self.world = n, batch_size, device, rank, world
+        self.n, self.batch_size, self.device, self.rank, self.world = len(split), batch_size, device, rank, world
         # Ray Data hands out read-only arrays from the object store; nothing writes to the tensors made of them
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 

@@ -52,7 +52,7 @@ def ray_data_batches(ingest: dict | None, split: Any):
     from boostray.distributed.ingest import RayDataBatches
 
     def build(batching: dict) -> RayDataBatches:
-        return RayDataBatches(ray.train.get_dataset_shard("train"), split, ingest["source"], n=len(split),
+        return RayDataBatches(ray.train.get_dataset_shard("train"), split, ingest["source"],
                               batch_size=batching["batch_size"], device=batching["device"], rank=batching["rank"],
                               world=batching["world"], store_bytes=ingest.get("store_bytes"),
                               per_task=ingest.get("per_task", 1))

@@ -109,11 +109,10 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
     datasets, ingest = streamed_input(config, data) if not local else ({}, None)
     data_config = None
     if datasets:
-        from boostray.distributed.ingest import ingest_options, train_window
+        from boostray.distributed.ingest import ingest_options
 
-        window = train_window(data.train, config.stream_window)
         data_config = DataConfig(datasets_to_split=list(datasets),
-                                 execution_options=ingest_options(data.train, config.workers, window))
+                                 execution_options=ingest_options(data.train, config.workers, config.stream_window))
     trainer_class = OwnedInstanceTorchTrainer if owns_local_instance() else TorchTrainer
     trainer = trainer_class(
         train_loop_per_worker,
