@@ -164,3 +164,16 @@ def test_in_process_runs_checkpoint_every_round_and_resume_after_a_crash(digits,
     for a, b in zip(resumed.member_states, reference.member_states):
         for key in a:
             assert torch.equal(a[key], b[key]), key
+
+
+def test_a_correctness_pass_keeps_one_byte_a_sample_and_a_sample_no_rank_scored_stops_it():
+    """The pass writes each piece into one code vector (no lists of pieces); combining finds a gap."""
+    from boostray.core.method.collectives import combine_codes, correctness_codes
+
+    codes = np.zeros(5, dtype=np.uint8)
+    correctness_codes(np.array([0, 3]), np.array([True, False]), codes)
+    correctness_codes(np.array([1, 2]), np.array([False, True]), codes)
+    with pytest.raises(RuntimeError, match="1 training samples got no correctness"):
+        combine_codes(codes.copy())
+    correctness_codes(np.array([4]), np.array([True]), codes)
+    assert combine_codes(codes).tolist() == [True, False, True, False, True]

@@ -41,17 +41,29 @@ def shard_indices(n: int, rank: int, world: int) -> np.ndarray:
     return np.array_split(np.arange(n), world)[rank]
 
 
-def combine_correctness(index: torch.Tensor, correct: torch.Tensor, n: int) -> np.ndarray:
-    """Full-length boolean correctness from every rank's (index, correct) pairs."""
+def correctness_codes(index: np.ndarray, correct: np.ndarray, codes: np.ndarray) -> None:
+    """Write a piece of a rank's correctness into ``codes`` (length n, zeros where unseen), so that a
+    pass keeps one byte a sample instead of lists of index and correctness arrays."""
+    codes[index] = np.where(correct, RIGHT, WRONG)
+
+
+def combine_codes(codes: np.ndarray) -> np.ndarray:
+    """Full-length boolean correctness from every rank's ``codes`` (correctness_codes)."""
     device = comm_device()
-    codes = torch.zeros(n, dtype=torch.uint8, device=device)
-    codes[index.to(device).long()] = torch.where(correct.to(device).bool(), RIGHT, WRONG).to(torch.uint8)
-    _all_reduce(codes, dist.ReduceOp.MAX, "correctness")
-    out = codes.cpu().numpy()
+    reduced = torch.from_numpy(codes).to(device)
+    _all_reduce(reduced, dist.ReduceOp.MAX, "correctness")
+    out = reduced.cpu().numpy()
     missing = int((out == 0).sum())
     if missing:
         raise RuntimeError(f"{missing} training samples got no correctness from any rank")
     return out == RIGHT
+
+
+def combine_correctness(index: torch.Tensor, correct: torch.Tensor, n: int) -> np.ndarray:
+    """Full-length boolean correctness from every rank's (index, correct) pairs."""
+    codes = np.zeros(n, dtype=np.uint8)
+    correctness_codes(index.cpu().long().numpy(), correct.cpu().bool().numpy(), codes)
+    return combine_codes(codes)
 
 
 def combine_rows(index: np.ndarray, rows: torch.Tensor, n: int) -> torch.Tensor:

@@ -32,7 +32,8 @@ from boostray.core.method.boosting import (
     ChanceLevelWarning, boost_step, clamp_error, class_balanced, class_loss_weights, effective_sample_size,
 )
 from boostray.core.method.collectives import (
-    REDUCED_BYTES, all_sum, barrier, combine_correctness, combine_rows, gather_digests, shard_indices, weights_digest,
+    REDUCED_BYTES, all_sum, barrier, combine_codes, combine_correctness, combine_rows, correctness_codes, gather_digests,
+    shard_indices, weights_digest,
 )
 from boostray.core.method.combine import crossfit_proba, lambda_from_validation
 from boostray.core.data.datasets import ImageDataset, normalization_tensors, normalize, release_unused_memory
@@ -219,15 +220,12 @@ class Engine:
         N bytes a round, never the N x K probabilities."""
         net, channels_last = self.eval_net()
         labels = self.data.train.labels
-        index, oks = [], []
+        codes = np.zeros(len(labels), dtype=np.uint8)
         with torch.inference_mode():
             for idx, images in self.batches.eval_chunks(self.eval_batch):
                 predicted = self.forward_proba(net, channels_last, torch.from_numpy(images)).argmax(1)
-                oks.append(predicted.numpy() == labels[idx])
-                index.append(idx)
-        index_all = np.concatenate(index) if index else np.zeros(0, dtype=np.int64)
-        ok_all = np.concatenate(oks) if oks else np.zeros(0, dtype=bool)
-        return combine_correctness(torch.from_numpy(index_all), torch.from_numpy(ok_all), len(labels))
+                correctness_codes(idx, predicted.numpy() == labels[idx], codes)
+        return combine_codes(codes)
 
     def member_module(self) -> torch.nn.Module:
         """The network a member is taken from: the SWA average (BN statistics recomputed on the whole
