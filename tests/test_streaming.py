@@ -1,6 +1,7 @@
 """--stream: a Parquet training split read a row group at a time equals the same split in memory."""
 
 import dataclasses
+import math
 import os
 
 import numpy as np
@@ -218,10 +219,10 @@ def test_a_streamed_run_on_two_workers_reads_through_ray_data(ray_cluster, group
 
 
 @pytest.mark.ray
-def test_ray_data_reads_every_sample_once_over_the_ranks_and_the_held_out_rows(ray_cluster, grouped):
-    """The pieces a rank's correctness pass reads, and the validation and test rows read by Ray Data
-    tasks, are the images the split holds, each once, whether a task reads one group or several; the
-    pass runs within the object-store budget it is given (one group's block here)."""
+def test_the_ranks_passes_and_the_held_out_rows_read_every_sample_once(ray_cluster, grouped):
+    """The pieces a rank's correctness pass reads, a pass over every sample (SWA's), and the validation
+    and test rows read by Ray Data tasks are the images the split holds, each once, whether a task reads
+    one group or several; the pass runs within the object-store budget it is given (one group's block)."""
     from boostray.core.data.streaming import reader_source
     from boostray.distributed.ingest import (RayDataBatches, bounded, group_bytes, items_dataset, items_per_pass_task,
                                              read_held_out_with_ray_data, train_window)
@@ -236,18 +237,43 @@ def test_ray_data_reads_every_sample_once_over_the_ranks_and_the_held_out_rows(r
     assert train_window(streamed.train, larger) == larger  # never fewer than --stream-window
     seen = []
     for rank in range(2):  # rank 0 reads a group per task, rank 1 three
-        batches = RayDataBatches(None, streamed.train, source, batch_size=32,
-                                 device=torch.device("cpu"), rank=rank, world=2, store_bytes=budget, per_task=1 + 2 * rank)
+        batches = RayDataBatches(None, streamed.train, source, batch_size=32, device=torch.device("cpu"), rank=rank,
+                                 world=2, store_bytes=budget, per_task=1 + 2 * rank)
         for idx, images in batches.eval_chunks(50):
             assert len(idx) <= 50
             np.testing.assert_array_equal(images, twin.train.images[idx])
             seen.append(idx)
     assert sorted(np.concatenate(seen).tolist()) == list(range(len(streamed.train)))
+    np.testing.assert_array_equal(np.concatenate(list(batches.all_chunks(64))), twin.train.images)
     deferred = load_dataset("parquet", folder, stream=True, defer_held_out=True)
     assert isinstance(deferred.val, StreamedSplit) and isinstance(deferred.test, StreamedSplit)
     val, test = read_held_out_with_ray_data([deferred.val, deferred.test])
     np.testing.assert_array_equal(val.images, streamed.val.images)
     np.testing.assert_array_equal(test.images, streamed.test.images)
+
+
+@pytest.mark.ray
+def test_every_training_epoch_from_ray_data_reads_every_sample_once_in_an_order_of_its_own(ray_cluster, grouped):
+    """The training dataset deals the items into blocks (several to a read task): each execution (an
+    epoch) reads every training sample once, with the image the split holds, a window's worth of items
+    per task, and in a new order."""
+    from boostray.core.data.streaming import reader_source
+    from boostray.distributed.ingest import BLOCKS_PER_WINDOW, items_dataset
+
+    _, streamed, twin = grouped
+    items, source = streamed.train.items(), reader_source(streamed.train.source)
+    window = 2 * BLOCKS_PER_WINDOW
+    dataset = items_dataset(items, source, window=window)
+    orders = []
+    for _ in range(2):
+        blocks = list(dataset.iter_batches(batch_size=None, batch_format="numpy"))
+        assert len(blocks) == math.ceil(len(items) / window)  # one block a task
+        for block in blocks:
+            np.testing.assert_array_equal(block["image"], twin.train.images[block["index"]])
+            np.testing.assert_array_equal(block["label"], twin.train.labels[block["index"]])
+        orders.append(np.concatenate([block["index"] for block in blocks]))
+        assert sorted(orders[-1].tolist()) == list(range(len(streamed.train)))
+    assert not np.array_equal(*orders)
 
 
 @pytest.mark.ray

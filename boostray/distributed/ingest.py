@@ -3,8 +3,8 @@ Data tasks on any node with CPUs to spare, and reach each Train worker through i
 
 The driver holds only the training split's labels and, per group (a Parquet row group, or 256 image
 files), an *item* naming its rows, its samples' indices and labels (streaming.py). The training dataset
-(``items_dataset`` with a window) takes the items in a new random order every epoch
-(``randomize_block_order``) and reads ``window`` of them per CPU ``map_batches`` task: decoded,
+(``items_dataset`` with a window) takes blocks of items in a new random order every epoch
+(``randomize_block_order``) and reads ``window`` items per CPU ``map_batches`` task: decoded,
 augmented, and their samples shuffled together, as the in-process reader mixes a window of groups. Ray
 Train splits the dataset over the ranks (``streaming_split``, equal shares), and a rank iterates its
 shard with ``iter_torch_batches`` (prefetching, pinned memory on a GPU). No local shuffle buffer: the
@@ -132,14 +132,22 @@ def _read(batch: dict[str, np.ndarray], source: Any, augment: dict | None, shuff
     return out
 
 
+BLOCKS_PER_WINDOW = 4  # a training task combines this many blocks of items, drawn anew every epoch
+
+
 def items_dataset(items: list[dict], source: Any, augment: dict | None = None, window: int = 0, per_task: int = 1):
     """A Ray Dataset of the items' images, read by tasks on any node's CPUs: ``per_task`` items per task,
-    in order (a pass); or, with ``window``, the items in a new random order each execution, ``window``
-    per task, their samples shuffled together (training)."""
+    in order (a pass); or, with ``window``, ``window`` items per task, their samples shuffled together
+    (training). For training the items are dealt into blocks of ``window / BLOCKS_PER_WINDOW`` in a fixed
+    random order, and every execution (epoch) takes the blocks in a new random order: each task mixes
+    groups from all over the data set, and a new set of them each epoch. A block per item did the same
+    with four times the blocks, and Ray Data's coordinator and stats actor keep a record of every one."""
     import ray.data
 
     quiet_ray_data()
-    per_block = 1 if window else max(1, per_task)
+    per_block = max(1, window // BLOCKS_PER_WINDOW) if window else max(1, per_task)
+    if window:
+        items = [items[i] for i in np.random.default_rng(0).permutation(len(items))]
     dataset = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / per_block)))
     if window:
         dataset = dataset.randomize_block_order()
@@ -158,10 +166,11 @@ def read_held_out_with_ray_data(splits: list[StreamedSplit]) -> list:
 
 
 class RayDataBatches:
-    """One rank's batches from Ray Data, with the interface of batches.py's classes: ``epoch(e)`` iterates
-    this rank's shard of the training dataset; ``eval_chunks`` and ``all_chunks`` read items without
-    augmentation (this rank's fixed share, or all of them), built from the split the rank holds when a
-    pass starts, so that no list of every item is shipped to the ranks or kept through the run."""
+    """One rank's batches, with the interface of batches.py's classes: ``epoch(e)`` iterates this rank's
+    shard of the training dataset; ``eval_chunks`` and ``all_chunks`` read items without augmentation
+    (this rank's fixed share, or all of them) through a Ray Data execution of their own, within
+    ``store_bytes`` of blocks in flight. The items are built from the split the rank holds when a pass
+    starts, so that no list of every item is shipped to the ranks or kept through the run."""
 
     peak_chunks = 0  # nothing held by the rank beyond Ray Data's prefetched batches
 
@@ -183,17 +192,27 @@ class RayDataBatches:
         release_unused_memory()  # what Arrow's pool and the heap kept of the epoch's blocks and batches
 
     def _iterate(self, items: list[dict], max_rows: int) -> Iterator[dict]:
+        """The items' rows in pieces of at most ``max_rows``, a read task's block at a time, each block
+        taken by reference and sliced here, and the heap trimmed after it. The dataset's executor runs in
+        this process for the whole pass, and the rank's memory grew with the pass's length; through
+        ``iter_batches`` (its batcher and prefetch threads) it grew faster (docs/performance.md)."""
         if not items:
             return
+        import ray
+        from ray.data.block import BlockAccessor
+
         dataset = bounded(items_dataset(items, self.source, per_task=self.per_task), self.store_bytes)
-        yield from dataset.iter_batches(batch_size=max_rows, batch_format="numpy")
-        release_unused_memory()
+        for bundle in dataset.iter_internal_ref_bundles():
+            for ref in bundle.block_refs:
+                block = BlockAccessor.for_block(ray.get(ref)).to_numpy()
+                for start in range(0, len(block["index"]), max_rows):
+                    yield {key: value[start:start + max_rows] for key, value in block.items()}
+                del block
+                release_unused_memory()  # what scoring the block left in Arrow's pool and the heap
 
     def eval_chunks(self, max_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for batch in self._iterate(self.split.items(self.rank, self.world), max_rows):
-            # the indices copied: the caller keeps them for the whole pass, and a view would pin its block,
-            # images included, in the object store until the end (a rank's share of the data set)
-            yield batch["index"].copy(), batch["image"]
+            yield batch["index"], batch["image"]
 
     def all_chunks(self, max_rows: int) -> Iterator[np.ndarray]:
         for batch in self._iterate(self.split.items(), max_rows):
