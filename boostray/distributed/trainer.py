@@ -19,7 +19,9 @@ from boostray.config import TrainConfig
 from boostray.core.artifact import storage
 from boostray.core.method.boost_state import BoostState
 from boostray.core.artifact.checkpoints import MEMBERS_FOLDER
-from boostray.core.data.datasets import ImageDataset, deferred_held_out, load_training_data, read_deferred_held_out
+from boostray.core.data.datasets import (
+    ImageDataset, deferred_held_out, load_training_data, read_deferred_held_out, release_unused_memory,
+)
 from boostray.core.method.engine import train_in_process
 from boostray.core.models import build_model
 from boostray.core.method.recipe import DEFAULT_RECIPE, Recipe
@@ -107,6 +109,7 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
     else:
         data_ref = ray.put(data)
     datasets, ingest = streamed_input(config, data) if not local else ({}, None)
+    release_unused_memory()  # what putting the data and the items' blocks left in Arrow's pool and the heap
     data_config = None
     if datasets:
         from boostray.distributed.ingest import ingest_options
