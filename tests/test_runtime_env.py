@@ -19,24 +19,27 @@ from boostray.distributed.runtime import ray_session
 import ray
 
 with ray_session(num_cpus=1, dashboard=False):
+    from ray.data._internal.usage.collector import usage_collection_disabled
+    usage_off = usage_collection_disabled()  # no Ray Data usage actor for an execution in this process
     node = [n["NodeManagerAddress"] for n in ray.nodes()]
     worker = ray.get(ray.remote(num_cpus=0)(lambda: __import__("ray").util.get_node_ip_address()).remote())
     child = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'))"],
                            capture_output=True, text=True).stdout.strip()
-print(json.dumps({"node": node, "worker": worker, "child": child,
+print(json.dumps({"node": node, "worker": worker, "child": child, "usage_off": usage_off,
                   "after": os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}))
 """
 
 
-def test_a_library_caller_gets_a_loopback_ray_and_children_do_not_inherit_the_variable():
+def test_a_library_caller_gets_a_loopback_ray_without_usage_stats_and_children_do_not_inherit_the_variable():
     ray_tmpdir = tempfile.mkdtemp(prefix="br-", dir="/tmp")  # Ray's socket paths must stay short
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(RAY_TMPDIR=ray_tmpdir, RAY_USAGE_STATS_ENABLED="0")
+    # usage stats as boostray sets them for its own instance, with no user config that turns them off
+    env.update(RAY_TMPDIR=ray_tmpdir, RAY_USAGE_STATS_CONFIG_PATH=os.path.join(ray_tmpdir, "absent.json"))
     try:
         out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     finally:
         shutil.rmtree(ray_tmpdir, ignore_errors=True)
     assert out.returncode == 0, out.stderr[-3000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
-    assert seen == {"node": ["127.0.0.1"], "worker": "127.0.0.1", "child": "None", "after": None}, seen
+    assert seen == {"node": ["127.0.0.1"], "worker": "127.0.0.1", "child": "None", "usage_off": True, "after": None}, seen
     assert "not only on 127.0.0.1" not in out.stderr

@@ -93,9 +93,12 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         _owned = _start(address, num_cpus, object_store_bytes, dashboard)
     finally:
         importing.join()
-    own_address = {"RAY_ADDRESS": ray.get_runtime_context().gcs_address} if _owned else {}
+    # Ray's helpers in this process find this instance, not another's; and, as in the instance's own
+    # processes, usage stats stay off: Ray Data reads the variable where an execution runs (the driver's
+    # held-out read), and otherwise starts a usage-collection actor (a process of about 110 MB)
+    own = {"RAY_ADDRESS": ray.get_runtime_context().gcs_address, "RAY_USAGE_STATS_ENABLED": "0"} if _owned else {}
     try:
-        with _environment(own_address):  # Ray's helpers in this process find this instance, not another's
+        with _environment(own):
             yield True
     finally:
         _owned = False
