@@ -1,5 +1,6 @@
 """How a run's memory and traffic grow with the data: synthetic 16x16 grey Parquet (256 bytes an image),
-`boostray train --workers 2 --epochs 2 --members 2`, streamed and in memory, at N training images.
+`boostray train --workers 2 --epochs 2 --members 2` (--epochs to change), streamed and in memory, at N
+training images.
 
 Memory is the proportional set size (PSS, from /proc/PID/smaps_rollup) sampled every 0.2 s over the whole
 process tree of the command: the driver, Ray's daemons (the object store's pages are mapped there and in
@@ -143,8 +144,8 @@ class Sampler(threading.Thread):
             self.stop.wait(0.2)
 
 
-def one_run(data: str, out: str, name: str, stream: bool) -> dict:
-    args = [BIN, "train", "--dataset", "parquet", "--data-dir", data, "--workers", "2", "--epochs", "2",
+def one_run(data: str, out: str, name: str, stream: bool, epochs: int = 2) -> dict:
+    args = [BIN, "train", "--dataset", "parquet", "--data-dir", data, "--workers", "2", "--epochs", str(epochs),
             "--members", "2", "--method", "cbnn", "--output", out, "--name", name, *(["--stream"] if stream else [])]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     started = time.perf_counter()
@@ -160,7 +161,7 @@ def one_run(data: str, out: str, name: str, stream: bool) -> dict:
     n = len(pq.read_table(os.path.join(out, name, "sample_weights.parquet"), columns=["index"]))
     return {"train_images": n, "wall_s": round(time.perf_counter() - started, 1),
             "train_seconds": round(metrics["train_seconds"], 1),
-            "images_per_s": round(2 * n / metrics["train_seconds"]),
+            "images_per_s": round(epochs * n / metrics["train_seconds"]),
             "peak_tree_mb": round(sampler.tree / 1024, 1), "peak_tree_private_mb": round(sampler.tree_private / 1024, 1),
             "peak_driver_mb": round(sampler.driver / 1024, 1),
             "peak_driver_private_mb": round(sampler.driver_private / 1024, 1),
@@ -185,17 +186,20 @@ def main() -> None:
     parser.add_argument("--modes", default="stream,memory", help="stream and/or memory")
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs per size and mode; the growth per image is taken between medians")
+    parser.add_argument("--epochs", type=int, default=2,
+                        help="epochs a run (2 members): more epochs at one size separate what grows with the "
+                             "run's length from what grows with the data")
     parser.add_argument("--json-out", help="also write the JSON to this file")
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="boostray-scale-")
-    out: dict = {"image_bytes": SIDE * SIDE, "runs": []}
+    out: dict = {"image_bytes": SIDE * SIDE, "epochs": args.epochs, "runs": []}
     try:
         for n in (int(v) for v in args.sizes.split(",")):
             data = os.path.join(root, f"data-{n}")
             write_data(data, n)
             for mode in args.modes.split(","):
                 for repeat in range(args.repeats):
-                    result = one_run(data, os.path.join(root, "runs"), f"{mode}-{n}-{repeat}", mode == "stream")
+                    result = one_run(data, os.path.join(root, "runs"), f"{mode}-{n}-{repeat}", mode == "stream", args.epochs)
                     out["runs"].append({"mode": mode, "n": n, "repeat": repeat, **result})
                     print(json.dumps(out["runs"][-1]), file=sys.stderr, flush=True)
         sizes = sorted({r["n"] for r in out["runs"]})
