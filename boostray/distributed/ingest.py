@@ -140,8 +140,8 @@ def items_dataset(items: list[dict], source: Any, augment: dict | None = None, w
     in order (a pass); or, with ``window``, ``window`` items per task, their samples shuffled together
     (training). For training the items are dealt into blocks of ``window / BLOCKS_PER_WINDOW`` in a fixed
     random order, and every execution (epoch) takes the blocks in a new random order: each task mixes
-    groups from all over the data set, and a new set of them each epoch. A block per item did the same
-    with four times the blocks, and Ray Data's coordinator and stats actor keep a record of every one."""
+    groups from all over the data set, and a new set of them each epoch, with a quarter of the blocks
+    that one per item would make (Ray Data's coordinator and stats actor keep a record of every block)."""
     import ray.data
 
     quiet_ray_data()
@@ -194,8 +194,8 @@ class RayDataBatches:
     def _iterate(self, items: list[dict], max_rows: int) -> Iterator[dict]:
         """The items' rows in pieces of at most ``max_rows``, a read task's block at a time, each block
         taken by reference and sliced here, and the heap trimmed after it. The dataset's executor runs in
-        this process for the whole pass, and the rank's memory grew with the pass's length; through
-        ``iter_batches`` (its batcher and prefetch threads) it grew faster (docs/performance.md)."""
+        this process for the whole pass, and the rank's native memory grows with the pass's length;
+        ``iter_batches``' batcher and prefetch threads add to it (docs/performance.md)."""
         if not items:
             return
         import ray
