@@ -62,12 +62,17 @@ def smaps_kib(pid: int) -> tuple[int, int]:
     changes as other processes map and unmap the same libraries (a driver's doubles when Ray's workers
     exit, and any Python process beside the benchmark takes a share of torch's), which has nothing to do
     with its data."""
+    rows = pss_rows(pid)
+    return rows.get("Pss", 0), rows.get("Pss_Anon", 0) + rows.get("Pss_Shmem", 0)
+
+
+def pss_rows(pid: int) -> dict[str, int]:
+    """The Pss lines of a process's smaps_rollup (KiB): Pss, Pss_Anon, Pss_File, Pss_Shmem; empty when it has gone."""
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
-            rows = {line.split(":")[0]: int(line.split()[1]) for line in f if line.startswith("Pss")}
+            return {line.split(":")[0]: int(line.split()[1]) for line in f if line.startswith("Pss")}
     except (OSError, ValueError):
-        return 0, 0
-    return rows.get("Pss", 0), rows.get("Pss_Anon", 0) + rows.get("Pss_Shmem", 0)
+        return {}
 
 
 def process_kind(cmd: str, root: bool) -> str:
@@ -112,9 +117,9 @@ class Sampler(threading.Thread):
     """Samples the tree every 0.2 s and keeps the peaks: the tree's PSS and its private part (with the
     PSS of each kind of process at the moment of the PSS peak), the driver's, each Train worker's."""
 
-    def __init__(self, root: int) -> None:
+    def __init__(self, root: int, timeline: str | None = None) -> None:
         super().__init__(daemon=True)
-        self.root, self.stop = root, threading.Event()
+        self.root, self.stop, self.timeline = root, threading.Event(), timeline
         self.tree = self.tree_private = self.driver = self.driver_private = 0
         self.started, self.driver_private_at = time.perf_counter(), 0.0
         self.at_peak: dict[str, int] = {}
@@ -126,8 +131,12 @@ class Sampler(threading.Thread):
             tree = private = 0
             kinds: dict[str, int] = {}
             counts: dict[str, int] = {}
+            owns: dict[str, list[int]] = {}
             for pid, cmd in descendants(self.root).items():
                 pss, own = smaps_kib(pid)
+                if self.timeline:
+                    rows = pss_rows(pid)
+                    owns[f"{process_kind(cmd, pid == self.root)}:{pid}"] = [rows.get("Pss_Anon", 0), rows.get("Pss_Shmem", 0)]
                 tree, private = tree + pss, private + own
                 kind = process_kind(cmd, pid == self.root)
                 kinds[kind] = kinds.get(kind, 0) + pss
@@ -141,16 +150,19 @@ class Sampler(threading.Thread):
             if tree > self.tree:
                 self.tree, self.at_peak, self.count_at_peak = tree, kinds, counts
             self.tree_private = max(self.tree_private, private)
+            if self.timeline:
+                with open(self.timeline, "a") as f:
+                    f.write(json.dumps({"t": round(time.perf_counter() - self.started, 1), "tree": tree, "private": owns}) + "\n")
             self.stop.wait(0.2)
 
 
-def one_run(data: str, out: str, name: str, stream: bool, epochs: int = 2) -> dict:
+def one_run(data: str, out: str, name: str, stream: bool, epochs: int = 2, timeline: str | None = None) -> dict:
     args = [BIN, "train", "--dataset", "parquet", "--data-dir", data, "--workers", "2", "--epochs", str(epochs),
             "--members", "2", "--method", "cbnn", "--output", out, "--name", name, *(["--stream"] if stream else [])]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     started = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    sampler = Sampler(proc.pid)
+    sampler = Sampler(proc.pid, timeline and f"{timeline}.{name}.jsonl")
     sampler.start()
     log = proc.communicate()[0]
     sampler.stop.set()
@@ -190,6 +202,8 @@ def main() -> None:
                         help="epochs a run (2 members): more epochs at one size separate what grows with the "
                              "run's length from what grows with the data")
     parser.add_argument("--json-out", help="also write the JSON to this file")
+    parser.add_argument("--timeline", help="also write every sample, the PSS less file-backed pages of each process "
+                                           "as [anonymous, shared] (KiB), to TIMELINE.<run>.jsonl: where and when memory grows")
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="boostray-scale-")
     out: dict = {"image_bytes": SIDE * SIDE, "epochs": args.epochs, "runs": []}
@@ -199,7 +213,8 @@ def main() -> None:
             write_data(data, n)
             for mode in args.modes.split(","):
                 for repeat in range(args.repeats):
-                    result = one_run(data, os.path.join(root, "runs"), f"{mode}-{n}-{repeat}", mode == "stream", args.epochs)
+                    result = one_run(data, os.path.join(root, "runs"), f"{mode}-{n}-{repeat}", mode == "stream", args.epochs,
+                                    args.timeline)
                     out["runs"].append({"mode": mode, "n": n, "repeat": repeat, **result})
                     print(json.dumps(out["runs"][-1]), file=sys.stderr, flush=True)
         sizes = sorted({r["n"] for r in out["runs"]})
