@@ -25,14 +25,34 @@ with ray_session(num_cpus=1, dashboard=False):
     worker = ray.get(ray.remote(num_cpus=0)(lambda: __import__("ray").util.get_node_ip_address()).remote())
     child = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'))"],
                            capture_output=True, text=True).stdout.strip()
+    # task events off where they are reported (every worker) and kept (the GCS of this instance)
+    worker_events = ray.get(ray.remote(num_cpus=0)(
+        lambda: __import__("os").environ.get("RAY_task_events_report_interval_ms")).remote())
+    gcs_events = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().decode(errors="replace")
+            if "gcs_server" in cmdline and os.environ["RAY_TMPDIR"] in cmdline:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    variables = dict(v.split("=", 1) for v in f.read().decode(errors="replace").split(chr(0)) if "=" in v)
+                gcs_events.append(variables.get("RAY_task_events_report_interval_ms"))
+        except OSError:
+            continue
 print(json.dumps({"node": node, "worker": worker, "child": child, "usage_off": usage_off,
-                  "after": os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}))
+                  "after": os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"), "worker_events": worker_events,
+                  "gcs_events": gcs_events, "events_after": os.environ.get("RAY_task_events_report_interval_ms")}))
 """
 
 
-def test_a_library_caller_gets_a_loopback_ray_without_usage_stats_and_children_do_not_inherit_the_variable():
+@pytest.mark.parametrize("user_events", [None, "1000"])
+def test_a_library_caller_gets_a_loopback_ray_without_usage_stats_or_task_events_and_children_do_not_inherit_the_variable(
+        user_events):
+    """Task events are off unless the caller set the variable: then theirs holds for the whole instance."""
     ray_tmpdir = tempfile.mkdtemp(prefix="br-", dir="/tmp")  # Ray's socket paths must stay short
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    if user_events:
+        env["RAY_task_events_report_interval_ms"] = user_events
     # usage stats as boostray sets them for its own instance, with no user config that turns them off
     env.update(RAY_TMPDIR=ray_tmpdir, RAY_USAGE_STATS_CONFIG_PATH=os.path.join(ray_tmpdir, "absent.json"))
     try:
@@ -41,5 +61,6 @@ def test_a_library_caller_gets_a_loopback_ray_without_usage_stats_and_children_d
         shutil.rmtree(ray_tmpdir, ignore_errors=True)
     assert out.returncode == 0, out.stderr[-3000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
-    assert seen == {"node": ["127.0.0.1"], "worker": "127.0.0.1", "child": "None", "usage_off": True, "after": None}, seen
+    assert seen == {"node": ["127.0.0.1"], "worker": "127.0.0.1", "child": "None", "usage_off": True, "after": None,
+                    "worker_events": user_events or "0", "gcs_events": [user_events or "0"], "events_after": user_events}, seen
     assert "not only on 127.0.0.1" not in out.stderr

@@ -22,6 +22,11 @@ _owned = False  # whether Ray runs as a local instance that ray_session started 
 LOCAL_INSTANCE_ENVIRONMENT = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # Ray's processes bind 127.0.0.1, not the network address
     "RAY_USAGE_STATS_ENABLED": "0",  # and report nothing
+    # No task events: the GCS keeps about 4 KB for every task and actor call reported (79 MB for 20,000
+    # calls), up to 100,000 of them, and Ray Train's health checks alone make 8 calls a second with two
+    # workers (trainer.py). The state API's and the dashboard's task table and timeline stay empty; set
+    # the variable (e.g. to 1000, ms between reports) to have them.
+    "RAY_task_events_report_interval_ms": "0",
 }
 
 
@@ -172,7 +177,8 @@ def _init_local(num_cpus: int | None, object_store_bytes: int, dashboard: bool) 
         dashboard_host=LOOPBACK,
         log_to_driver=True,
         runtime_env={"worker_process_setup_hook": f"{__name__}.know_own_instance", "env_vars": {
-            **LOCAL_INSTANCE_ENVIRONMENT,  # Ray's workers ask for their node's address too
+            # Ray's workers ask for their node's address too; the user's value of each wins, as in _environment
+            **{key: os.environ[key] for key in LOCAL_INSTANCE_ENVIRONMENT},
             "RAY_DATA_LOGGING_CONFIG": os.environ["RAY_DATA_LOGGING_CONFIG"],
             # Ray Train's dataset manager sets an option Ray Data has deprecated, and says so on every run
             "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore::DeprecationWarning:"
