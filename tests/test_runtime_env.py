@@ -18,7 +18,7 @@ import boostray  # before Ray, as any boostray entry point imports it
 from boostray.distributed.runtime import ray_session
 import ray
 
-with ray_session(num_cpus=1, dashboard=False):
+with ray_session(num_cpus=1, dashboard=DASHBOARD):
     from ray.data._internal.usage.collector import usage_collection_disabled
     usage_off = usage_collection_disabled()  # no Ray Data usage actor for an execution in this process
     node = [n["NodeManagerAddress"] for n in ray.nodes()]
@@ -45,10 +45,11 @@ print(json.dumps({"node": node, "worker": worker, "child": child, "usage_off": u
 """
 
 
-@pytest.mark.parametrize("user_events", [None, "1000"])
+@pytest.mark.parametrize("user_events,dashboard", [(None, False), ("1000", False), (None, True)])
 def test_a_library_caller_gets_a_loopback_ray_without_usage_stats_or_task_events_and_children_do_not_inherit_the_variable(
-        user_events):
-    """Task events are off unless the caller set the variable: then theirs holds for the whole instance."""
+        user_events, dashboard):
+    """Task events are off unless the caller set the variable (theirs then holds for the whole instance) or
+    runs the dashboard (whose task table they fill: Ray's default then)."""
     ray_tmpdir = tempfile.mkdtemp(prefix="br-", dir="/tmp")  # Ray's socket paths must stay short
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     if user_events:
@@ -56,11 +57,13 @@ def test_a_library_caller_gets_a_loopback_ray_without_usage_stats_or_task_events
     # usage stats as boostray sets them for its own instance, with no user config that turns them off
     env.update(RAY_TMPDIR=ray_tmpdir, RAY_USAGE_STATS_CONFIG_PATH=os.path.join(ray_tmpdir, "absent.json"))
     try:
-        out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+        out = subprocess.run([sys.executable, "-c", SCRIPT.replace("DASHBOARD", str(dashboard))], env=env,
+                             capture_output=True, text=True, timeout=300)
     finally:
         shutil.rmtree(ray_tmpdir, ignore_errors=True)
     assert out.returncode == 0, out.stderr[-3000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
+    events = user_events or (None if dashboard else "0")
     assert seen == {"node": ["127.0.0.1"], "worker": "127.0.0.1", "child": "None", "usage_off": True, "after": None,
-                    "worker_events": user_events or "0", "gcs_events": [user_events or "0"], "events_after": user_events}, seen
+                    "worker_events": events, "gcs_events": [events], "events_after": user_events}, seen
     assert "not only on 127.0.0.1" not in out.stderr

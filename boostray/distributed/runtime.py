@@ -22,12 +22,16 @@ _owned = False  # whether Ray runs as a local instance that ray_session started 
 LOCAL_INSTANCE_ENVIRONMENT = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # Ray's processes bind 127.0.0.1, not the network address
     "RAY_USAGE_STATS_ENABLED": "0",  # and report nothing
-    # No task events: the GCS keeps about 4 KB for every task and actor call reported (79 MB for 20,000
-    # calls), up to 100,000 of them, and Ray Train's health checks alone make 8 calls a second with two
-    # workers (trainer.py). The state API's and the dashboard's task table and timeline stay empty; set
-    # the variable (e.g. to 1000, ms between reports) to have them.
-    "RAY_task_events_report_interval_ms": "0",
 }
+#: and, without the dashboard, no task events: the GCS keeps about 4 KB for every task and actor call
+#: reported (79 MB for 20,000 calls), up to 100,000 of them, and Ray Train's health checks alone make 8
+#: calls a second with two workers (trainer.py). With the dashboard (whose task table and timeline they
+#: fill), or with the variable set by the user, they are reported as Ray does by default.
+NO_TASK_EVENTS = {"RAY_task_events_report_interval_ms": "0"}
+
+
+def local_instance_environment(dashboard: bool) -> dict[str, str]:
+    return LOCAL_INSTANCE_ENVIRONMENT if dashboard else {**LOCAL_INSTANCE_ENVIRONMENT, **NO_TASK_EVENTS}
 
 
 @contextmanager
@@ -152,7 +156,7 @@ def _start(address: str | None, num_cpus: int | None, object_store_bytes: int, d
     if target:
         ray.init(address=target, log_to_driver=True)
         return False
-    with _environment(LOCAL_INSTANCE_ENVIRONMENT):
+    with _environment(local_instance_environment(dashboard)):
         _init_local(num_cpus, object_store_bytes, dashboard)
     address = ray.util.get_node_ip_address()
     if address != LOOPBACK:  # Ray was imported before boostray, without the variable
@@ -178,7 +182,7 @@ def _init_local(num_cpus: int | None, object_store_bytes: int, dashboard: bool) 
         log_to_driver=True,
         runtime_env={"worker_process_setup_hook": f"{__name__}.know_own_instance", "env_vars": {
             # Ray's workers ask for their node's address too; the user's value of each wins, as in _environment
-            **{key: os.environ[key] for key in LOCAL_INSTANCE_ENVIRONMENT},
+            **{key: os.environ[key] for key in local_instance_environment(dashboard)},
             "RAY_DATA_LOGGING_CONFIG": os.environ["RAY_DATA_LOGGING_CONFIG"],
             # Ray Train's dataset manager sets an option Ray Data has deprecated, and says so on every run
             "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore::DeprecationWarning:"
