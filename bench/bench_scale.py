@@ -56,18 +56,12 @@ def write_data(folder: str, n_train: int, n_test: int = 2_000, seed: int = 0) ->
         writer.close()
 
 
-def smaps_kib(pid: int) -> tuple[int, int]:
-    """(PSS, PSS less its file-backed part) of a process, in KiB; (0, 0) when it has gone. The second is
-    the anonymous and shared-memory pages (the object store's) it holds: a process's file-backed PSS
-    changes as other processes map and unmap the same libraries (a driver's doubles when Ray's workers
-    exit, and any Python process beside the benchmark takes a share of torch's), which has nothing to do
-    with its data."""
-    rows = pss_rows(pid)
-    return rows.get("Pss", 0), rows.get("Pss_Anon", 0) + rows.get("Pss_Shmem", 0)
-
-
 def pss_rows(pid: int) -> dict[str, int]:
-    """The Pss lines of a process's smaps_rollup (KiB): Pss, Pss_Anon, Pss_File, Pss_Shmem; empty when it has gone."""
+    """The Pss lines of a process's smaps_rollup (KiB): Pss, Pss_Anon, Pss_File, Pss_Shmem; empty when it
+    has gone. A process's private memory here is Pss_Anon + Pss_Shmem (the object store's pages it maps):
+    its file-backed PSS changes as other processes map and unmap the same libraries (a driver's doubles
+    when Ray's workers exit, and any Python process beside the benchmark takes a share of torch's), which
+    has nothing to do with its data."""
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             return {line.split(":")[0]: int(line.split()[1]) for line in f if line.startswith("Pss")}
@@ -133,9 +127,9 @@ class Sampler(threading.Thread):
             counts: dict[str, int] = {}
             owns: dict[str, list[int]] = {}
             for pid, cmd in descendants(self.root).items():
-                pss, own = smaps_kib(pid)
+                rows = pss_rows(pid)  # read once: smaps_rollup walks the page tables, costly for big processes
+                pss, own = rows.get("Pss", 0), rows.get("Pss_Anon", 0) + rows.get("Pss_Shmem", 0)
                 if self.timeline:
-                    rows = pss_rows(pid)
                     owns[f"{process_kind(cmd, pid == self.root)}:{pid}"] = [rows.get("Pss_Anon", 0), rows.get("Pss_Shmem", 0)]
                 tree, private = tree + pss, private + own
                 kind = process_kind(cmd, pid == self.root)
