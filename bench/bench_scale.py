@@ -129,10 +129,10 @@ class Sampler(threading.Thread):
             for pid, cmd in descendants(self.root).items():
                 rows = pss_rows(pid)  # read once: smaps_rollup walks the page tables, costly for big processes
                 pss, own = rows.get("Pss", 0), rows.get("Pss_Anon", 0) + rows.get("Pss_Shmem", 0)
-                if self.timeline:
-                    owns[f"{process_kind(cmd, pid == self.root)}:{pid}"] = [rows.get("Pss_Anon", 0), rows.get("Pss_Shmem", 0)]
                 tree, private = tree + pss, private + own
                 kind = process_kind(cmd, pid == self.root)
+                if self.timeline:
+                    owns[f"{kind}:{pid}"] = [rows.get("Pss_Anon", 0), rows.get("Pss_Shmem", 0)]
                 kinds[kind] = kinds.get(kind, 0) + pss
                 counts[kind] = counts.get(kind, 0) + 1
                 if kind == "train worker":
