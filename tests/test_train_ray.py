@@ -66,12 +66,18 @@ def train_losing_a_worker(config: TrainConfig, ray_cluster: str, after: str, not
     return workers, outcome["result"]
 
 
+RESULTS = {}  # module fixtures' Ray Train results, for the tests that look at what reached the driver
+
+
 @pytest.fixture(scope="module")
 def ddp_run(ray_cluster, tmp_path_factory):
+    from boostray.distributed.trainer import fit
+
     out = tmp_path_factory.mktemp("ddp")
     config = two_worker_config(out)
-    run_dir, metrics = train(config)
-    return config, run_dir, metrics
+    outcome = fit(config)
+    RESULTS["ddp"] = outcome.ray_result
+    return config, outcome.run_dir, outcome.metrics
 
 
 def test_two_workers_hold_identical_weights_every_round(ddp_run):
@@ -94,6 +100,26 @@ def test_the_error_pass_moves_one_byte_a_sample_not_probabilities(ddp_run):
     config, run_dir, metrics = ddp_run
     n_train = len(pq.read_table(os.path.join(run_dir, "sample_weights.parquet"), columns=["index"]))
     assert metrics["error_pass_bytes"] == [n_train] * 3
+
+
+def test_the_driver_receives_no_per_sample_arrays_and_the_run_keeps_every_weight(ddp_run):
+    """Rank 0 writes sample_weights.parquet beside the checkpoints, and the state it returns leaves out
+    the N-sized weights: the driver copies the file. What it copied is the last checkpoint's weights,
+    every round's and the final ones."""
+    import numpy as np
+
+    from boostray.core.artifact.checkpoints import read_checkpoint
+
+    config, run_dir, _ = ddp_run
+    returned = RESULTS["ddp"].return_value
+    assert returned["weights"].size == 0 and returned["weights_history"] == [] and len(returned["members"]) == 3
+    saved = read_checkpoint(os.path.join(config.output, ".ray", config.name, "round_0003"))["boost"]
+    table = pq.read_table(os.path.join(run_dir, "sample_weights.parquet"))
+    n = table.num_rows
+    assert n == saved["weights"].numel() > 0 and table.column("index").to_pylist() == list(range(n))
+    np.testing.assert_array_equal(table.column("final").to_numpy(), saved["weights"].numpy().astype(np.float32))
+    for r, weights in enumerate(saved["weights_history"]):
+        np.testing.assert_array_equal(table.column(f"round_{r + 1}").to_numpy(), weights.numpy())
 
 
 def test_worker_killed_mid_run_resumes_to_the_same_ensemble(ddp_run, ray_cluster, tmp_path):

@@ -35,7 +35,7 @@ from boostray.core.artifact import storage
 from boostray.core.artifact.checkpoints import MEMBERS_FOLDER, load_boost_state, read_checkpoint
 from boostray.core.data.datasets import load_training_data
 from boostray.core.artifact.run_directory import write_run_directory
-from boostray.distributed.trainer import run_training
+from boostray.distributed.trainer import held_in_object_store, run_training
 from boostray.errors import ConfigError, require_extra
 
 SEARCHABLE = {
@@ -257,7 +257,7 @@ def run_sweep(config: SweepConfig, *, resume: bool = False) -> dict:
         raise ConfigError(f"sweep {config.name!r} already finished in {sweep_dir}; pick another name")
     check_resources(config)
     data = load_training_data(TrainConfig(**config.train))
-    data_ref = ray.put(data)
+    data, data_ref = held_in_object_store(data)  # put once for every trial; kept here for the export
     if not storage.is_uri(sweep_dir):
         os.makedirs(os.path.join(sweep_dir, "trials"), exist_ok=True)
     probe = TrainConfig(**config.train)

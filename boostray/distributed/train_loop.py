@@ -1,7 +1,8 @@
 """The Ray Train edge of a boosting run: every rank runs ``train_loop_per_worker``, which builds the
 Ray-free ``Engine`` (engine.py) on Ray Train's device and data-parallel wrapper, restores Ray Train's
 latest checkpoint, and after each round reports the metrics with a checkpoint holding model, optimizer,
-LR schedule and the whole boosting state.
+LR schedule and the whole boosting state. At the end rank 0 writes the sample weights to the file the
+driver names (``sample_weights``) and returns the rest of the state.
 
 Testing hook: ``hold_after_round: N`` in the loop config (set by a test through run_training, or by
 the environment variable BOOSTRAY_TEST_HOLD_AFTER_ROUND for a job a test submits to a cluster) makes
@@ -20,6 +21,7 @@ import ray.train
 import ray.train.torch
 import torch
 
+from boostray.core.artifact.run_directory import write_sample_weights
 from boostray.core.method.boost_state import BoostState
 from boostray.config import TrainConfig
 from boostray.core.data.datasets import ImageDataset
@@ -92,4 +94,9 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
             time.sleep(600)
 
     state = engine.run(state, report)
-    return state.to_portable() if engine.rank == 0 else None
+    if engine.rank != 0:
+        return None
+    sample_weights = loop_config.get("sample_weights")
+    if sample_weights:  # written here, so that the state returned to the driver carries no per-sample arrays
+        write_sample_weights(sample_weights, state, data)
+    return state.to_portable(per_sample=not sample_weights)

@@ -25,7 +25,7 @@ from boostray.core.data.datasets import (
 from boostray.core.method.engine import train_in_process
 from boostray.core.models import build_model
 from boostray.core.method.recipe import DEFAULT_RECIPE, Recipe
-from boostray.core.artifact.run_directory import write_run_directory
+from boostray.core.artifact.run_directory import SAMPLE_WEIGHTS_FILE, write_run_directory
 from boostray.core.method.weights import LocalWeightStore
 from boostray.distributed.ingest import ingest_cpus
 from boostray.distributed.runtime import owns_local_instance, ray_session, require_cpus, require_gpus
@@ -73,13 +73,25 @@ def in_process_device(config: TrainConfig) -> str:
     return "cuda"
 
 
+def held_in_object_store(data: ImageDataset) -> tuple[ImageDataset, Any]:
+    """(the data as Ray's object store holds it, its ObjectRef): put once, and read back as views of the
+    store's copy, so that the driver holding it does not keep a second copy of its arrays (the training
+    split's labels and row numbers, the held-out images) in its own memory."""
+    import ray
+
+    ref = ray.put(data)
+    return ray.get(ref), ref
+
+
 def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list | None = None, *,
-                 hold_after_round: int | None = None, recipe: Recipe = DEFAULT_RECIPE) -> tuple[BoostState, Any]:
+                 hold_after_round: int | None = None, recipe: Recipe = DEFAULT_RECIPE,
+                 stored: Any = None) -> tuple[BoostState, Any]:
     """Run the train loop; returns rank 0's final state and Ray Train's Result (None without Ray): on Ray
     Train, or for workers=0 without Ray in this process (unless Tune ``callbacks`` need Ray Train's local
     mode). ``data`` may already be in the object store (a sweep puts it once for all trials). ``recipe``:
-    the user's model object, optimizer and loss, shipped to every worker. ``hold_after_round``: a testing
-    hook, see train_loop.py."""
+    the user's model object, optimizer and loss, shipped to every worker. ``stored``: ``data``'s ObjectRef
+    where the caller has put it already (``held_in_object_store``). ``hold_after_round``: a testing hook,
+    see train_loop.py."""
     config = config.resolved()
     if config.workers == 0 and not callbacks:
         _, _, ray_storage = resolve_paths(config)  # checkpoints as a Ray Train run keeps them: the same --name resumes
@@ -104,7 +116,9 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     local = config.workers == 0
     store = LocalWeightStore() if local or not ray.is_initialized() else RayWeightStore.create(config.name)
-    if isinstance(data, ray.ObjectRef) or local or not ray.is_initialized():
+    if stored is not None:
+        data_ref = stored
+    elif isinstance(data, ray.ObjectRef) or local or not ray.is_initialized():
         data_ref = data
     else:
         data_ref = ray.put(data)
@@ -122,7 +136,8 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
         train_loop_config={"config": config.to_dict(), "data": data_ref, "store": store,
                            "members_dir": storage.join(ray_storage, config.name, MEMBERS_FOLDER), "recipe": recipe,
                            "ray_log": None if storage.is_uri(ray_storage) else os.path.join(ray_storage, config.name, RAY_LOG),
-                           "hold_after_round": hold_after_round, "ingest": ingest},
+                           "hold_after_round": hold_after_round, "ingest": ingest,
+                           "sample_weights": sample_weights_file(ray_storage, config.name)},
         torch_config=None if local else torch_config_for_cluster(),
         datasets=datasets or None,
         dataset_config=data_config,
@@ -148,6 +163,12 @@ def run_training(config: TrainConfig, data: ImageDataset | Any, callbacks: list 
     finally:
         store.close()
     return BoostState.from_saveable(result.return_value), result
+
+
+def sample_weights_file(ray_storage: str, name: str) -> str:
+    """Where rank 0 of a run on Ray writes the sample weights (beside Ray Train's checkpoints), for the
+    driver to copy into the run directory: the result it returns carries no per-sample arrays."""
+    return storage.join(ray_storage, name, SAMPLE_WEIGHTS_FILE)
 
 
 def streamed_input(config: TrainConfig, data: ImageDataset | Any) -> tuple[dict, dict | None]:
@@ -301,8 +322,15 @@ def fit(config: TrainConfig, data: ImageDataset | None = None, *, recipe: Recipe
             data = read_deferred_held_out(data, read_held_out_with_ray_data)
         if config.workers and not storage.is_uri(output) and not owns_local_instance():
             require_shared(output, "--output", cpus_per_worker=config.cpus_per_worker, gpu=config.gpu)
-        state, ray_result = run_training(config, data, callbacks, hold_after_round=hold_after_round, recipe=recipe)
+        stored = None
+        if config.workers:  # from here on this process holds the object store's copy of the data, not its own
+            data, stored = held_in_object_store(data)
+            release_unused_memory()
+        state, ray_result = run_training(config, data, callbacks, hold_after_round=hold_after_round, recipe=recipe,
+                                         stored=stored)
         stamps["fit"] = time.time()
+    # rank 0 of a run on Ray wrote the sample weights beside the checkpoints; in this process they are in the state
+    sample_weights = sample_weights_file(resolve_paths(config)[2], config.name) if ray_result is not None else None
     stamps["ray_down"] = time.time()
     wall = time.perf_counter() - started
     timing = start_up_timing(stamps, state)
@@ -310,6 +338,7 @@ def fit(config: TrainConfig, data: ImageDataset | None = None, *, recipe: Recipe
     metrics = write_run_directory(run_dir, state, data, config.spec(), name=config.name, options=config.saved(),
                                   extra_metrics={"wall_seconds": wall, "timing_seconds": timing,
                                                  **({"stream_reader": "ray-data" if streamed else "files"}
-                                                    if data.streamed else {})})
+                                                    if data.streamed else {})},
+                                  sample_weights=sample_weights)
     return TrainOutcome(run_dir, metrics, config, ray_result)
 

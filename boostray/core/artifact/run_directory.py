@@ -124,18 +124,25 @@ def stream_figures(state: BoostState, data: ImageDataset, spec: RunSpec) -> dict
 SAMPLE_WEIGHTS_GROUP_ROWS = 1 << 16  # rows per row group of sample_weights.parquet
 
 
+SAMPLE_WEIGHTS_FILE = "sample_weights.parquet"
+
+
 def write_sample_weights(path: str, state: BoostState, data: ImageDataset) -> None:
-    """One row per training sample: its index, label and the weight it had in each round."""
+    """One row per training sample: its index, label and the weight it had in each round. ``path`` may be
+    a storage URI: rank 0 of a run on Ray writes it beside the checkpoints, so that the result the driver
+    receives carries no per-sample arrays."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     n = len(data.train)
     index_type = np.int32 if n < 2**31 else np.int64
     rows = SAMPLE_WEIGHTS_GROUP_ROWS
+    fs, fs_path = storage.filesystem(path)
+    fs.create_dir(fs_path.rpartition("/")[0], recursive=True)
     writer = None
-    # Written a row group at a time, so that the driver never holds an Arrow copy of the whole table (24
-    # bytes a sample at two rounds) beside the state. No dictionary encoding for the weights (distinct
-    # floats: its hash tables would cost more than the column).
+    # Written a row group at a time, so that no process holds an Arrow copy of the whole table (24 bytes a
+    # sample at two rounds) beside the state. No dictionary encoding for the weights (distinct floats: its
+    # hash tables would cost more than the column).
     for start in range(0, max(n, 1), rows):
         stop = min(n, start + rows)
         columns = {"index": np.arange(start, stop, dtype=index_type), "label": data.train.labels[start:stop]}
@@ -143,10 +150,20 @@ def write_sample_weights(path: str, state: BoostState, data: ImageDataset) -> No
             columns[f"round_{r + 1}"] = w[start:stop]
         columns["final"] = state.weights[start:stop].astype(np.float32)
         table = pa.table(columns)
-        writer = writer or pq.ParquetWriter(path, table.schema, use_dictionary=["label"])
+        writer = writer or pq.ParquetWriter(fs_path, table.schema, filesystem=fs, use_dictionary=["label"])
         writer.write_table(table, row_group_size=rows)
     writer.close()
     pa.default_memory_pool().release_unused()
+
+
+def copy_sample_weights(source: str, folder: str) -> None:
+    """A sample-weights file written elsewhere (by rank 0, at a path or URI) into the run's ``folder``,
+    streamed: the driver never holds the per-sample weights."""
+    import pyarrow.fs
+
+    fs, fs_path = storage.filesystem(source)
+    pyarrow.fs.copy_files(fs_path, os.path.join(folder, SAMPLE_WEIGHTS_FILE), source_filesystem=fs,
+                          destination_filesystem=pyarrow.fs.LocalFileSystem())
 
 
 def manifest_fields(name: str, spec: RunSpec, data: ImageDataset, choice: Choice) -> dict:
@@ -170,8 +187,9 @@ def manifest_fields(name: str, spec: RunSpec, data: ImageDataset, choice: Choice
 
 
 def assemble(folder: str, state: BoostState, data: ImageDataset, spec: RunSpec, *, name: str, options: dict,
-             extra_metrics: dict) -> dict:
-    """Write every file of the run directory into ``folder``; returns the metrics."""
+             extra_metrics: dict, sample_weights: str | None = None) -> dict:
+    """Write every file of the run directory into ``folder``; returns the metrics. ``sample_weights``: the
+    file already written from the final state (else it is written here from ``state``)."""
     choice = combine_members(state, data, spec)
     weights = choice.combination.weights
     kept = [i for i, w in enumerate(weights) if w > 0]
@@ -188,22 +206,26 @@ def assemble(folder: str, state: BoostState, data: ImageDataset, spec: RunSpec, 
         json.dump(metrics, f, indent=2, default=float)
     with open(os.path.join(folder, "config.yaml"), "w") as f:
         yaml.safe_dump(options, f, sort_keys=False)
-    write_sample_weights(os.path.join(folder, "sample_weights.parquet"), state, data)
+    if sample_weights is None:
+        write_sample_weights(os.path.join(folder, SAMPLE_WEIGHTS_FILE), state, data)
+    else:
+        copy_sample_weights(sample_weights, folder)
     return metrics
 
 
 def write_run_directory(run_dir: str, state: BoostState, data: ImageDataset, spec: RunSpec, *, name: str,
-                        options: dict, extra_metrics: dict | None = None) -> dict:
+                        options: dict, extra_metrics: dict | None = None, sample_weights: str | None = None) -> dict:
     """Write the run directory ``run_dir`` (a path or a storage URI) so that it appears whole or not at
     all. ``options``: the resolved options saved as config.yaml; ``extra_metrics``: figures the caller
-    measured (wall time, start-up timing) added to metrics.json."""
+    measured (wall time, start-up timing) added to metrics.json; ``sample_weights``: see ``assemble``."""
     remote = storage.is_uri(run_dir)
     parent = tempfile.mkdtemp(prefix="boostray-run-") if remote else os.path.dirname(run_dir)
     tmp = os.path.join(parent, f".{os.path.basename(run_dir.partition('?')[0].rstrip('/'))}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
-        metrics = assemble(tmp, state, data, spec, name=name, options=options, extra_metrics=extra_metrics or {})
+        metrics = assemble(tmp, state, data, spec, name=name, options=options, extra_metrics=extra_metrics or {},
+                           sample_weights=sample_weights)
         if remote:
             storage.upload_run(tmp, run_dir)
         else:

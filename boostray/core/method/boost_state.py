@@ -72,9 +72,13 @@ class BoostState:
         return [{"round": m.round, "error": m.error, "raw_error": m.raw_error, "lambda": m.lambda_, "eta": m.eta}
                 for m in self.members]
 
-    def to_portable(self) -> dict:
-        """Tensor-free form (NumPy only): what a Ray Train function may return to the driver."""
+    def to_portable(self, per_sample: bool = True) -> dict:
+        """Tensor-free form (NumPy only): what a Ray Train function may return to the driver.
+        ``per_sample=False`` leaves out the sample weights (current and per round): 8 + 4 M bytes a sample
+        that rank 0 writes to a file instead, so that the driver never holds them."""
         out = self.to_saveable()
+        if not per_sample:
+            out["weights"], out["weights_history"] = torch.zeros(0), []
         for key, value in out.items():
             if isinstance(value, torch.Tensor):
                 out[key] = value.numpy()
