@@ -2,7 +2,8 @@
 Data tasks on any node with CPUs to spare, and reach each Train worker through its dataset shard.
 
 The driver holds only the training split's labels and, per group (a Parquet row group, or 256 image
-files), an *item* naming its rows, its samples' indices and labels (streaming.py). The training dataset
+files), an *item* naming its rows and its samples' indices (streaming.py); the ranks take the labels
+from the split they hold. The training dataset
 (``items_dataset`` with a window) takes blocks of items in a new random order every epoch
 (``randomize_block_order``) and reads ``window`` items per CPU ``map_batches`` task: decoded,
 augmented, and their samples shuffled together, as the in-process reader mixes a window of groups. Ray
@@ -29,7 +30,9 @@ import torch
 
 from boostray.core.data.batches import crop_and_flip
 from boostray.core.data.datasets import release_unused_memory
-from boostray.core.data.streaming import StreamedSplit, fill_held_out, held_out_items, read_item, reader_source
+from boostray.core.data.streaming import (
+    StreamedSplit, fill_held_out, held_out_items, item_index, read_item, reader_source,
+)
 
 READ_TASK_CPUS = 1.0  # CPUs per Ray Data read task; a cluster needs at least this beside the workers
 PREFETCH_BATCHES = 4
@@ -109,19 +112,18 @@ def quiet_ray_data() -> None:
 
 
 def _read(batch: dict[str, np.ndarray], source: Any, augment: dict | None, shuffle: bool) -> dict[str, np.ndarray]:
-    """Items (one row each) -> their decoded images with their sample indices (and labels, or held-out
-    parts), in one block: augmented where ``augment`` says how (random resized crops of the files' images
+    """Items (one row each) -> their decoded images with their sample indices (and, for held-out items,
+    the split each row belongs to), in one block: augmented where ``augment`` says how (random resized crops of the files' images
     with --image-size, else random crops with padding; flips), and the rows of all the items shuffled
     together where ``shuffle`` says so."""
     release_unused_memory()  # what the process's last task left in Arrow's pool and the heap
-    count = len(batch["index"])
+    count = len(batch["chunk"])
     rng = np.random.default_rng() if augment and augment.get("resized_crop") else None  # fresh in every task
-    images = np.concatenate([read_item(source, {key: value[i] for key, value in batch.items()}, rng)
-                             for i in range(count)])
-    out = {"image": images, "index": np.concatenate(list(batch["index"])).astype(np.int64)}
-    for key in ("label", "part"):
-        if key in batch:
-            out[key] = np.concatenate(list(batch[key])).astype(np.int64)
+    items = [{key: value[i] for key, value in batch.items()} for i in range(count)]
+    images = np.concatenate([read_item(source, item, rng) for item in items])
+    out = {"image": images, "index": np.concatenate([item_index(source, item) for item in items]).astype(np.int64)}
+    if "part" in batch:
+        out["part"] = np.concatenate(list(batch["part"])).astype(np.int64)
     if augment:
         generator = torch.Generator()
         generator.seed()  # fresh randomness in every task
@@ -178,6 +180,7 @@ class RayDataBatches:
                  device: torch.device, rank: int, world: int, store_bytes: int | None = None, per_task: int = 1) -> None:
         self.shard, self.split, self.source, self.store_bytes, self.per_task = shard, split, source, store_bytes, per_task
         self.n, self.batch_size, self.device, self.rank, self.world = len(split), batch_size, device, rank, world
+        self.labels: torch.Tensor | None = None
         # Ray Data hands out read-only arrays from the object store; nothing writes to the tensors made of them
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 
@@ -187,8 +190,10 @@ class RayDataBatches:
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         batches = self.shard.iter_torch_batches(
             batch_size=self.batch_size, prefetch_batches=PREFETCH_BATCHES, device=self.device, pin_memory=self.device.type == "cuda")
+        if self.labels is None:  # the items carry no labels: the split this rank holds has them (shared, on a CPU)
+            self.labels = torch.as_tensor(np.asarray(self.split.labels), device=self.device)
         for batch in batches:
-            yield batch["image"], batch["label"], batch["index"]
+            yield batch["image"], self.labels[batch["index"]].long(), batch["index"]
         release_unused_memory()  # what Arrow's pool and the heap kept of the epoch's blocks and batches
 
     def _iterate(self, items: list[dict], max_rows: int) -> Iterator[dict]:

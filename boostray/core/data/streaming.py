@@ -12,8 +12,8 @@ The validation and test splits are held in memory. Files are read through a pyar
 folder may be a local path every node mounts or a storage URI (``s3://``, ``gs://``, ``file://``).
 
 On Ray (``--workers`` 1 or more) the groups are read and decoded by Ray Data tasks on any node
-(distributed/ingest.py): each group is an *item* (``StreamedSplit.items``) that names its rows, sample
-indices and labels, and ``read_item`` turns one into images. Without Ray a rank reads them itself
+(distributed/ingest.py): each group is an *item* (``StreamedSplit.items``) that names its rows and sample
+indices in a few bytes, and ``read_item`` turns one into images. Without Ray a rank reads them itself
 (batches.py's ``ChunkedBatches``).
 """
 
@@ -273,27 +273,30 @@ class StreamedSplit:
         return hist
 
     def items(self, rank: int = 0, world: int = 1) -> list[dict]:
-        """One item per group with samples: what a Ray Data task needs to read it (``read_item``): the
-        group, its rows in the source, the samples' indices in this split and their labels; for an image
-        folder, the files' paths too (the source it is read with then needs no file list). With ``rank``
-        and ``world``, only that rank's share: every ``world``-th of those items from the ``rank``-th,
-        built by a rank from the split it holds, so no list of every item is shipped or kept."""
+        """One item per group with samples: what a Ray Data task needs to read it (``read_item``, and
+        ``item_index`` for the samples' indices in this split). For a Parquet row group: the group, its
+        first sample's index (a group's samples are a run of indices) and which of its rows the split
+        holds, one bit a row (empty: all of them); for an image folder, the samples' indices and files.
+        No labels: a rank takes them from the split it holds. With ``rank`` and ``world``, only that
+        rank's share: every ``world``-th item from the ``rank``-th, built by a rank from its split, so no
+        list of every item is shipped or kept."""
         out = []
-        small = np.int32 if max(len(self), int(self.rows.max(initial=0)) + 1) < 2**31 else np.int64  # 4 bytes a number
-        if isinstance(self.source, ParquetSource):  # runs of indices: no index vector for the groups not taken
+        if isinstance(self.source, ParquetSource):
             bounds = np.searchsorted(self.rows, self.source.group_start)
-            groups = np.flatnonzero(np.diff(bounds))[rank::world]
-            chunks = ((j, np.arange(bounds[j], bounds[j + 1])) for j in groups)
-        else:
-            lists = self.chunk_lists()
-            chunks = [(j, idx) for j, idx in enumerate(lists) if idx.size][rank::world]
-        for j, idx in chunks:
-            rows = self.rows[idx]
-            item = {"chunk": int(j), "row": rows.astype(small), "index": idx.astype(small),
-                    "label": self.labels[idx].astype(small)}
-            if isinstance(self.source, ImageFileSource):
-                item["path"] = [self.source.files[int(r)] for r in rows]
-            out.append(item)
+            for j in np.flatnonzero(np.diff(bounds))[rank::world]:
+                start, stop = self.source.group_start[j], self.source.group_start[j + 1]
+                rows = self.rows[bounds[j]:bounds[j + 1]]
+                mask = b""
+                if rows.size < stop - start:
+                    held = np.zeros(stop - start, dtype=bool)
+                    held[rows - start] = True
+                    mask = np.packbits(held).tobytes()
+                out.append({"chunk": int(j), "start": int(bounds[j]), "mask": mask})
+            return out
+        small = np.int32 if len(self) < 2**31 else np.int64
+        lists = self.chunk_lists()
+        for j, idx in [(j, idx) for j, idx in enumerate(lists) if idx.size][rank::world]:
+            out.append({"chunk": int(j), "index": idx.astype(small), "path": [self.source.files[int(r)] for r in self.rows[idx]]})
         return out
 
     def materialize(self) -> "ImageSplit":
@@ -310,12 +313,30 @@ def reader_source(source: "ParquetSource | ImageFileSource") -> "ParquetSource |
     return source.without_listing() if isinstance(source, ImageFileSource) else source
 
 
+def item_rows(source: "ParquetSource | ImageFileSource", item: dict) -> np.ndarray:
+    """The source rows a Parquet item names: listed (held-out items), or its group's rows that its mask
+    holds."""
+    if "row" in item:
+        return np.asarray(item["row"])
+    start, stop = int(source.group_start[int(item["chunk"])]), int(source.group_start[int(item["chunk"]) + 1])
+    if not len(item["mask"]):
+        return np.arange(start, stop)
+    return start + np.flatnonzero(np.unpackbits(np.frombuffer(item["mask"], dtype=np.uint8), count=stop - start))
+
+
+def item_index(source: "ParquetSource | ImageFileSource", item: dict) -> np.ndarray:
+    """The indices in its split of an item's samples, in the order ``read_item`` reads them."""
+    if "index" in item:
+        return np.asarray(item["index"])
+    return int(item["start"]) + np.arange(item_rows(source, item).size)
+
+
 def read_item(source: "ParquetSource | ImageFileSource", item: dict, rng: np.random.Generator | None = None) -> np.ndarray:
     """The images of one ``StreamedSplit.items`` (or ``held_out_items``) entry, in its order (``rng``:
     random resized crops, with --image-size)."""
     if isinstance(source, ImageFileSource):
         return source.read_paths(list(item["path"]), rng)
-    return source.read_rows(int(item["chunk"]), np.asarray(item["row"]), rng)
+    return source.read_rows(int(item["chunk"]), item_rows(source, item), rng)
 
 
 def held_out_items(splits: "list[StreamedSplit]") -> list[dict]:
