@@ -1,7 +1,8 @@
 # make run   : set up .venv (if missing) and run the README's main job (digits, cbnn, 1 Ray Train worker)
 # make test  : set up .venv (if missing) and run the test suite, but for the cluster tests
-# make test-cluster : the multi-node Ray cluster tests (`ray start` head + nodes, jobs, a lost node, streamed
-#                      data larger than the object store; about 9 min)
+# make test-cluster : the tests that start Ray instances of their own: the multi-node cluster (`ray start` head
+#                      + nodes, jobs, a lost node, streamed data larger than the object store) and a Tune
+#                      sweep beside a second local Ray; about 11 min
 # make test-fast : the Ray-free tests only (under a minute)
 # make bench : the benchmarks in bench/ (JSON on stdout)
 PYTHON ?= python3
@@ -21,8 +22,8 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/boostray train
 
-# the cluster tests (tests/test_cluster*.py, about 9 minutes) are left to make test-cluster:
-# with them the suite ran 22 minutes on a clean clone here, over CI's 20
+# the cluster tests (tests/test_cluster*.py and a sweep beside a second local Ray, about 11 minutes) are
+# left to make test-cluster: with them the suite ran over CI's 20 minutes on a clean clone here
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not cluster" --durations=12
 

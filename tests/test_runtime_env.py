@@ -45,7 +45,17 @@ print(json.dumps({"node": node, "worker": worker, "child": child, "usage_off": u
 """
 
 
-@pytest.mark.parametrize("user_events,dashboard", [(None, False), ("1000", False), (None, True)])
+def test_task_events_are_left_to_ray_where_the_dashboard_runs():
+    """The dashboard's task table and timeline need task events: with it, a local instance keeps Ray's
+    default (the real instances below check that the environment reaches the GCS and the workers)."""
+    from boostray.distributed.runtime import NO_TASK_EVENTS, local_instance_environment
+
+    assert NO_TASK_EVENTS.items() <= local_instance_environment(False).items()
+    assert not NO_TASK_EVENTS.keys() & local_instance_environment(True).keys()
+
+
+# a user's own value holds, with the dashboard or without (two instances rather than three keep the suite short)
+@pytest.mark.parametrize("user_events,dashboard", [(None, False), ("1000", True)])
 def test_a_library_caller_gets_a_loopback_ray_without_usage_stats_or_task_events_and_children_do_not_inherit_the_variable(
         user_events, dashboard):
     """Task events are off unless the caller set the variable (theirs then holds for the whole instance) or
