@@ -1,7 +1,7 @@
 """The driver's private memory (anonymous, and the object store's pages it maps; MB) after each step it
 takes before a streamed run's training starts, on bench_scale's synthetic Parquet of N rows: imports,
-loading the split, starting Ray, the held-out read, ``ray.put`` of the data, the training items' blocks,
-and giving back the heap. Run at two sizes, the difference is what each step holds per row.
+loading the split, starting Ray, the held-out read, putting the data in the object store (the driver then
+holds the store's copy), the training items' blocks, and giving back the heap. Run at two sizes, the difference is what each step holds per row.
 
     python bench/bench_driver_phases.py --rows 50000
     python bench/bench_driver_phases.py --rows 400000
@@ -32,7 +32,7 @@ def main() -> None:
     from boostray.core.data.datasets import load_training_data, read_deferred_held_out, release_unused_memory
     from boostray.distributed.ingest import read_held_out_with_ray_data
     from boostray.distributed.runtime import ray_session
-    from boostray.distributed.trainer import streamed_input
+    from boostray.distributed.trainer import held_in_object_store, streamed_input
 
     phases: dict[str, dict[str, float]] = {}
 
@@ -53,7 +53,8 @@ def main() -> None:
             mark("ray")
             data = read_deferred_held_out(data, read_held_out_with_ray_data)
             mark("held_out")
-            ref = ray.put(data)  # noqa: F841 - held, as run_training holds it
+            data, ref = held_in_object_store(data)  # noqa: F841 - held, as fit holds them
+            release_unused_memory()
             mark("put")
             datasets, _ = streamed_input(config, data)
             mark("items")
