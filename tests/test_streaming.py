@@ -182,11 +182,12 @@ def test_a_parquet_item_names_its_rows_in_a_bit_a_row(grouped):
         index = item_index(split.source, item)
         np.testing.assert_array_equal(split.rows[index], item_rows(split.source, item))
     total = int(split.source.group_start[-1])  # a split of every row of the files: no group needs a mask
-    every_row = StreamedSplit(split.source, np.arange(total, dtype=np.int32), np.zeros(total, np.int32), split.image_shape)
+    every_row = StreamedSplit(split.source, np.arange(total, dtype=np.int32), np.zeros(total, np.int32),
+                              split.image_shape)
     items = every_row.items()
     assert items and all(item["mask"] == b"" for item in items)
-    np.testing.assert_array_equal(np.concatenate([item_rows(split.source, item) for item in items]), np.arange(total))
-    np.testing.assert_array_equal(np.concatenate([item_index(split.source, item) for item in items]), np.arange(total))
+    for read in (item_rows, item_index):
+        np.testing.assert_array_equal(np.concatenate([read(split.source, item) for item in items]), np.arange(total))
 
 
 def test_a_streamed_folder_whose_first_image_is_grey_refuses_a_later_rgb_one(tmp_path):

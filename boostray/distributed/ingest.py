@@ -3,16 +3,16 @@ Data tasks on any node with CPUs to spare, and reach each Train worker through i
 
 The driver holds only the training split's labels and, per group (a Parquet row group, or 256 image
 files), an *item* naming its rows and its samples' indices (streaming.py); the ranks take the labels
-from the split they hold. The training dataset
-(``items_dataset`` with a window) takes blocks of items in a new random order every epoch
-(``randomize_block_order``) and reads ``window`` items per CPU ``map_batches`` task: decoded,
-augmented, and their samples shuffled together, as the in-process reader mixes a window of groups. Ray
-Train splits the dataset over the ranks (``streaming_split``, equal shares), and a rank iterates its
-shard with ``iter_torch_batches`` (prefetching, pinned memory on a GPU). No local shuffle buffer: the
-mixing is done in the read task, where it costs a permutation; Ray Data's buffer cost each rank time
-and memory that grew with every batch (docs/performance.md). Every row keeps its ``index`` column, so
-the sample weight ``weights[index]`` applies as in memory. The correctness pass reads a fixed share of
-the items on each rank (``eval_chunks``): every sample once over the ranks.
+from the split they hold. The training dataset (``items_dataset`` with a window) takes blocks of items
+in a new random order every epoch (``randomize_block_order``) and reads ``window`` items per CPU
+``map_batches`` task: decoded, augmented, and their samples shuffled together, as the in-process reader
+mixes a window of groups. Ray Train splits the dataset over the ranks (``streaming_split``, equal
+shares), and a rank iterates its shard with ``iter_torch_batches`` (prefetching, pinned memory on a
+GPU). No local shuffle buffer: the mixing is done in the read task, where it costs a permutation; Ray
+Data's buffer cost each rank time and memory that grew with every batch (docs/performance.md). Every row
+keeps its ``index`` column, so the sample weight ``weights[index]`` applies as in memory. The
+correctness pass reads a fixed share of the items on each rank (``eval_chunks``): every sample once over
+the ranks.
 
 A streamed run on Ray is not replayed bit for bit: which rank gets which group, and the augmentation,
 are Ray Data's. The boosting state (weights, members) is checkpointed as in any run, so resuming after a
@@ -113,9 +113,9 @@ def quiet_ray_data() -> None:
 
 def _read(batch: dict[str, np.ndarray], source: Any, augment: dict | None, shuffle: bool) -> dict[str, np.ndarray]:
     """Items (one row each) -> their decoded images with their sample indices (and, for held-out items,
-    the split each row belongs to), in one block: augmented where ``augment`` says how (random resized crops of the files' images
-    with --image-size, else random crops with padding; flips), and the rows of all the items shuffled
-    together where ``shuffle`` says so."""
+    the split each row belongs to), in one block: augmented where ``augment`` says how (random resized
+    crops of the files' images with --image-size, else random crops with padding; flips), and the rows
+    of all the items shuffled together where ``shuffle`` says so."""
     release_unused_memory()  # what the process's last task left in Arrow's pool and the heap
     count = len(batch["chunk"])
     rng = np.random.default_rng() if augment and augment.get("resized_crop") else None  # fresh in every task

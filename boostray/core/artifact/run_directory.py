@@ -121,10 +121,8 @@ def stream_figures(state: BoostState, data: ImageDataset, spec: RunSpec) -> dict
             "peak_groups_held": state.peak_chunks_held}
 
 
-SAMPLE_WEIGHTS_GROUP_ROWS = 1 << 16  # rows per row group of sample_weights.parquet
-
-
 SAMPLE_WEIGHTS_FILE = "sample_weights.parquet"
+SAMPLE_WEIGHTS_GROUP_ROWS = 1 << 16  # rows per row group of sample_weights.parquet
 
 
 def write_sample_weights(path: str, state: BoostState, data: ImageDataset) -> None:

@@ -296,7 +296,8 @@ class StreamedSplit:
         small = np.int32 if len(self) < 2**31 else np.int64
         lists = self.chunk_lists()
         for j, idx in [(j, idx) for j, idx in enumerate(lists) if idx.size][rank::world]:
-            out.append({"chunk": int(j), "index": idx.astype(small), "path": [self.source.files[int(r)] for r in self.rows[idx]]})
+            paths = [self.source.files[int(r)] for r in self.rows[idx]]
+            out.append({"chunk": int(j), "index": idx.astype(small), "path": paths})
         return out
 
     def materialize(self) -> "ImageSplit":
