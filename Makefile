@@ -2,7 +2,7 @@
 # make test  : set up .venv (if missing) and run the test suite, but for the cluster tests
 # make test-cluster : the tests that start Ray instances of their own: the multi-node cluster (`ray start` head
 #                      + nodes, jobs, a lost node, streamed data larger than the object store) and a Tune
-#                      sweep beside a second local Ray; about 11 min
+#                      sweep beside a second local Ray; about 9 min, and 2 for the sweep
 # make test-fast : the Ray-free tests only (under a minute)
 # make bench : the benchmarks in bench/ (JSON on stdout)
 PYTHON ?= python3
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/boostray train
 
-# the cluster tests (tests/test_cluster*.py and a sweep beside a second local Ray, about 11 minutes) are
+# the cluster tests (tests/test_cluster*.py, about 9 minutes, and a sweep beside a second local Ray, 2) are
 # left to make test-cluster: with them the suite ran over CI's 20 minutes on a clean clone here
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not cluster" --durations=12

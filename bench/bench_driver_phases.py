@@ -1,7 +1,8 @@
 """The driver's private memory (anonymous, and the object store's pages it maps; MB) after each step it
 takes before a streamed run's training starts, on bench_scale's synthetic Parquet of N rows: imports,
 loading the split, starting Ray, the held-out read, putting the data in the object store (the driver then
-holds the store's copy), the training items' blocks, and giving back the heap. Run at two sizes, the difference is what each step holds per row.
+holds the store's copy), the training items' blocks, and giving back the heap. Run at two sizes, the
+difference is what each step holds per row.
 
     python bench/bench_driver_phases.py --rows 50000
     python bench/bench_driver_phases.py --rows 400000
@@ -24,7 +25,6 @@ def main() -> None:
     parser.add_argument("--json-out", help="also write the JSON to this file")
     args = parser.parse_args()
     import boostray  # noqa: F401 - before Ray: a loopback-only local instance
-    import ray
     import ray.data  # noqa: F401 - imported before the first reading, as a run has it by then
     import ray.train.torch  # noqa: F401
 

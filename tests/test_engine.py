@@ -99,7 +99,7 @@ def test_the_weight_registry_module_imports_without_torch():
 def test_compiled_training_keeps_plain_member_state_dicts(digits, monkeypatch):
     """--compile trains through torch.compile; members and checkpoints stay the plain network's. The
     compile here uses torch's aot_eager backend: the same wrapper and graph capture, without inductor's
-    C++ code generation (half a minute of the suite on a CPU)."""
+    C++ code generation, the slow part on a CPU."""
     import torch
 
     from boostray.core.models import create_model

@@ -173,7 +173,7 @@ def test_cli_name_and_output_overrides_are_checked(tmp_path, capsys):
 
 
 @pytest.mark.ray
-@pytest.mark.cluster  # a second Ray instance on the machine, 2 minutes: with the cluster tests (make test-cluster)
+@pytest.mark.cluster  # a second Ray instance on the machine: with the cluster tests (make test-cluster)
 def test_a_sweep_beside_another_local_ray_instance_finishes(ray_cluster, tmp_path):
     """`boostray tune` started while another local Ray runs on this machine (the session's, as a served
     model's would be): every process of the sweep's own Ray must know its instance, or Ray Train's

@@ -180,9 +180,10 @@ class RayDataBatches:
                  device: torch.device, rank: int, world: int, store_bytes: int | None = None, per_task: int = 1) -> None:
         self.shard, self.split, self.source, self.store_bytes, self.per_task = shard, split, source, store_bytes, per_task
         self.n, self.batch_size, self.device, self.rank, self.world = len(split), batch_size, device, rank, world
-        self.labels: torch.Tensor | None = None
         # Ray Data hands out read-only arrays from the object store; nothing writes to the tensors made of them
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        # the items carry no labels: the split this rank holds has them (a view of it, on a CPU)
+        self.labels = torch.as_tensor(np.asarray(split.labels), device=device)
 
     def __len__(self) -> int:
         return math.ceil((self.n // self.world) / self.batch_size)  # equal shares: n // world rows a rank
@@ -190,8 +191,6 @@ class RayDataBatches:
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         batches = self.shard.iter_torch_batches(
             batch_size=self.batch_size, prefetch_batches=PREFETCH_BATCHES, device=self.device, pin_memory=self.device.type == "cuda")
-        if self.labels is None:  # the items carry no labels: the split this rank holds has them (shared, on a CPU)
-            self.labels = torch.as_tensor(np.asarray(self.split.labels), device=self.device)
         for batch in batches:
             yield batch["image"], self.labels[batch["index"]].long(), batch["index"]
         release_unused_memory()  # what Arrow's pool and the heap kept of the epoch's blocks and batches
