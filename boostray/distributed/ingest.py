@@ -43,8 +43,12 @@ def ingest_cpus(workers: int, cpus_per_worker: float) -> float:
     return workers * cpus_per_worker + READ_TASK_CPUS
 
 
-MIN_INGEST_STORE_BYTES = 64 << 20
-MIN_PASS_STORE_BYTES = 16 << 20
+# Blocks a reader may have in flight in the object store: TASKS_AHEAD read tasks' output for each reader
+# (one being read, one ready), at least MIN_STORE_BYTES. The store's pages stay mapped once touched, so
+# this budget, not the data set's size, is what streaming adds to a node's memory: at 400,000 rows of
+# 256 bytes, four tasks a rank and 64 MiB at least made it 62 MB more than at 50,000 (docs/performance.md).
+TASKS_AHEAD = 2
+MIN_STORE_BYTES = 8 << 20
 PASS_TASK_BYTES = 4 << 20  # decoded bytes a pass task reads: several small groups per task, one large one
 
 
@@ -71,10 +75,10 @@ def train_window(split: StreamedSplit, window: int) -> int:
 
 def pass_store_bytes(*splits: StreamedSplit) -> int:
     """The object store a pass over items (a rank's correctness pass, SWA's statistics, the driver's
-    held-out read) may fill: four tasks' blocks in flight (at least 16 MiB). Unbounded, Ray Data's read
-    tasks run ahead of the reader until its whole share sits in the store, whose pages then stay
-    mapped: the run's memory would grow by a copy of the data set."""
-    return max(MIN_PASS_STORE_BYTES, 4 * items_per_pass_task(*splits) * group_bytes(*splits))
+    held-out read) may fill: TASKS_AHEAD tasks' blocks in flight (at least MIN_STORE_BYTES). Unbounded,
+    Ray Data's read tasks run ahead of the reader until its whole share sits in the store, whose pages
+    then stay mapped: the run's memory would grow by a copy of the data set."""
+    return max(MIN_STORE_BYTES, TASKS_AHEAD * items_per_pass_task(*splits) * group_bytes(*splits))
 
 
 def bounded(dataset, store_bytes: int | None):
@@ -88,8 +92,8 @@ def bounded(dataset, store_bytes: int | None):
 
 def ingest_options(split: StreamedSplit, world: int, window: int):
     """Ray Train's execution options for the training dataset (read ``train_window`` items a task), with
-    how much of the object store its blocks in flight may take: about four tasks' groups per rank (at
-    least 64 MiB). Unbounded, the read tasks run ahead of training by as much as the store allows, and the
+    how much of the object store its blocks in flight may take: TASKS_AHEAD tasks' groups per rank (at
+    least MIN_STORE_BYTES). Unbounded, the read tasks run ahead of training by as much as the store allows, and the
     store's pages (which stay mapped once touched) grow with the data set, not with what training needs."""
     from ray.data import ExecutionResources
     from ray.train import DataConfig
@@ -98,7 +102,7 @@ def ingest_options(split: StreamedSplit, world: int, window: int):
         warnings.simplefilter("ignore", DeprecationWarning)
         options = DataConfig.default_ingest_options()
     options.resource_limits = ExecutionResources(
-        object_store_memory=max(MIN_INGEST_STORE_BYTES, 4 * world * train_window(split, window) * group_bytes(split)))
+        object_store_memory=max(MIN_STORE_BYTES, TASKS_AHEAD * world * train_window(split, window) * group_bytes(split)))
     return options
 
 

@@ -336,8 +336,7 @@ class Engine:
             out.record_seconds = time.perf_counter() - started
         last = r == spec.members - 1
         entry = boost_round(state, correct, k, spec, last, val_error) if self.rank == 0 else None
-        synced, out.digests = sync_weights(self.store, self.rank, r + 1, state, entry)
-        state.weights = np.array(synced)
+        state.weights, out.digests = sync_weights(self.store, self.rank, r + 1, state, entry)
         entry = self.store.history()[-1]  # every rank takes e_m and lambda_m from the store
         out.error, out.raw_error, out.lambda_, out.eta = entry["error"], entry["raw_error"], entry["lambda"], entry["eta"]
         return out
@@ -371,16 +370,18 @@ class Engine:
         """Train every round left in ``state`` (fresh, or restored from a checkpoint)."""
         spec, method = self.spec, self.method
         state.loop_wall = [time.time()]
-        synced, digests = sync_weights(self.store, self.rank, state.rounds_done, state)
-        state.weights = np.array(synced)  # a copy: the object store hands out read-only views
+        # The store's read-only view, not a copy: nothing writes into the weights (a boosting step makes
+        # new ones), and on a node the ranks then share one copy of them.
+        state.weights, digests = sync_weights(self.store, self.rank, state.rounds_done, state)
         bounds = method.boundaries()
         clock = {"started": time.perf_counter(), "first_epoch": bounds[state.rounds_done - 1] if state.rounds_done else 0,
                  "seconds_before": state.train_seconds, "record_seconds": 0.0}
         for r in range(state.rounds_done, spec.members):
             round_start, clock["record_seconds"] = time.perf_counter(), 0.0
-            weights = torch.as_tensor(state.weights, dtype=torch.float32, device=self.device)
-            recorded = self.train_round(state, r, weights, clock)
-            state.weights_history.append(np.asarray(state.weights, dtype=np.float32))
+            used = state.weights.astype(np.float32)  # what the loss weighs by (on a CPU, the same memory)
+            recorded = self.train_round(state, r, torch.from_numpy(used).to(self.device), clock)
+            if self.rank == 0:  # the sample-weights file and the checkpoints are rank 0's: the others keep no history
+                state.weights_history.append(used)
             if method.reweights:
                 out = self.boost(state, r, recorded)
                 digests = out.digests
