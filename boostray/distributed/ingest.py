@@ -45,11 +45,12 @@ def ingest_cpus(workers: int, cpus_per_worker: float) -> float:
 
 # Blocks a reader may have in flight in the object store: TASKS_AHEAD read tasks' output for each reader
 # (one being read, one ready), at least MIN_STORE_BYTES. The store's pages stay mapped once touched, so
-# this budget, not the data set's size, is what streaming adds to a node's memory: at 400,000 rows of
-# 256 bytes, four tasks a rank and 64 MiB at least made it 62 MB more than at 50,000 (docs/performance.md).
+# this budget and the size of a task's block, not the data set's size, are what streaming adds to a node's
+# memory (docs/performance.md): at 400,000 rows of 256 bytes, blocks of 4 MiB, four tasks a rank and 64
+# MiB at least made it 62 MB more than at 50,000.
 TASKS_AHEAD = 2
 MIN_STORE_BYTES = 8 << 20
-PASS_TASK_BYTES = 4 << 20  # decoded bytes a pass task reads: several small groups per task, one large one
+PASS_TASK_BYTES = 1 << 20  # decoded bytes a task reads: several small groups per task, one large one
 
 
 def group_bytes(*splits: StreamedSplit) -> int:

@@ -143,7 +143,9 @@ def write_sample_weights(path: str, state: BoostState, data: ImageDataset) -> No
     # hash tables would cost more than the column).
     for start in range(0, max(n, 1), rows):
         stop = min(n, start + rows)
-        columns = {"index": np.arange(start, stop, dtype=index_type), "label": data.train.labels[start:stop]}
+        labels = np.asarray(data.train.labels[start:stop])  # a streamed split's may be narrower: at least 4 bytes here
+        columns = {"index": np.arange(start, stop, dtype=index_type),
+                   "label": labels.astype(np.promote_types(labels.dtype, np.int32))}
         for r, w in enumerate(state.weights_history):
             columns[f"round_{r + 1}"] = w[start:stop]
         columns["final"] = state.weights[start:stop].astype(np.float32)

@@ -303,7 +303,7 @@ class StreamedSplit:
     def materialize(self) -> "ImageSplit":
         """The split in memory, keeping its chunks: trained from, it gives a streamed run's batches."""
 
-        return ImageSplit(self.take(np.arange(len(self))), self.labels, chunked=self.chunks())
+        return ImageSplit(self.take(np.arange(len(self))), self.labels.astype(np.int64), chunked=self.chunks())
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_chunks": None}  # recomputed where needed: no need to ship it
@@ -389,7 +389,7 @@ def open_image_files(files: list[str], labels: np.ndarray, per_group: int | None
 
     first = decode_image(read_bytes(filesystem or local_filesystem(), files[0]), files[0], image_size)
     source = ImageFileSource.create(files, first.shape[0], per_group or FILES_PER_GROUP, filesystem, image_size)
-    return StreamedSplit(source, compact_range(len(files)), compact(labels), tuple(int(s) for s in first.shape))  # type: ignore[arg-type]
+    return StreamedSplit(source, compact_range(len(files)), compact_labels(labels), tuple(int(s) for s in first.shape))  # type: ignore[arg-type]
 
 
 def open_parquet_train(files: list[str], filesystem=None,
@@ -398,12 +398,23 @@ def open_parquet_train(files: list[str], filesystem=None,
     source, labels, names = ParquetSource.open(files, "train", filesystem, image_size)
     first = next(g for g in range(source.num_groups) if source.group_start[g + 1] > source.group_start[g])
     shape = tuple(int(s) for s in source.read_group(first).shape[1:])
-    return StreamedSplit(source, compact_range(len(labels)), compact(labels), shape), names  # type: ignore[arg-type]
+    return StreamedSplit(source, compact_range(len(labels)), compact_labels(labels), shape), names  # type: ignore[arg-type]
 
 
 def compact(values: np.ndarray) -> np.ndarray:
     """Integers (labels, row numbers) in 4 bytes where they fit: the driver holds one per training sample."""
     return values.astype(np.int32) if values.size == 0 or (values.min() >= -2**31 and values.max() < 2**31) else values
+
+
+def compact_labels(labels: np.ndarray) -> np.ndarray:
+    """Class labels in the fewest bytes that hold them (one for up to 256 classes): the object store, the
+    driver and every rank hold them, one per training sample. Read with ``.long()``/``astype`` where a
+    loss or a file needs wider ones."""
+    for dtype in (np.uint8, np.int16):
+        info = np.iinfo(dtype)
+        if labels.size == 0 or (labels.min() >= info.min and labels.max() <= info.max):
+            return labels.astype(dtype)
+    return compact(labels)
 
 
 def compact_range(n: int) -> np.ndarray:

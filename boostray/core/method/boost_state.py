@@ -6,7 +6,8 @@ checkpoint loads with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import warnings
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -76,9 +77,8 @@ class BoostState:
         """Tensor-free form (NumPy only): what a Ray Train function may return to the driver.
         ``per_sample=False`` leaves out the sample weights (current and per round): 8 + 4 M bytes a sample
         that rank 0 writes to a file instead, so that the driver never holds them."""
-        out = self.to_saveable()
-        if not per_sample:
-            out["weights"], out["weights_history"] = torch.zeros(0), []
+        state = self if per_sample else replace(self, weights=np.zeros(0), weights_history=[])
+        out = state.to_saveable()
         for key, value in out.items():
             if isinstance(value, torch.Tensor):
                 out[key] = value.numpy()
@@ -91,17 +91,19 @@ class BoostState:
         """Tensors and plain Python, for torch.save. ``members=False`` leaves out the members' state dicts
         and probabilities, which a checkpoint writes once each, beside it (member_payload)."""
         out = {}
-        for f in fields(self):
-            if not members and f.name in MEMBER_PAYLOAD:
-                continue
-            v = getattr(self, f.name)
-            if f.name == "members":
-                v = [m.to_json() for m in v]
-            elif isinstance(v, np.ndarray):
-                v = torch.from_numpy(np.ascontiguousarray(v))
-            elif isinstance(v, list) and v and isinstance(v[0], np.ndarray):
-                v = [torch.from_numpy(np.ascontiguousarray(a)) for a in v]
-            out[f.name] = v
+        with warnings.catch_warnings():  # the weights may be the object store's read-only view: nothing writes these
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+            for f in fields(self):
+                if not members and f.name in MEMBER_PAYLOAD:
+                    continue
+                v = getattr(self, f.name)
+                if f.name == "members":
+                    v = [m.to_json() for m in v]
+                elif isinstance(v, np.ndarray):
+                    v = torch.from_numpy(np.ascontiguousarray(v))
+                elif isinstance(v, list) and v and isinstance(v[0], np.ndarray):
+                    v = [torch.from_numpy(np.ascontiguousarray(a)) for a in v]
+                out[f.name] = v
         return out
 
     @classmethod
