@@ -201,7 +201,7 @@ class TrainConfig(BoostConfig):
                         "beside the workers; the driver reads only the labels and a sample (for data larger than memory)")
     stream_window: int = _opt(4, "--stream: about this many groups' samples are shuffled together (on Ray, the groups "
                               "one Ray Data read task reads, in a new order every epoch, more where groups are small: "
-                              "as many as fit 1 MiB decoded; with --workers 0, groups taken in a seeded permutation "
+                              "as many as fit 4 MiB decoded; with --workers 0, groups taken in a seeded permutation "
                               "each epoch)", ge=1)
     image_size: int | None = _opt(None, "imagefolder, parquet: fit every image to N x N pixels, for images of "
                                   "different sizes: the shorter side resized to N, the centre cropped (so are "

@@ -43,14 +43,16 @@ def ingest_cpus(workers: int, cpus_per_worker: float) -> float:
     return workers * cpus_per_worker + READ_TASK_CPUS
 
 
-# Blocks a reader may have in flight in the object store: TASKS_AHEAD read tasks' output for each reader
-# (one being read, one ready), at least MIN_STORE_BYTES. The store's pages stay mapped once touched, so
-# this budget and the size of a task's block, not the data set's size, are what streaming adds to a node's
-# memory (docs/performance.md): at 400,000 rows of 256 bytes, blocks of 4 MiB, four tasks a rank and 64
-# MiB at least made it 62 MB more than at 50,000.
+# What streaming adds to a node's memory is the object store's pages that its blocks touch (they stay
+# mapped), not the data set: at 400,000 rows of 256 bytes, one 4 MiB block a task, four tasks a rank and
+# 64 MiB at least made it 62 MB more than at 50,000 rows (docs/performance.md). So a reader may have
+# TASKS_AHEAD read tasks' output in flight (one being read, one ready; at least MIN_STORE_BYTES), and a task
+# hands its output over in blocks of at most BLOCK_BYTES, of which a rank holds the one it reads and the
+# next: smaller tasks would do the same at the cost of a task's fixed start, many more times an epoch.
 TASKS_AHEAD = 2
 MIN_STORE_BYTES = 8 << 20
-PASS_TASK_BYTES = 1 << 20  # decoded bytes a task reads: several small groups per task, one large one
+BLOCK_BYTES = 1 << 20
+PASS_TASK_BYTES = 4 << 20  # decoded bytes a task reads: several small groups per task, one large one
 
 
 def group_bytes(*splits: StreamedSplit) -> int:
@@ -158,9 +160,11 @@ def items_dataset(items: list[dict], source: Any, augment: dict | None = None, w
     dataset = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / per_block)))
     if window:
         dataset = dataset.randomize_block_order()
-    return dataset.map_batches(
+    dataset = dataset.map_batches(
         _read, batch_size=max(1, window or per_block), batch_format="numpy", num_cpus=READ_TASK_CPUS,
         fn_kwargs={"source": source, "augment": augment, "shuffle": bool(window)})
+    dataset.context.target_max_block_size = BLOCK_BYTES  # a task's output, handed over in blocks of this size
+    return dataset
 
 
 def read_held_out_with_ray_data(splits: list[StreamedSplit]) -> list:
