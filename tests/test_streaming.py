@@ -301,6 +301,46 @@ def test_every_training_epoch_from_ray_data_reads_every_sample_once_in_an_order_
 
 
 @pytest.mark.ray
+def test_a_read_task_hands_its_rows_over_in_blocks_of_at_most_the_block_size(ray_cluster, grouped, monkeypatch):
+    """What a rank holds and has in flight is a block, not a task's output: a task that reads every item
+    (a window of all of them) hands its rows over in several blocks near BLOCK_BYTES, every sample once."""
+    from boostray.core.data.streaming import reader_source
+    from boostray.distributed import ingest
+
+    _, streamed, twin = grouped
+    items, source = streamed.train.items(), reader_source(streamed.train.source)
+    task_bytes = twin.train.images.nbytes
+    monkeypatch.setattr(ingest, "BLOCK_BYTES", task_bytes // 4)
+    dataset = ingest.items_dataset(items, source, window=len(items) * ingest.BLOCKS_PER_WINDOW)
+    sizes, seen = [], []
+    for bundle in dataset.iter_internal_ref_bundles():
+        sizes += [entry.metadata.size_bytes for entry in bundle.blocks]
+    for block in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        np.testing.assert_array_equal(block["image"], twin.train.images[block["index"]])
+        seen.append(block["index"])
+    assert len(sizes) >= 4 and max(sizes) <= 2 * task_bytes // 4, sizes  # one task, several blocks
+    assert sorted(np.concatenate(seen).tolist()) == list(range(len(streamed.train)))
+
+
+def test_a_streamed_split_holds_its_labels_in_a_byte_and_the_weights_file_in_four(grouped, tmp_path):
+    """The driver, the object store and every rank hold a streamed split's labels, one per sample: one
+    byte for up to 256 classes. The sample-weights file keeps its 4-byte label column."""
+    from boostray.core.artifact.run_directory import write_sample_weights
+    from boostray.core.data.streaming import compact_labels
+    from boostray.core.method.boost_state import BoostState
+
+    _, streamed, twin = grouped
+    assert streamed.train.labels.dtype == np.uint8
+    np.testing.assert_array_equal(streamed.train.labels, twin.train.labels)
+    assert twin.train.labels.dtype == np.int64  # the in-memory twin, as a loss wants them
+    assert compact_labels(np.array([0, 300])).dtype == np.int16
+    assert compact_labels(np.array([0, 70_000])).dtype == np.int32
+    write_sample_weights(str(tmp_path / "w.parquet"), BoostState.initial(len(streamed.train)), streamed)
+    column = pq.read_table(tmp_path / "w.parquet", columns=["label"]).column("label")
+    assert column.type == pa.int32() and column.to_pylist() == streamed.train.labels.tolist()
+
+
+@pytest.mark.ray
 def test_a_worker_lost_during_a_streamed_round_still_gives_every_member(ray_cluster, tmp_path):
     """A rank killed while round 2 reads its Ray Data shard: Ray Train restarts the group from round 1's
     checkpoint, the dataset is split again, and the run ends with every member."""
