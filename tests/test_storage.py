@@ -206,7 +206,7 @@ def test_training_streams_parquet_and_image_folders_from_s3(ray_cluster, s3_serv
     from boostray.distributed.trainer import train
     from test_streaming import write_grouped
 
-    local = write_grouped(tmp_path / "pq", n=300, rows_per_group=50) if kind == "parquet" else write_image_folder(tmp_path / "img")
+    local = write_grouped(tmp_path / "pq", n=300, rows_per_group=50) if kind == "parquet" else write_image_folder(tmp_path / "img", per_class=100)
     uri = storage.join(s3_server, "data", kind)
     upload_tree(local, *storage.filesystem(uri))
     from_disk, from_s3 = load_dataset(kind, local), load_dataset(kind, uri)
