@@ -44,8 +44,7 @@ def ingest_cpus(workers: int, cpus_per_worker: float) -> float:
 
 
 # What streaming adds to a node's memory is the object store's pages that its blocks touch (they stay
-# mapped), not the data set: at 400,000 rows of 256 bytes, one 4 MiB block a task, four tasks a rank and
-# 64 MiB at least made it 62 MB more than at 50,000 rows (docs/performance.md). So a reader may have
+# mapped), bounded by the blocks in flight, not by the data set (docs/performance.md). So a reader may have
 # TASKS_AHEAD read tasks' output in flight (one being read, one ready; at least MIN_STORE_BYTES), and a task
 # hands its output over in blocks of at most BLOCK_BYTES, of which a rank holds the one it reads and the
 # next: smaller tasks would do the same at the cost of a task's fixed start, many more times an epoch.
@@ -96,8 +95,9 @@ def bounded(dataset, store_bytes: int | None):
 def ingest_options(split: StreamedSplit, world: int, window: int):
     """Ray Train's execution options for the training dataset (read ``train_window`` items a task), with
     how much of the object store its blocks in flight may take: TASKS_AHEAD tasks' groups per rank (at
-    least MIN_STORE_BYTES). Unbounded, the read tasks run ahead of training by as much as the store allows, and the
-    store's pages (which stay mapped once touched) grow with the data set, not with what training needs."""
+    least MIN_STORE_BYTES). Unbounded, the read tasks run ahead of training by as much as the store
+    allows, and the store's pages (which stay mapped once touched) grow with the data set, not with what
+    training needs."""
     from ray.data import ExecutionResources
     from ray.train import DataConfig
 
