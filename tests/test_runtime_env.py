@@ -25,9 +25,9 @@ with ray_session(num_cpus=1, dashboard=DASHBOARD):
     worker = ray.get(ray.remote(num_cpus=0)(lambda: __import__("ray").util.get_node_ip_address()).remote())
     child = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'))"],
                            capture_output=True, text=True).stdout.strip()
-    # task events off where they are reported (every worker) and kept (the GCS of this instance)
-    worker_events = ray.get(ray.remote(num_cpus=0)(
-        lambda: __import__("os").environ.get("RAY_task_events_report_interval_ms")).remote())
+    # task events (and metrics) off where they are reported (every worker) and kept (the GCS of this instance)
+    worker_events, worker_metrics = ray.get(ray.remote(num_cpus=0)(lambda: [__import__("os").environ.get(v) for v in (
+        "RAY_task_events_report_interval_ms", "RAY_enable_metrics_collection")]).remote())
     gcs_events = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -41,25 +41,27 @@ with ray_session(num_cpus=1, dashboard=DASHBOARD):
             continue
 print(json.dumps({"node": node, "worker": worker, "child": child, "usage_off": usage_off,
                   "after": os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"), "worker_events": worker_events,
-                  "gcs_events": gcs_events, "events_after": os.environ.get("RAY_task_events_report_interval_ms")}))
+                  "worker_metrics": worker_metrics, "gcs_events": gcs_events, "events_after": os.environ.get("RAY_task_events_report_interval_ms")}))
 """
 
 
-def test_task_events_are_left_to_ray_where_the_dashboard_runs():
-    """The dashboard's task table and timeline need task events: with it, a local instance keeps Ray's
-    default (the real instances below check that the environment reaches the GCS and the workers)."""
-    from boostray.distributed.runtime import NO_TASK_EVENTS, local_instance_environment
+def test_task_events_and_metrics_are_left_to_ray_where_the_dashboard_runs():
+    """The dashboard's task table, timeline and Grafana panels need task events and metrics: with it, a
+    local instance keeps Ray's default (the real instances below check that the environment reaches the
+    GCS and the workers)."""
+    from boostray.distributed.runtime import NO_DASHBOARD_RECORDS, local_instance_environment
 
-    assert NO_TASK_EVENTS.items() <= local_instance_environment(False).items()
-    assert not NO_TASK_EVENTS.keys() & local_instance_environment(True).keys()
+    assert NO_DASHBOARD_RECORDS.keys() == {"RAY_task_events_report_interval_ms", "RAY_enable_metrics_collection"}
+    assert NO_DASHBOARD_RECORDS.items() <= local_instance_environment(False).items()
+    assert not NO_DASHBOARD_RECORDS.keys() & local_instance_environment(True).keys()
 
 
 # a user's own value holds, with the dashboard or without (two instances rather than three keep the suite short)
 @pytest.mark.parametrize("user_events,dashboard", [(None, False), ("1000", True)])
-def test_a_library_caller_gets_a_loopback_ray_without_usage_stats_or_task_events_and_children_do_not_inherit_the_variable(
+def test_a_library_caller_gets_a_loopback_ray_without_usage_stats_task_events_or_metrics_and_children_do_not_inherit_the_variable(
         user_events, dashboard):
-    """Task events are off unless the caller set the variable (theirs then holds for the whole instance) or
-    runs the dashboard (whose task table they fill: Ray's default then)."""
+    """Task events and metrics are off unless the caller set the variable (theirs then holds for the whole
+    instance) or runs the dashboard (whose task table and panels they fill: Ray's default then)."""
     ray_tmpdir = tempfile.mkdtemp(prefix="br-", dir="/tmp")  # Ray's socket paths must stay short
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     if user_events:
@@ -75,5 +77,6 @@ def test_a_library_caller_gets_a_loopback_ray_without_usage_stats_or_task_events
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     events = user_events or (None if dashboard else "0")
     assert seen == {"node": ["127.0.0.1"], "worker": "127.0.0.1", "child": "None", "usage_off": True, "after": None,
-                    "worker_events": events, "gcs_events": [events], "events_after": user_events}, seen
+                    "worker_events": events, "worker_metrics": None if dashboard else "0", "gcs_events": [events],
+                    "events_after": user_events}, seen
     assert "not only on 127.0.0.1" not in out.stderr

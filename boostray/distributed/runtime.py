@@ -23,15 +23,19 @@ LOCAL_INSTANCE_ENVIRONMENT = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # Ray's processes bind 127.0.0.1, not the network address
     "RAY_USAGE_STATS_ENABLED": "0",  # and report nothing
 }
-#: and, without the dashboard, no task events: the GCS keeps about 4 KB for every task and actor call
-#: reported (79 MB for 20,000 calls), up to 100,000 of them, and Ray Train's health checks alone make 8
-#: calls a second with two workers (trainer.py). With the dashboard (whose task table and timeline they
-#: fill), or with the variable set by the user, they are reported as Ray does by default.
-NO_TASK_EVENTS = {"RAY_task_events_report_interval_ms": "0"}
+#: and, without the dashboard, none of the records only the dashboard reads:
+#: - task events: the GCS keeps about 4 KB for every task and actor call reported (79 MB for 20,000
+#:   calls), up to 100,000 of them, and Ray Train's health checks alone make 8 calls a second with two
+#:   workers (trainer.py);
+#: - metrics, for the dashboard's Grafana panels: Ray Data's stats actor grows with every update the
+#:   executions and iterators send it, every 5 s each (+18 MB over a 10-minute streamed run, +3 over 1.5
+#:   minutes; docs/performance.md).
+#: With the dashboard, or with a variable set by the user, Ray's default holds.
+NO_DASHBOARD_RECORDS = {"RAY_task_events_report_interval_ms": "0", "RAY_enable_metrics_collection": "0"}
 
 
 def local_instance_environment(dashboard: bool) -> dict[str, str]:
-    return LOCAL_INSTANCE_ENVIRONMENT if dashboard else {**LOCAL_INSTANCE_ENVIRONMENT, **NO_TASK_EVENTS}
+    return LOCAL_INSTANCE_ENVIRONMENT if dashboard else {**LOCAL_INSTANCE_ENVIRONMENT, **NO_DASHBOARD_RECORDS}
 
 
 @contextmanager
