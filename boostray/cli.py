@@ -492,6 +492,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")  # read when Ray Train is imported; Ray 2.60's default
+    from boostray.distributed.runtime import ARROW_POOL
+
+    for key, value in ARROW_POOL.items():  # read when pyarrow is imported, which no command has done yet
+        os.environ.setdefault(key, value)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -28,6 +28,8 @@ with ray_session(num_cpus=1, dashboard=DASHBOARD):
     # task events (and metrics) off where they are reported (every worker) and kept (the GCS of this instance)
     worker_events, worker_metrics = ray.get(ray.remote(num_cpus=0)(lambda: [__import__("os").environ.get(v) for v in (
         "RAY_task_events_report_interval_ms", "RAY_enable_metrics_collection")]).remote())
+    # Arrow's allocator in the workers (where Ray Data's read tasks decode Parquet)
+    worker_pool = ray.get(ray.remote(num_cpus=0)(lambda: __import__("pyarrow").default_memory_pool().backend_name).remote())
     gcs_events = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -41,7 +43,7 @@ with ray_session(num_cpus=1, dashboard=DASHBOARD):
             continue
 print(json.dumps({"node": node, "worker": worker, "child": child, "usage_off": usage_off,
                   "after": os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"), "worker_events": worker_events,
-                  "worker_metrics": worker_metrics, "gcs_events": gcs_events, "events_after": os.environ.get("RAY_task_events_report_interval_ms")}))
+                  "worker_metrics": worker_metrics, "worker_pool": worker_pool, "gcs_events": gcs_events, "events_after": os.environ.get("RAY_task_events_report_interval_ms")}))
 """
 
 
@@ -63,7 +65,8 @@ def test_a_library_caller_gets_a_loopback_ray_without_usage_stats_task_events_or
     """Task events and metrics are off unless the caller set the variable (theirs then holds for the whole
     instance) or runs the dashboard (whose task table and panels they fill: Ray's default then)."""
     ray_tmpdir = tempfile.mkdtemp(prefix="br-", dir="/tmp")  # Ray's socket paths must stay short
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    # (a command run in this process earlier set Arrow's allocator in its environment)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "ARROW_DEFAULT_MEMORY_POOL"}
     if user_events:
         env["RAY_task_events_report_interval_ms"] = user_events
     # usage stats as boostray sets them for its own instance, with no user config that turns them off
@@ -77,6 +80,19 @@ def test_a_library_caller_gets_a_loopback_ray_without_usage_stats_task_events_or
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     events = user_events or (None if dashboard else "0")
     assert seen == {"node": ["127.0.0.1"], "worker": "127.0.0.1", "child": "None", "usage_off": True, "after": None,
-                    "worker_events": events, "worker_metrics": None if dashboard else "0", "gcs_events": [events],
+                    "worker_events": events, "worker_metrics": None if dashboard else "0", "worker_pool": "system", "gcs_events": [events],
                     "events_after": user_events}, seen
     assert "not only on 127.0.0.1" not in out.stderr
+
+
+def test_the_boostray_command_decodes_arrow_data_with_the_system_allocator_unless_the_user_chose_one():
+    """The command's own process (the driver, which reads the labels and metadata of a streamed split):
+    mimalloc, Arrow's default, kept memory freed across threads (runtime.ARROW_POOL)."""
+    probe = ("import sys; from boostray.cli import main; main(['models']); import pyarrow; "
+             "print(pyarrow.default_memory_pool().backend_name, file=sys.stderr)")
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    for chosen, expected in ((None, "system"), ("mimalloc", "mimalloc")):
+        out = subprocess.run([sys.executable, "-c", probe], env={**env, **({"ARROW_DEFAULT_MEMORY_POOL": chosen} if chosen else {})},
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stderr.strip().splitlines()[-1] == expected, out.stderr[-2000:]
