@@ -35,11 +35,10 @@ NO_DASHBOARD_RECORDS = {"RAY_task_events_report_interval_ms": "0", "RAY_enable_m
 
 
 #: Arrow's allocator in the processes boostray starts (the ``boostray`` command, and every process of a local
-#: instance): the system's malloc rather than Arrow's default, mimalloc, which keeps the pages of memory
-#: freed on another thread than the one that allocated it, and Parquet is decoded on Arrow's threads.
-#: Reading the label column and metadata of 400,000 rows left 15 MB in a process that then held 0.1 MB
-#: of Arrow memory, ``release_unused`` or not, and a streamed run's driver grew with the data set by that
-#: much (docs/performance.md). Read once, when pyarrow is imported; the user's value holds.
+#: instance): the system's malloc rather than Arrow's default, mimalloc, which kept memory that Arrow no
+#: longer used (after opening a streamed split's labels and metadata, 17 MB in its arena with none in use;
+#: bench/bench_arrow_pool.py), and a streamed run's driver grew with the data set by it
+#: (docs/performance.md). Read once, when pyarrow is imported; the user's value holds.
 ARROW_POOL = {"ARROW_DEFAULT_MEMORY_POOL": "system"}
 
 
