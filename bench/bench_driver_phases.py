@@ -30,7 +30,7 @@ def main() -> None:
 
     from boostray.config import TrainConfig
     from boostray.core.data.datasets import load_training_data, read_deferred_held_out, release_unused_memory
-    from boostray.distributed.ingest import read_held_out_with_ray_data
+    from boostray.distributed.ingest import read_held_out_in_tasks
     from boostray.distributed.runtime import ray_session
     from boostray.distributed.trainer import held_in_object_store, streamed_input
 
@@ -51,7 +51,7 @@ def main() -> None:
         mark("load")
         with ray_session(num_cpus=3, dashboard=False):
             mark("ray")
-            data = read_deferred_held_out(data, read_held_out_with_ray_data)
+            data = read_deferred_held_out(data, read_held_out_in_tasks)
             mark("held_out")
             data, ref = held_in_object_store(data)  # noqa: F841 - held, as fit holds them
             release_unused_memory()

@@ -245,24 +245,26 @@ def test_a_streamed_run_on_two_workers_reads_through_ray_data(ray_cluster, group
 @pytest.mark.ray
 def test_the_ranks_passes_and_the_held_out_rows_read_every_sample_once(ray_cluster, grouped):
     """The pieces a rank's correctness pass reads, a pass over every sample (SWA's), and the validation
-    and test rows read by Ray Data tasks are the images the split holds, each once, whether a task reads
-    one group or several; the pass runs within the object-store budget it is given (one group's block)."""
-    from boostray.core.data.streaming import reader_source
-    from boostray.distributed.ingest import (RayDataBatches, bounded, group_bytes, items_dataset, items_per_pass_task,
-                                             read_held_out_with_ray_data, train_window)
+    and test rows, read by Ray tasks, are the images the split holds, each once, in the items' order,
+    whether a task reads one group or several; each task's block holds its items' rows."""
+    from boostray.core.data.streaming import item_index, reader_source
+    from boostray.distributed.ingest import (RayDataBatches, items_per_pass_task, read_held_out_in_tasks,
+                                             read_in_tasks, train_window)
 
     folder, streamed, twin = grouped
     items, source = streamed.train.items(), reader_source(streamed.train.source)
-    budget = group_bytes(streamed.train)
-    assert bounded(items_dataset(items, source), budget).context.execution_options.resource_limits.object_store_memory == budget
     assert items_per_pass_task(streamed.train) > 1  # small groups: several to a task
     assert train_window(streamed.train, 1) == items_per_pass_task(streamed.train)  # and to a training task
     larger = items_per_pass_task(streamed.train) + 1
     assert train_window(streamed.train, larger) == larger  # never fewer than --stream-window
+    blocks = list(read_in_tasks(items, source, per_task=3))
+    assert len(blocks) == math.ceil(len(items) / 3)
+    for k, block in enumerate(blocks):
+        np.testing.assert_array_equal(block["index"], np.concatenate([item_index(source, it) for it in items[3 * k:3 * k + 3]]))
     seen = []
     for rank in range(2):  # rank 0 reads a group per task, rank 1 three
         batches = RayDataBatches(None, streamed.train, source, batch_size=32, device=torch.device("cpu"), rank=rank,
-                                 world=2, store_bytes=budget, per_task=1 + 2 * rank)
+                                 world=2, per_task=1 + 2 * rank)
         for idx, images in batches.eval_chunks(50):
             assert len(idx) <= 50
             np.testing.assert_array_equal(images, twin.train.images[idx])
@@ -271,7 +273,7 @@ def test_the_ranks_passes_and_the_held_out_rows_read_every_sample_once(ray_clust
     np.testing.assert_array_equal(np.concatenate(list(batches.all_chunks(64))), twin.train.images)
     deferred = load_dataset("parquet", folder, stream=True, defer_held_out=True)
     assert isinstance(deferred.val, StreamedSplit) and isinstance(deferred.test, StreamedSplit)
-    val, test = read_held_out_with_ray_data([deferred.val, deferred.test])
+    val, test = read_held_out_in_tasks([deferred.val, deferred.test])
     np.testing.assert_array_equal(val.images, streamed.val.images)
     np.testing.assert_array_equal(test.images, streamed.test.images)
 

@@ -10,9 +10,13 @@ mixes a window of groups. Ray Train splits the dataset over the ranks (``streami
 shares), and a rank iterates its shard with ``iter_torch_batches`` (prefetching, pinned memory on a
 GPU). No local shuffle buffer: the mixing is done in the read task, where it costs a permutation; Ray
 Data's buffer cost each rank time and memory that grew with every batch (docs/performance.md). Every row
-keeps its ``index`` column, so the sample weight ``weights[index]`` applies as in memory. The
-correctness pass reads a fixed share of the items on each rank (``eval_chunks``): every sample once over
-the ranks.
+keeps its ``index`` column, so the sample weight ``weights[index]`` applies as in memory.
+
+A pass (a rank's correctness pass over its fixed share of the items, every sample once over the ranks;
+SWA's pass over all of them; the driver's read of the held-out rows) reads a fixed list in order, once:
+plain Ray tasks do that (``read_in_tasks``), the same reading function on any node's CPUs, a few tasks
+ahead of the reader. Ray Data's streaming executor, run for a pass, kept a scheduling thread in the
+reading process whose native memory grew by about 5 MB a pass of 200,000 rows.
 
 A streamed run on Ray is not replayed bit for bit: which rank gets which group, and the augmentation,
 are Ray Data's. The boosting state (weights, members) is checkpointed as in any run, so resuming after a
@@ -21,6 +25,8 @@ lost worker works the same way.
 
 from __future__ import annotations
 
+import collections
+import functools
 import math
 import warnings
 from typing import Any, Iterator
@@ -75,23 +81,6 @@ def train_window(split: StreamedSplit, window: int) -> int:
     return max(window, items_per_pass_task(split))
 
 
-def pass_store_bytes(*splits: StreamedSplit) -> int:
-    """The object store a pass over items (a rank's correctness pass, SWA's statistics, the driver's
-    held-out read) may fill: TASKS_AHEAD tasks' blocks in flight (at least MIN_STORE_BYTES). Unbounded,
-    Ray Data's read tasks run ahead of the reader until its whole share sits in the store, whose pages
-    then stay mapped: the run's memory would grow by a copy of the data set."""
-    return max(MIN_STORE_BYTES, TASKS_AHEAD * items_per_pass_task(*splits) * group_bytes(*splits))
-
-
-def bounded(dataset, store_bytes: int | None):
-    """``dataset`` with its execution's object-store budget set to ``store_bytes`` (None: Ray Data's)."""
-    if store_bytes:
-        from ray.data import ExecutionResources
-
-        dataset.context.execution_options.resource_limits = ExecutionResources(object_store_memory=store_bytes)
-    return dataset
-
-
 def ingest_options(split: StreamedSplit, world: int, window: int):
     """Ray Train's execution options for the training dataset (read ``train_window`` items a task), with
     how much of the object store its blocks in flight may take: TASKS_AHEAD tasks' groups per rank (at
@@ -118,19 +107,17 @@ def quiet_ray_data() -> None:
     context.print_on_execution_start = False
 
 
-def _read(batch: dict[str, np.ndarray], source: Any, augment: dict | None, shuffle: bool) -> dict[str, np.ndarray]:
-    """Items (one row each) -> their decoded images with their sample indices (and, for held-out items,
-    the split each row belongs to), in one block: augmented where ``augment`` says how (random resized
-    crops of the files' images with --image-size, else random crops with padding; flips), and the rows
-    of all the items shuffled together where ``shuffle`` says so."""
+def read_items(items: list[dict], source: Any, augment: dict | None = None, shuffle: bool = False) -> dict[str, np.ndarray]:
+    """Items -> their decoded images with their sample indices (and, for held-out items, the split each
+    row belongs to), in one block: augmented where ``augment`` says how (random resized crops of the
+    files' images with --image-size, else random crops with padding; flips), and the rows of all the
+    items shuffled together where ``shuffle`` says so."""
     release_unused_memory()  # what the process's last task left in Arrow's pool and the heap
-    count = len(batch["chunk"])
     rng = np.random.default_rng() if augment and augment.get("resized_crop") else None  # fresh in every task
-    items = [{key: value[i] for key, value in batch.items()} for i in range(count)]
     images = np.concatenate([read_item(source, item, rng) for item in items])
     out = {"image": images, "index": np.concatenate([item_index(source, item) for item in items]).astype(np.int64)}
-    if "part" in batch:
-        out["part"] = np.concatenate(list(batch["part"])).astype(np.int64)
+    if "part" in items[0]:
+        out["part"] = np.concatenate([item["part"] for item in items]).astype(np.int64)
     if augment:
         generator = torch.Generator()
         generator.seed()  # fresh randomness in every task
@@ -139,6 +126,37 @@ def _read(batch: dict[str, np.ndarray], source: Any, augment: dict | None, shuff
         order = np.random.default_rng().permutation(len(out["index"]))
         out = {key: value[order] for key, value in out.items()}
     return out
+
+
+def _read(batch: dict[str, np.ndarray], source: Any, augment: dict | None, shuffle: bool) -> dict[str, np.ndarray]:
+    """``read_items`` for Ray Data's ``map_batches``, which hands the items over as columns."""
+    return read_items([{key: value[i] for key, value in batch.items()} for i in range(len(batch["chunk"]))],
+                      source, augment, shuffle)
+
+
+@functools.cache
+def _read_task():
+    """``read_items`` as a Ray task: on any node's CPUs (spread as Ray Data spreads its read tasks, and
+    outside the caller's placement group, which has no CPU to spare)."""
+    import ray
+
+    return ray.remote(read_items).options(num_cpus=READ_TASK_CPUS, scheduling_strategy="SPREAD")
+
+
+def read_in_tasks(items: list[dict], source: Any, per_task: int) -> Iterator[dict[str, np.ndarray]]:
+    """The items' decoded rows in order, a task's block at a time: ``per_task`` items per Ray task, with
+    at most TASKS_AHEAD tasks' blocks in the object store (the one being read, the next being made),
+    whatever the pass's length. The blocks are read-only views of the store."""
+    import ray
+
+    source_ref = ray.put(source)  # once, not with every task
+    pending: collections.deque = collections.deque()
+    for start in range(0, len(items), per_task):
+        pending.append(_read_task().remote(items[start:start + per_task], source_ref))
+        if len(pending) >= TASKS_AHEAD:
+            yield ray.get(pending.popleft())
+    while pending:
+        yield ray.get(pending.popleft())
 
 
 BLOCKS_PER_WINDOW = 4  # a training task combines this many blocks of items, drawn anew every epoch
@@ -167,27 +185,25 @@ def items_dataset(items: list[dict], source: Any, augment: dict | None = None, w
     return dataset
 
 
-def read_held_out_with_ray_data(splits: list[StreamedSplit]) -> list:
-    """Validation and test splits held out of a streamed training split, read by Ray Data tasks (the
-    driver only gathers their images)."""
-    dataset = bounded(items_dataset(held_out_items(splits), reader_source(splits[0].source),
-                                    per_task=items_per_pass_task(*splits)), pass_store_bytes(*splits))
-    pieces = ((b["part"], b["index"], b["image"]) for b in dataset.iter_batches(batch_size=None, batch_format="numpy"))
-    return fill_held_out(splits, pieces)
+def read_held_out_in_tasks(splits: list[StreamedSplit]) -> list:
+    """Validation and test splits held out of a streamed training split, read by Ray tasks (the driver
+    only gathers their images)."""
+    blocks = read_in_tasks(held_out_items(splits), reader_source(splits[0].source), items_per_pass_task(*splits))
+    return fill_held_out(splits, ((b["part"], b["index"], b["image"]) for b in blocks))
 
 
 class RayDataBatches:
     """One rank's batches, with the interface of batches.py's classes: ``epoch(e)`` iterates this rank's
     shard of the training dataset; ``eval_chunks`` and ``all_chunks`` read items without augmentation
-    (this rank's fixed share, or all of them) through a Ray Data execution of their own, within
-    ``store_bytes`` of blocks in flight. The items are built from the split the rank holds when a pass
-    starts, so that no list of every item is shipped to the ranks or kept through the run."""
+    (this rank's fixed share, or all of them) in Ray tasks, ``per_task`` items each (``read_in_tasks``).
+    The items are built from the split the rank holds when a pass starts, so that no list of every item
+    is shipped to the ranks or kept through the run."""
 
     peak_chunks = 0  # nothing held by the rank beyond Ray Data's prefetched batches
 
     def __init__(self, shard: Any, split: StreamedSplit, source: Any, *, batch_size: int,
-                 device: torch.device, rank: int, world: int, store_bytes: int | None = None, per_task: int = 1) -> None:
-        self.shard, self.split, self.source, self.store_bytes, self.per_task = shard, split, source, store_bytes, per_task
+                 device: torch.device, rank: int, world: int, per_task: int = 1) -> None:
+        self.shard, self.split, self.source, self.per_task = shard, split, source, per_task
         self.n, self.batch_size, self.device, self.rank, self.world = len(split), batch_size, device, rank, world
         # Ray Data hands out read-only arrays from the object store; nothing writes to the tensors made of them
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
@@ -206,22 +222,12 @@ class RayDataBatches:
 
     def _iterate(self, items: list[dict], max_rows: int) -> Iterator[dict]:
         """The items' rows in pieces of at most ``max_rows``, a read task's block at a time, each block
-        taken by reference and sliced here, and the heap trimmed after it. The dataset's executor runs in
-        this process for the whole pass, and the rank's native memory grows with the pass's length;
-        ``iter_batches``' batcher and prefetch threads add to it (docs/performance.md)."""
-        if not items:
-            return
-        import ray
-        from ray.data.block import BlockAccessor
-
-        dataset = bounded(items_dataset(items, self.source, per_task=self.per_task), self.store_bytes)
-        for bundle in dataset.iter_internal_ref_bundles():
-            for ref in bundle.block_refs:
-                block = BlockAccessor.for_block(ray.get(ref)).to_numpy()
-                for start in range(0, len(block["index"]), max_rows):
-                    yield {key: value[start:start + max_rows] for key, value in block.items()}
-                del block
-                release_unused_memory()  # what scoring the block left in Arrow's pool and the heap
+        sliced here and the heap trimmed after it."""
+        for block in read_in_tasks(items, self.source, self.per_task):
+            for start in range(0, len(block["index"]), max_rows):
+                yield {key: value[start:start + max_rows] for key, value in block.items()}
+            del block
+            release_unused_memory()  # what scoring the block left in the heap
 
     def eval_chunks(self, max_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for batch in self._iterate(self.split.items(self.rank, self.world), max_rows):

@@ -56,8 +56,7 @@ def ray_data_batches(ingest: dict | None, split: Any):
     def build(batching: dict) -> RayDataBatches:
         return RayDataBatches(ray.train.get_dataset_shard("train"), split, ingest["source"],
                               batch_size=batching["batch_size"], device=batching["device"], rank=batching["rank"],
-                              world=batching["world"], store_bytes=ingest.get("store_bytes"),
-                              per_task=ingest.get("per_task", 1))
+                              world=batching["world"], per_task=ingest.get("per_task", 1))
 
     return build
 

@@ -179,7 +179,7 @@ def streamed_input(config: TrainConfig, data: ImageDataset | Any) -> tuple[dict,
 
     if isinstance(data, ray.ObjectRef) or not data.streamed:
         return {}, None
-    from boostray.distributed.ingest import items_dataset, items_per_pass_task, pass_store_bytes, train_window
+    from boostray.distributed.ingest import items_dataset, items_per_pass_task, train_window
     from boostray.core.data.streaming import reader_source
 
     # with --image-size the read tasks take random resized crops from the files' images (and flip them);
@@ -190,7 +190,7 @@ def streamed_input(config: TrainConfig, data: ImageDataset | Any) -> tuple[dict,
     source = reader_source(data.train.source)
     window = train_window(data.train, config.stream_window)
     return ({"train": items_dataset(data.train.items(), source, augment, window)},
-            {"source": source, "store_bytes": pass_store_bytes(data.train), "per_task": items_per_pass_task(data.train)})
+            {"source": source, "per_task": items_per_pass_task(data.train)})
 
 
 def lost_actors(exc: BaseException) -> dict[int, Any]:
@@ -316,10 +316,10 @@ def fit(config: TrainConfig, data: ImageDataset | None = None, *, recipe: Recipe
             require_cpus(ingest_cpus(config.workers, config.cpus_per_worker) if streamed else config.workers * config.cpus_per_worker,
                          f"--workers {config.workers} x --cpus-per-worker {config.cpus_per_worker:g}"
                          + (" and a Ray Data read task (--stream)" if streamed else ""))
-        if deferred_held_out(data):  # validation and test rows of a streamed split: read by Ray Data tasks
-            from boostray.distributed.ingest import read_held_out_with_ray_data
+        if deferred_held_out(data):  # validation and test rows of a streamed split: read by Ray tasks
+            from boostray.distributed.ingest import read_held_out_in_tasks
 
-            data = read_deferred_held_out(data, read_held_out_with_ray_data)
+            data = read_deferred_held_out(data, read_held_out_in_tasks)
         if config.workers and not storage.is_uri(output) and not owns_local_instance():
             require_shared(output, "--output", cpus_per_worker=config.cpus_per_worker, gpu=config.gpu)
         stored = None
