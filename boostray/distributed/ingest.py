@@ -16,8 +16,8 @@ A pass (a rank's correctness pass over its fixed share of the items, every sampl
 SWA's pass over all of them; the driver's read of the held-out rows) reads a fixed list in order, once:
 plain Ray tasks do that (``read_in_tasks``), the same reading function on any node's CPUs, a few tasks
 ahead of the reader. Ray Data's streaming executor, run for a pass, keeps a scheduling thread in the
-reading process, and that process's memory grew by 2-5 MB with each pass over 200,000 rows
-(bench/bench_pass_memory.py; 0.03-0.05 MB in tasks).
+reading process, whose native memory grows with every pass it serves (bench/bench_pass_memory.py
+compares the two).
 
 A streamed run on Ray is not replayed bit for bit: which rank gets which group, and the augmentation,
 are Ray Data's. The boosting state (weights, members) is checkpointed as in any run, so resuming after a
